@@ -1,0 +1,5 @@
+//! podswitch agent: topology sources, translation to switch topology, the
+//! CNI plugin and the standalone lab.
+#![forbid(unsafe_code)]
+
+pub mod lab;

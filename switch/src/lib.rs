@@ -1,0 +1,22 @@
+//! podswitch datapath: a userspace L3 virtual switch for Kubernetes pods.
+//!
+//! The packet path, in the order a frame meets it:
+//! `port` (tap queues, read until EAGAIN) -> `pipeline` (parse -> gateway ->
+//! route -> output, each a stage with its own drop counters) -> `port` again.
+//! `tables` holds the immutable topology snapshots the pipeline reads;
+//! `control` is the Unix-socket API that replaces them; `daemon` ties it all
+//! together into `podswitch switch run`.
+//!
+//! `unsafe` is denied crate-wide and allowed only in `port::tap` and
+//! `port::raw`, the two modules that speak to the kernel through ioctls and
+//! raw sockets that no safe crate wraps.
+#![deny(unsafe_code)]
+
+pub mod control;
+pub mod daemon;
+pub mod metrics;
+pub mod pipeline;
+pub mod port;
+pub mod tables;
+pub mod wire;
+pub mod worker;

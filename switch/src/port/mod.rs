@@ -1,0 +1,11 @@
+//! Ports: where frames enter and leave the switch.
+//!
+//! - `tap`: pod ports, multi-queue TAP devices with virtio_net_hdr (the only
+//!   home of TUN ioctls).
+//! - `netns` and `netlink`: creating namespaces and configuring links,
+//!   addresses and routes through netlink (no `ip` commands).
+//! - `raw`: AF_PACKET sockets, for test tools that write arbitrary frames.
+pub mod netlink;
+pub mod netns;
+pub mod raw;
+pub mod tap;
