@@ -1,1 +1,189 @@
-//! TODO
+//! Counters the datapath keeps and the control API reads.
+//!
+//! Each worker owns one [`WorkerCounters`]; only that worker writes it, so
+//! an increment is a relaxed load and store (no locked instruction), and
+//! readers sum the workers at read time. Every block is cache-line aligned
+//! so workers never share a line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::pipeline::drop_reason::DropReason;
+
+/// A single-writer counter.
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker calls this (single writer).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-stage throughput counters of one worker.
+#[derive(Debug, Default)]
+pub struct StageCounters {
+    /// Frames read from ports.
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    /// Frames written to ports.
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    /// Batches processed and the frames in them.
+    pub batches: Counter,
+    /// ARP requests answered for the gateway (proxy ARP).
+    pub arp_replies: Counter,
+    /// ICMP echo requests to the gateway answered.
+    pub icmp_echo_replies: Counter,
+    /// ICMP errors generated (time exceeded, unreachable).
+    pub icmp_errors_sent: Counter,
+    /// Packets routed to a local pod.
+    pub forwarded_local: Counter,
+    /// GSO superframes forwarded whole (no software segmentation).
+    pub gso_superframes: Counter,
+    /// Partial checksums completed in software for a port without offload.
+    pub csum_completed: Counter,
+}
+
+/// All counters of one worker.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct WorkerCounters {
+    pub stages: StageCounters,
+    pub drop_packets: [Counter; DropReason::COUNT],
+    pub drop_bytes: [Counter; DropReason::COUNT],
+}
+
+impl Default for WorkerCounters {
+    fn default() -> Self {
+        Self {
+            stages: StageCounters::default(),
+            drop_packets: std::array::from_fn(|_| Counter::default()),
+            drop_bytes: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+impl WorkerCounters {
+    #[inline]
+    pub fn drop(&self, reason: DropReason, bytes: usize) {
+        self.drop_packets[reason as usize].inc();
+        self.drop_bytes[reason as usize].add(bytes as u64);
+    }
+}
+
+/// Per-port counters, one slot per worker.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct PortWorkerCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub rx_drops: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    pub tx_drops: Counter,
+}
+
+/// Summed per-port counters, as the control API reports them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_drops: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_drops: u64,
+}
+
+impl PortStats {
+    pub fn sum(slots: &[PortWorkerCounters]) -> Self {
+        let mut s = PortStats::default();
+        for c in slots {
+            s.rx_packets += c.rx_packets.get();
+            s.rx_bytes += c.rx_bytes.get();
+            s.rx_drops += c.rx_drops.get();
+            s.tx_packets += c.tx_packets.get();
+            s.tx_bytes += c.tx_bytes.get();
+            s.tx_drops += c.tx_drops.get();
+        }
+        s
+    }
+}
+
+/// One drop reason's totals, as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DropStat {
+    pub stage: String,
+    pub reason: String,
+    pub description: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Summed worker counters, as the control API reports them.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DatapathStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub batches: u64,
+    pub arp_replies: u64,
+    pub icmp_echo_replies: u64,
+    pub icmp_errors_sent: u64,
+    pub forwarded_local: u64,
+    pub gso_superframes: u64,
+    pub csum_completed: u64,
+    /// Non-zero drop reasons only.
+    pub drops: Vec<DropStat>,
+}
+
+impl DatapathStats {
+    pub fn sum(workers: &[std::sync::Arc<WorkerCounters>]) -> Self {
+        let mut s = DatapathStats::default();
+        for w in workers {
+            let c = &w.stages;
+            s.rx_packets += c.rx_packets.get();
+            s.rx_bytes += c.rx_bytes.get();
+            s.tx_packets += c.tx_packets.get();
+            s.tx_bytes += c.tx_bytes.get();
+            s.batches += c.batches.get();
+            s.arp_replies += c.arp_replies.get();
+            s.icmp_echo_replies += c.icmp_echo_replies.get();
+            s.icmp_errors_sent += c.icmp_errors_sent.get();
+            s.forwarded_local += c.forwarded_local.get();
+            s.gso_superframes += c.gso_superframes.get();
+            s.csum_completed += c.csum_completed.get();
+        }
+        for r in DropReason::ALL {
+            let packets: u64 = workers.iter().map(|w| w.drop_packets[*r as usize].get()).sum();
+            let bytes: u64 = workers.iter().map(|w| w.drop_bytes[*r as usize].get()).sum();
+            if packets > 0 {
+                s.drops.push(DropStat {
+                    stage: r.stage().name().to_string(),
+                    reason: r.name().to_string(),
+                    description: r.description().to_string(),
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        s
+    }
+
+    /// Packets dropped for `reason` (by its snake_case name).
+    pub fn drops_of(&self, reason: &str) -> u64 {
+        self.drops.iter().filter(|d| d.reason == reason).map(|d| d.packets).sum()
+    }
+}

@@ -1,1 +1,202 @@
-//! TODO
+//! Topology tables: immutable snapshots the workers read, and how they are
+//! published.
+//!
+//! The control thread builds a new [`Tables`] from the desired topology and
+//! swaps it in whole ([`TablePublisher::publish`], arc-swap). A worker loads
+//! the current snapshot once per batch; no lock is taken on either side.
+//! Addresses are `IpAddr`-generic and routes are kept per family, so IPv6
+//! slots in beside IPv4 without a change of shape.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
+use serde::{Deserialize, Serialize};
+
+/// Index of a port in [`Tables::ports`]; stable while the port exists.
+pub type PortId = u32;
+
+/// The switch's own addresses towards its pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gateway {
+    /// The MAC every pod sends to (proxy ARP answers with it).
+    pub mac: [u8; 6],
+    /// The pods' default gateway, by convention the first address of the
+    /// node's IPv4 pod CIDR.
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// A pod's port as the datapath sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPort {
+    pub id: PortId,
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// Interface name inside the pod (usually `eth0`).
+    pub ifname: String,
+    /// The pod's network namespace (a path such as /run/netns/NAME).
+    pub netns: PathBuf,
+    pub mac: [u8; 6],
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mtu: u32,
+    /// Whether the port takes partial checksums and GSO superframes as they
+    /// are (taps with vnet_hdr and TUNSETOFFLOAD do).
+    pub offloads: bool,
+}
+
+/// Where a destination prefix leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// A pod on this node.
+    Local(PortId),
+    /// Inside a local pod CIDR but no pod has the address.
+    Unassigned,
+}
+
+/// Longest-prefix-match routes, one trie per family.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    v4: PrefixMap<Ipv4Net, RouteTarget>,
+    v6: PrefixMap<Ipv6Net, RouteTarget>,
+}
+
+impl RouteTable {
+    pub fn insert(&mut self, net: IpNet, target: RouteTarget) {
+        match net {
+            IpNet::V4(n) => {
+                self.v4.insert(n.trunc(), target);
+            }
+            IpNet::V6(n) => {
+                self.v6.insert(n.trunc(), target);
+            }
+        }
+    }
+
+    /// Longest-prefix match for one address.
+    #[inline]
+    pub fn lookup(&self, addr: IpAddr) -> Option<RouteTarget> {
+        match addr {
+            IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).map(|(_, t)| *t),
+            IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, t)| *t),
+        }
+    }
+}
+
+/// One immutable snapshot of everything the pipeline reads.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// Increases with every publish; workers compare it to notice changes.
+    pub generation: u64,
+    pub node: String,
+    pub gateway: Gateway,
+    pub pod_cidrs: Vec<IpNet>,
+    /// Indexed by [`PortId`]; `None` for free slots.
+    pub ports: Vec<Option<PodPort>>,
+    pub routes: RouteTable,
+}
+
+impl Tables {
+    /// Builds a snapshot; routes are derived: each pod CIDR is `Unassigned`
+    /// and each pod address a host route to its port.
+    pub fn new(node: &str, gateway: Gateway, pod_cidrs: Vec<IpNet>, ports: Vec<Option<PodPort>>) -> Self {
+        let mut routes = RouteTable::default();
+        for cidr in &pod_cidrs {
+            routes.insert(*cidr, RouteTarget::Unassigned);
+        }
+        for p in ports.iter().flatten() {
+            if let Some(a) = p.ipv4 {
+                routes.insert(IpNet::from(IpAddr::V4(a)), RouteTarget::Local(p.id));
+            }
+            if let Some(a) = p.ipv6 {
+                routes.insert(IpNet::from(IpAddr::V6(a)), RouteTarget::Local(p.id));
+            }
+        }
+        Tables {
+            generation: 0,
+            node: node.to_string(),
+            gateway,
+            pod_cidrs,
+            ports,
+            routes,
+        }
+    }
+
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&PodPort> {
+        self.ports.get(id as usize).and_then(|p| p.as_ref())
+    }
+}
+
+/// Publishes snapshots of `T` to readers without locks (RCU-style).
+#[derive(Debug)]
+pub struct TablePublisher<T> {
+    current: ArcSwap<T>,
+}
+
+impl<T> TablePublisher<T> {
+    pub fn new(initial: T) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(initial),
+        }
+    }
+
+    /// Swaps in a new snapshot; readers see it at their next load.
+    pub fn publish(&self, next: T) {
+        self.current.store(Arc::new(next));
+    }
+
+    /// The current snapshot (a reader holds it for one batch).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<T>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<T> {
+        self.current.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(id: PortId, ip: [u8; 4]) -> Option<PodPort> {
+        Some(PodPort {
+            id,
+            pod: format!("default/p{id}"),
+            ifname: "eth0".into(),
+            netns: PathBuf::from("/run/netns/x"),
+            mac: [2, 0, 0, 0, 0, id as u8],
+            ipv4: Some(Ipv4Addr::from(ip)),
+            ipv6: None,
+            mtu: 1500,
+            offloads: true,
+        })
+    }
+
+    #[test]
+    fn lpm_prefers_host_route_over_cidr() {
+        let gw = Gateway { mac: [0xee; 6], ipv4: Ipv4Addr::new(10, 244, 1, 1), ipv6: None };
+        let t = Tables::new("n1", gw, vec!["10.244.1.0/24".parse().unwrap()], vec![port(0, [10, 244, 1, 2]), None, port(2, [10, 244, 1, 9])]);
+        assert_eq!(t.routes.lookup("10.244.1.2".parse().unwrap()), Some(RouteTarget::Local(0)));
+        assert_eq!(t.routes.lookup("10.244.1.9".parse().unwrap()), Some(RouteTarget::Local(2)));
+        assert_eq!(t.routes.lookup("10.244.1.3".parse().unwrap()), Some(RouteTarget::Unassigned));
+        assert_eq!(t.routes.lookup("10.244.2.3".parse().unwrap()), None);
+        assert!(t.port(1).is_none());
+        assert!(t.port(99).is_none());
+    }
+
+    #[test]
+    fn publish_swaps_whole_snapshot() {
+        let p = TablePublisher::new(1u32);
+        let before = p.load_full();
+        p.publish(2);
+        assert_eq!(*before, 1);
+        assert_eq!(**p.load(), 2);
+    }
+}

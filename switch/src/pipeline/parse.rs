@@ -1,0 +1,222 @@
+//! Stage 1, parse: validates the vnet header and the Ethernet, IP and L4
+//! headers, enforces anti-spoofing and the ingress MTU, and fills
+//! [`Meta`](super::Meta) for the later stages.
+//!
+//! Nothing a pod writes is trusted: every length and offset is checked
+//! against the frame before a later stage touches it.
+
+use std::net::IpAddr;
+
+use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4Slice, TcpHeaderSlice};
+
+use super::{drop_packet, Batch, DropReason, Packet, L3};
+use crate::metrics::WorkerCounters;
+use crate::tables::Tables;
+use crate::wire::checksum;
+use crate::wire::vnet_hdr::{self, GsoKind, VnetHdr};
+
+/// Ethernet II header length.
+pub const ETH_LEN: usize = 14;
+
+/// The parse stage (stateless).
+#[derive(Debug, Default)]
+pub struct ParseStage;
+
+impl ParseStage {
+    pub fn process(&mut self, batch: &mut Batch, tables: &Tables, c: &WorkerCounters) {
+        for p in batch.packets_mut() {
+            if p.pending() {
+                if let Err(reason) = parse_one(p, tables) {
+                    drop_packet(p, reason, c);
+                }
+            }
+        }
+    }
+}
+
+fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
+    if p.len() < vnet_hdr::LEN + ETH_LEN {
+        return Err(DropReason::FrameTooShort);
+    }
+    let frame_len = p.len() - vnet_hdr::LEN;
+    let vnet = {
+        let hdr = VnetHdr::new_checked(&p.data()[..vnet_hdr::LEN]).map_err(|_| DropReason::FrameTooShort)?;
+        vnet_hdr::Repr::parse(&hdr, frame_len).map_err(|_| DropReason::VnetHdrInvalid)?
+    };
+    p.meta.vnet = vnet;
+    let port = tables.port(p.ingress).ok_or(DropReason::UnknownIngressPort)?;
+    let (src_mac, dst, ether_type) = {
+        let eth = Ethernet2HeaderSlice::from_slice(p.frame()).map_err(|_| DropReason::FrameTooShort)?;
+        (eth.source(), eth.destination(), eth.ether_type())
+    };
+    if src_mac != port.mac {
+        return Err(DropReason::SourceMacSpoofed);
+    }
+    let group = dst[0] & 1 == 1;
+    if !group && dst != tables.gateway.mac {
+        return Err(DropReason::DestinationMacNotGateway);
+    }
+    p.meta.l3_off = ETH_LEN as u16;
+    match ether_type {
+        EtherType::ARP => {
+            if vnet.is_gso() {
+                return Err(DropReason::GsoMismatch);
+            }
+            p.meta.l3 = L3::Arp;
+            Ok(())
+        }
+        EtherType::IPV4 => parse_ipv4(p, port.ipv4, port.mtu),
+        EtherType::IPV6 => {
+            p.meta.l3 = L3::Ipv6;
+            Err(DropReason::Ipv6NotRouted)
+        }
+        _ => Err(DropReason::UnsupportedEthertype),
+    }
+}
+
+fn parse_ipv4(p: &mut Packet, own_ip: Option<std::net::Ipv4Addr>, mtu: u32) -> Result<(), DropReason> {
+    let vnet = p.meta.vnet;
+    let ip_bytes = &p.frame()[ETH_LEN..];
+    let ip = Ipv4Slice::from_slice(ip_bytes).map_err(|_| DropReason::Ipv4HeaderInvalid)?;
+    let h = ip.header();
+    // RFC 1812 §5.2.2: a router verifies the header checksum.
+    if checksum::checksum(h.slice()) != 0 {
+        return Err(DropReason::Ipv4ChecksumInvalid);
+    }
+    let src = h.source_addr();
+    if Some(src) != own_ip {
+        return Err(DropReason::SourceIpSpoofed);
+    }
+    let ip_len = h.total_len();
+    if !vnet.is_gso() && u32::from(ip_len) > mtu {
+        return Err(DropReason::FrameOverMtu);
+    }
+    let proto = h.protocol();
+    let frag_off = h.fragments_offset().value();
+    let first_fragment = frag_off == 0;
+    let hl = h.slice().len();
+    let l4 = ip.payload().payload;
+    let l4_hdr_len = if first_fragment {
+        match proto {
+            IpNumber::TCP => {
+                let t = TcpHeaderSlice::from_slice(l4).map_err(|_| DropReason::L4HeaderInvalid)?;
+                t.slice().len()
+            }
+            IpNumber::UDP | IpNumber::ICMP => {
+                if l4.len() < 8 {
+                    return Err(DropReason::L4HeaderInvalid);
+                }
+                8
+            }
+            _ => 0,
+        }
+    } else {
+        0
+    };
+    match vnet.gso {
+        GsoKind::None => {}
+        GsoKind::TcpV4 if proto == IpNumber::TCP && first_fragment => {}
+        GsoKind::Udp | GsoKind::UdpL4 if proto == IpNumber::UDP && first_fragment => {}
+        _ => return Err(DropReason::GsoMismatch),
+    }
+    let dst = h.destination_addr();
+    let (more_fragments, dont_fragment, ttl) = (h.more_fragments(), h.dont_fragment(), h.ttl());
+    let m = &mut p.meta;
+    m.l3 = L3::Ipv4;
+    m.l4_off = (ETH_LEN + hl) as u16;
+    m.l4_hdr_len = l4_hdr_len as u16;
+    m.proto = proto.0;
+    m.src = IpAddr::V4(src);
+    m.dst = IpAddr::V4(dst);
+    m.ip_len = ip_len;
+    m.first_fragment = first_fragment;
+    m.more_fragments = more_fragments;
+    m.dont_fragment = dont_fragment;
+    m.ttl = ttl;
+    // Ethernet padding beyond the IP datagram is trimmed (never for GSO,
+    // whose lengths the kernel fixes per segment).
+    let l2_len = ETH_LEN + usize::from(ip_len);
+    if !vnet.is_gso() && l2_len < p.frame().len() {
+        p.set_frame_len(l2_len);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+
+    fn parse(frame: Vec<u8>) -> super::super::Verdict {
+        let (t, c) = (tables(), counters());
+        let mut b = Batch::new(1);
+        b.push_bytes(0, &frame);
+        ParseStage.process(&mut b, &t, &c);
+        b.packets()[0].verdict
+    }
+
+    fn dropped(r: DropReason) -> super::super::Verdict {
+        super::super::Verdict::Drop(r)
+    }
+
+    #[test]
+    fn valid_udp_passes() {
+        assert_eq!(parse(udp_frame(POD_A, POD_B, 100)), super::super::Verdict::Pending);
+    }
+
+    #[test]
+    fn malformed_frames_are_dropped_by_reason() {
+        assert_eq!(parse(vec![0; 10]), dropped(DropReason::FrameTooShort));
+        let mut f = udp_frame(POD_A, POD_B, 100);
+        f[VNET + 14] = 0x44; // IHL 4
+        assert_eq!(parse(f), dropped(DropReason::Ipv4HeaderInvalid));
+        let mut f = udp_frame(POD_A, POD_B, 100);
+        f[VNET + 14 + 2] = 0xff; // total length beyond the frame
+        assert_eq!(parse(f), dropped(DropReason::Ipv4HeaderInvalid));
+        let mut f = udp_frame(POD_A, POD_B, 100);
+        f[VNET + 14 + 10] ^= 0xff;
+        assert_eq!(parse(f), dropped(DropReason::Ipv4ChecksumInvalid));
+        let mut f = udp_frame(POD_A, POD_B, 100);
+        f[VNET + 12] = 0x88; // ethertype 0x88xx
+        assert_eq!(parse(f), dropped(DropReason::UnsupportedEthertype));
+        let mut f = udp_frame(POD_A, POD_B, 100);
+        f[1] = 9; // gso_type 9
+        assert_eq!(parse(f), dropped(DropReason::VnetHdrInvalid));
+        let f = udp_frame(POD_A, POD_B, 1600);
+        assert_eq!(parse(f), dropped(DropReason::FrameOverMtu));
+        let mut f = udp_frame(POD_A, POD_B, 10);
+        set_ipv4_src(&mut f, [10, 244, 1, 77]);
+        assert_eq!(parse(f), dropped(DropReason::SourceIpSpoofed));
+        let mut f = udp_frame(POD_A, POD_B, 10);
+        f[VNET + 6 + 5] ^= 1;
+        assert_eq!(parse(f), dropped(DropReason::SourceMacSpoofed));
+        let mut f = tcp_frame(POD_A, POD_B, 0);
+        f.truncate(VNET + 14 + 20 + 10); // half a TCP header
+        let ip_len = (f.len() - VNET - 14) as u16;
+        fix_ipv4(&mut f, ip_len);
+        assert_eq!(parse(f), dropped(DropReason::L4HeaderInvalid));
+    }
+
+    #[test]
+    fn gso_on_udp_as_tcpv4_is_a_mismatch() {
+        let mut f = udp_frame(POD_A, POD_B, 100);
+        set_vnet(&mut f, 1, vnet_hdr::gso::TCPV4, 1000, 34, 6);
+        assert_eq!(parse(f), dropped(DropReason::GsoMismatch));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse(bytes);
+        }
+
+        #[test]
+        fn corrupted_valid_frames_never_panic(idx in 0usize..80, val in proptest::num::u8::ANY, cut in 0usize..160) {
+            let mut f = tcp_frame(POD_A, POD_B, 40);
+            let i = idx % f.len();
+            f[i] = val;
+            f.truncate(cut.max(1).min(f.len()));
+            let _ = parse(f);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Stage 3, route: longest-prefix match on the destination, TTL, MAC
+//! rewrite, and the ICMP errors a router owes its senders.
+//!
+//! - A local pod: TTL decremented (RFC 1812 §5.3.1, checksum patched per
+//!   RFC 1624), Ethernet rewritten gateway -> pod, forwarded to its port.
+//!   The vnet header is left as it is, so a TSO superframe or a partial
+//!   checksum reaches the destination tap unchanged (no segmentation).
+//! - TTL 1 or 0: ICMP time exceeded (type 11 code 0).
+//! - Inside a local pod CIDR without a pod: ICMP host unreachable (3/1).
+//! - No route: ICMP net unreachable (3/0).
+//! - Larger than the destination's MTU with DF: ICMP fragmentation needed
+//!   (3/4) with the destination MTU (RFC 1191), so PMTU discovery works.
+
+use std::time::Instant;
+
+use etherparse::{icmpv4::DestUnreachableHeader, icmpv4::TimeExceededCode, Icmpv4Type};
+
+use super::icmp_error::{error_allowed, rewrite_as_error, RateLimit};
+use super::parse::ETH_LEN;
+use super::{drop_packet, Batch, DropReason, Packet, Verdict, L3};
+use crate::metrics::WorkerCounters;
+use crate::tables::{RouteTarget, Tables};
+use crate::wire::checksum;
+
+/// ICMP errors per second per worker, and the burst allowed.
+pub const ICMP_ERROR_RATE: u32 = 1000;
+pub const ICMP_ERROR_BURST: u32 = 200;
+
+/// The route stage; owns the worker's ICMP error rate limiter.
+#[derive(Debug)]
+pub struct RouteStage {
+    icmp_limit: RateLimit,
+}
+
+impl Default for RouteStage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RouteStage {
+    pub fn new() -> Self {
+        RouteStage { icmp_limit: RateLimit::new(ICMP_ERROR_RATE, ICMP_ERROR_BURST) }
+    }
+
+    pub fn process(&mut self, batch: &mut Batch, tables: &Tables, c: &WorkerCounters, now: Instant) {
+        for p in batch.packets_mut() {
+            if !p.pending() || p.meta.l3 != L3::Ipv4 {
+                continue;
+            }
+            match tables.routes.lookup(p.meta.dst) {
+                Some(RouteTarget::Local(port)) => self.forward_local(p, port, tables, c, now),
+                Some(RouteTarget::Unassigned) => self.error(p, tables, c, now, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), DropReason::HostUnreachable),
+                None => self.error(p, tables, c, now, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Network), DropReason::NoRoute),
+            }
+        }
+    }
+
+    fn forward_local(&mut self, p: &mut Packet, port: u32, tables: &Tables, c: &WorkerCounters, now: Instant) {
+        let Some(dst) = tables.port(port) else {
+            drop_packet(p, DropReason::HostUnreachable, c);
+            return;
+        };
+        if p.meta.ttl <= 1 {
+            self.error(p, tables, c, now, Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit), DropReason::TtlExpired);
+            return;
+        }
+        // The size each wire packet will have at the destination: the
+        // datagram, or for a superframe one segment plus its headers.
+        let m = p.meta;
+        let wire_len = if m.vnet.is_gso() {
+            u32::from(m.l4_off) - ETH_LEN as u32 + u32::from(m.l4_hdr_len) + u32::from(m.vnet.gso_size)
+        } else {
+            u32::from(m.ip_len)
+        };
+        if wire_len > dst.mtu {
+            if m.dont_fragment || m.vnet.is_gso() {
+                let mtu = dst.mtu.min(u32::from(u16::MAX)) as u16;
+                self.error(p, tables, c, now, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }), DropReason::FrameOverMtu);
+            } else {
+                // Fragmenting in the switch is not done: pods share the node MTU.
+                drop_packet(p, DropReason::FrameOverMtu, c);
+            }
+            return;
+        }
+        let (mac, gw_mac) = (dst.mac, tables.gateway.mac);
+        let f = p.frame_mut();
+        f[0..6].copy_from_slice(&mac);
+        f[6..12].copy_from_slice(&gw_mac);
+        checksum::ipv4_decrement_ttl(&mut f[ETH_LEN..]);
+        p.meta.ttl -= 1;
+        if p.meta.vnet.is_gso() {
+            c.stages.gso_superframes.inc();
+        }
+        c.stages.forwarded_local.inc();
+        p.verdict = Verdict::Forward { port };
+    }
+
+    /// Drops the packet for `reason` and, where allowed, replaces it with
+    /// an ICMP error back to its sender.
+    fn error(&mut self, p: &mut Packet, tables: &Tables, c: &WorkerCounters, now: Instant, icmp: Icmpv4Type, reason: DropReason) {
+        c.drop(reason, p.len());
+        if error_allowed(p) && self.icmp_limit.allow(now) && rewrite_as_error(p, &tables.gateway, icmp) {
+            c.stages.icmp_errors_sent.inc();
+        } else {
+            c.drop(DropReason::IcmpErrorSuppressed, 0);
+            p.verdict = Verdict::Drop(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{Batch, Pipeline, Verdict};
+    use super::*;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    fn run(frames: &[Vec<u8>]) -> Vec<(Verdict, Vec<u8>)> {
+        let t = tables();
+        let mut pl = Pipeline::new(counters());
+        let mut b = Batch::new(frames.len());
+        for f in frames {
+            b.push_bytes(0, f);
+        }
+        pl.process(&mut b, &t, Instant::now());
+        b.packets().iter().map(|p| (p.verdict, p.data().to_vec())).collect()
+    }
+
+    fn icmp_of(out: &[u8]) -> (u8, u8, [u8; 4], Vec<u8>) {
+        let s = SlicedPacket::from_ethernet(&out[VNET..]).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &s.net else { panic!("not ipv4") };
+        assert_eq!(checksum::checksum(ip.header().slice()), 0);
+        let dst = ip.header().destination();
+        let Some(TransportSlice::Icmpv4(icmp)) = s.transport else { panic!("not icmp") };
+        assert_eq!(checksum::checksum(icmp.slice()), 0, "icmp checksum");
+        (icmp.type_u8(), icmp.code_u8(), dst, icmp.slice().to_vec())
+    }
+
+    //   pod A (10.244.1.2) --> [switch] --> pod B (10.244.1.3)
+    #[test]
+    fn pod_to_pod_forward_v4() {
+        let out = run(&[udp_frame(POD_A, POD_B, 100)]);
+        assert_eq!(out[0].0, Verdict::Forward { port: 1 });
+        let f = &out[0].1[VNET..];
+        assert_eq!(&f[0..6], &mac_of(POD_B));
+        assert_eq!(&f[6..12], &GW_MAC);
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[14..]).unwrap();
+        assert_eq!(ip.ttl(), 63);
+        assert_eq!(checksum::checksum(ip.slice()), 0);
+    }
+
+    #[test]
+    fn tso_superframe_forwarded_whole() {
+        let mut f = tcp_frame(POD_A, POD_B, 20000);
+        set_vnet(&mut f, 1, crate::wire::vnet_hdr::gso::TCPV4, 1448, 34, 16);
+        let out = run(&[f.clone()]);
+        assert_eq!(out[0].0, Verdict::Forward { port: 1 });
+        assert_eq!(out[0].1.len(), f.len());
+        assert_eq!(&out[0].1[..VNET], &f[..VNET], "vnet header unchanged");
+    }
+
+    #[test]
+    fn ttl_expiry_answered_with_time_exceeded() {
+        let out = run(&[icmp_echo_frame(POD_A, POD_B, 1)]);
+        assert_eq!(out[0].0, Verdict::Reply);
+        let (t, code, dst, body) = icmp_of(&out[0].1);
+        assert_eq!((t, code, dst), (11, 0, POD_A));
+        // The quote starts with the original IP header.
+        assert_eq!(&body[8 + 12..8 + 16], &POD_A);
+    }
+
+    #[test]
+    fn unassigned_pod_address_answered_with_host_unreachable() {
+        let out = run(&[udp_frame(POD_A, [10, 244, 1, 99], 10)]);
+        assert_eq!(out[0].0, Verdict::Reply);
+        let (t, code, ..) = icmp_of(&out[0].1);
+        assert_eq!((t, code), (3, 1));
+    }
+
+    #[test]
+    fn no_route_answered_with_net_unreachable() {
+        let out = run(&[udp_frame(POD_A, [192, 0, 2, 1], 10)]);
+        let (t, c, ..) = icmp_of(&out[0].1);
+        assert_eq!((t, c), (3, 0));
+    }
+
+    #[test]
+    fn oversize_df_to_smaller_mtu_gets_frag_needed() {
+        // pod C has MTU 1400; a 1472-byte UDP payload with DF.
+        let mut f = udp_frame(POD_A, POD_C, 1472);
+        f[VNET + 14 + 6] |= 0x40;
+        let len = (f.len() - VNET - 14) as u16;
+        fix_ipv4(&mut f, len);
+        let out = run(&[f]);
+        assert_eq!(out[0].0, Verdict::Reply);
+        let (t, c, _, body) = icmp_of(&out[0].1);
+        assert_eq!((t, c), (3, 4));
+        assert_eq!(u16::from_be_bytes([body[6], body[7]]), 1400);
+    }
+
+    #[test]
+    fn no_error_about_an_error() {
+        // A time-exceeded ICMP from A with TTL 1: no error back.
+        let b = etherparse::PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC).ipv4(POD_A, POD_B, 1).icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit));
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, &[0u8; 28]).unwrap();
+        let out = run(&[f]);
+        assert_eq!(out[0].0, Verdict::Drop(DropReason::TtlExpired));
+    }
+
+    #[test]
+    fn icmp_errors_are_rate_limited() {
+        let frames: Vec<_> = (0..(ICMP_ERROR_BURST as usize + 10)).map(|_| udp_frame(POD_A, [10, 244, 1, 99], 10)).collect();
+        let out = run(&frames);
+        let replies = out.iter().filter(|o| o.0 == Verdict::Reply).count();
+        assert_eq!(replies, ICMP_ERROR_BURST as usize);
+    }
+}

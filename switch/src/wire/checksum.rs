@@ -1,0 +1,124 @@
+//! Internet checksum helpers (RFC 1071) and incremental updates (RFC 1624).
+//!
+//! Rewrites on the fast path (TTL decrement, later NAT) patch checksums
+//! incrementally instead of recomputing them over the whole packet.
+
+/// Ones'-complement sum of `data` folded to 16 bits, starting from `initial`
+/// (a 32-bit partial sum). Odd trailing bytes are padded with zero.
+pub fn sum(data: &[u8], initial: u32) -> u32 {
+    let mut acc = u64::from(initial);
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
+}
+
+/// The Internet checksum of `data` (ones' complement of the folded sum).
+pub fn checksum(data: &[u8]) -> u16 {
+    !(sum(data, 0) as u16)
+}
+
+/// RFC 1624 eqn. 3: the new checksum after a 16-bit field changes from
+/// `old` to `new`: `HC' = ~(~HC + ~m + m')`.
+pub fn update_u16(check: u16, old: u16, new: u16) -> u16 {
+    let mut acc = u32::from(!check) + u32::from(!old) + u32::from(new);
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// Like [`update_u16`] for a 32-bit field (an IPv4 address).
+pub fn update_u32(check: u16, old: u32, new: u32) -> u16 {
+    let c = update_u16(check, (old >> 16) as u16, (new >> 16) as u16);
+    update_u16(c, old as u16, new as u16)
+}
+
+/// Decrements the IPv4 TTL of the header at the start of `ipv4` and patches
+/// its header checksum. The caller has checked the header is present and
+/// the TTL is above 1.
+pub fn ipv4_decrement_ttl(ipv4: &mut [u8]) {
+    // TTL is the high byte of the 16-bit word at offset 8 (with protocol).
+    let old = u16::from_be_bytes([ipv4[8], ipv4[9]]);
+    ipv4[8] -= 1;
+    let new = u16::from_be_bytes([ipv4[8], ipv4[9]]);
+    let check = u16::from_be_bytes([ipv4[10], ipv4[11]]);
+    ipv4[10..12].copy_from_slice(&update_u16(check, old, new).to_be_bytes());
+}
+
+/// Completes a partial (NEEDS_CSUM) checksum in place: sums `frame` from
+/// `start` to the end (the checksum field already holds the pseudo-header
+/// sum, as the kernel leaves it) and stores the result at `start + offset`.
+/// Used when a destination cannot take partial checksums. Returns false if
+/// the offsets do not fit the frame.
+pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
+    let at = start + offset;
+    if at + 2 > frame.len() || start > frame.len() {
+        return false;
+    }
+    let mut c = checksum(&frame[start..]);
+    // A computed UDP checksum of 0 is sent as 0xffff (RFC 768); harmless for TCP.
+    if c == 0 {
+        c = 0xffff;
+    }
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 §3 example bytes: sum 0xddf2.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(sum(&d, 0), 0xddf2);
+    }
+
+    #[test]
+    fn ttl_decrement_matches_full_recompute() {
+        let mut h = etherparse::Ipv4Header::new(100, 64, etherparse::IpNumber::TCP, [10, 244, 1, 2], [10, 244, 1, 3]).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let mut b = h.to_bytes().to_vec();
+        ipv4_decrement_ttl(&mut b);
+        let mut expect = h.clone();
+        expect.time_to_live = 63;
+        expect.header_checksum = expect.calc_header_checksum();
+        assert_eq!(&b[..], &expect.to_bytes()[..]);
+        assert_eq!(checksum(&b), 0);
+    }
+
+    #[test]
+    fn incremental_u32_matches_full() {
+        let mut h = etherparse::Ipv4Header::new(100, 64, etherparse::IpNumber::UDP, [10, 244, 1, 2], [10, 96, 0, 10]).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let old = h.header_checksum;
+        let patched = update_u32(old, u32::from_be_bytes([10, 96, 0, 10]), u32::from_be_bytes([10, 244, 2, 7]));
+        h.destination = [10, 244, 2, 7];
+        assert_eq!(patched, h.calc_header_checksum());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn incremental_equals_recompute(words in proptest::collection::vec(proptest::num::u16::ANY, 1..40), idx in 0usize..40, new in proptest::num::u16::ANY) {
+            let idx = idx % words.len();
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+            let c = checksum(&bytes);
+            let mut w2 = words.clone();
+            w2[idx] = new;
+            let bytes2: Vec<u8> = w2.iter().flat_map(|w| w.to_be_bytes()).collect();
+            let full = checksum(&bytes2);
+            let inc = update_u16(c, words[idx], new);
+            // 0x0000 and 0xffff are the same value in ones' complement.
+            proptest::prop_assert!(inc == full || (inc == 0xffff && full == 0) || (inc == 0 && full == 0xffff));
+        }
+    }
+}
