@@ -1,1 +1,674 @@
-//! TODO
+//! The switch daemon (`podswitch switch run`): starts one worker per core,
+//! serves the control socket, and keeps the desired topology, the ports'
+//! taps and the published snapshot in step.
+//!
+//! State that must survive a restart (the node and its pods) is written to
+//! `<state_dir>/state.json` after every change; on start the daemon reads
+//! it back and re-attaches to the pods' persistent taps by name, so pods
+//! keep their interfaces and addresses while the switch restarts.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::control::api::{
+    ApiError, Applied, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, Request, Stats, Topology,
+};
+use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
+use crate::port::pod::{self, PodWiring};
+use crate::tables::{Gateway, PodPort, PortId, TablePublisher, Tables};
+use crate::worker::{PortIo, Snapshot, Worker};
+
+/// How the daemon is started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// The node this switch serves.
+    pub node: NodeSpec,
+    /// Control socket path (created mode 0600).
+    pub control_socket: PathBuf,
+    /// Where state that survives restarts is kept.
+    pub state_dir: PathBuf,
+    /// Worker threads (and tap queues per pod); 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+/// What is saved in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedState {
+    node: NodeSpec,
+    pods: Vec<PodSpec>,
+}
+
+struct PortState {
+    /// Resolved: mac and mtu filled in.
+    spec: PodSpec,
+    id: PortId,
+    io: Arc<PortIo>,
+}
+
+/// The control plane's view: desired topology and live ports. Guarded by
+/// a Mutex on the control path only; workers never see it.
+pub struct SwitchState {
+    node: NodeSpec,
+    ports: BTreeMap<String, PortState>,
+    slots: Vec<Option<String>>,
+    generation: u64,
+    publisher: Arc<TablePublisher<Snapshot>>,
+    wakers: Vec<Arc<mio::Waker>>,
+    counters: Vec<Arc<WorkerCounters>>,
+    state_file: PathBuf,
+}
+
+impl SwitchState {
+    fn workers(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Validates a node spec.
+    fn validate_node(node: &NodeSpec) -> Result<(), ApiError> {
+        if node.name.is_empty() {
+            return Err(ApiError::invalid("node.name", "must not be empty"));
+        }
+        if node.ipv4_cidr().is_none() {
+            return Err(ApiError::invalid(
+                "node.pod_cidrs",
+                "needs an IPv4 pod CIDR",
+            ));
+        }
+        if !(576..=65535).contains(&node.mtu) {
+            return Err(ApiError::invalid(
+                "node.mtu",
+                format!("{} is outside 576..=65535", node.mtu),
+            ));
+        }
+        if !node.gateway_mac.is_unicast() {
+            return Err(ApiError::invalid(
+                "node.gateway_mac",
+                "must be a unicast MAC",
+            ));
+        }
+        let gw = node.gateway_ipv4().ok_or_else(|| {
+            ApiError::invalid("node.pod_cidrs", "IPv4 pod CIDR has no host addresses")
+        })?;
+        if !node
+            .pod_cidrs
+            .iter()
+            .any(|c| c.contains(&std::net::IpAddr::V4(gw)))
+        {
+            return Err(ApiError::invalid(
+                "node.gateway_ipv4",
+                format!("{gw} is not inside a pod CIDR"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates and resolves a pod spec against `node` (field names are
+    /// prefixed with `prefix`).
+    fn resolve_pod(node: &NodeSpec, spec: &PodSpec, prefix: &str) -> Result<PodSpec, ApiError> {
+        let f = |name: &str| format!("{prefix}.{name}");
+        if spec.name.is_empty() || spec.name.len() > 253 {
+            return Err(ApiError::invalid(f("name"), "must be 1..=253 characters"));
+        }
+        if spec.ifname.is_empty()
+            || spec.ifname.len() > 15
+            || spec.ifname.contains(['/', ' ', ':'])
+            || spec.ifname == "."
+            || spec.ifname == ".."
+        {
+            return Err(ApiError::invalid(
+                f("ifname"),
+                format!("{:?} is not a valid interface name", spec.ifname),
+            ));
+        }
+        if !spec.netns.is_absolute() || !spec.netns.exists() {
+            return Err(ApiError::invalid(
+                f("netns"),
+                format!("{} does not exist", spec.netns.display()),
+            ));
+        }
+        let ip = spec
+            .ipv4
+            .ok_or_else(|| ApiError::invalid(f("ipv4"), "required"))?;
+        let cidr = node.ipv4_cidr().expect("validated node has an IPv4 CIDR");
+        if !cidr.contains(&ip) {
+            return Err(ApiError::invalid(
+                f("ipv4"),
+                format!("{ip} is outside the node's pod CIDR {cidr}"),
+            ));
+        }
+        if ip == cidr.network() || ip == cidr.broadcast() || Some(ip) == node.gateway_ipv4() {
+            return Err(ApiError::invalid(
+                f("ipv4"),
+                format!("{ip} is the network, broadcast or gateway address of {cidr}"),
+            ));
+        }
+        if spec.ipv6.is_some() {
+            return Err(ApiError::invalid(
+                f("ipv6"),
+                "IPv6 pods are not supported yet",
+            ));
+        }
+        let mac = spec.mac.unwrap_or_else(|| Mac::for_pod_ipv4(ip));
+        if !mac.is_unicast() || mac == node.gateway_mac {
+            return Err(ApiError::invalid(
+                f("mac"),
+                format!("{mac} must be unicast and not the gateway's"),
+            ));
+        }
+        let mtu = spec.mtu.unwrap_or(node.mtu);
+        if !(576..=65535).contains(&mtu) {
+            return Err(ApiError::invalid(
+                f("mtu"),
+                format!("{mtu} is outside 576..=65535"),
+            ));
+        }
+        Ok(PodSpec {
+            mac: Some(mac),
+            mtu: Some(mtu),
+            ..spec.clone()
+        })
+    }
+
+    /// Checks a whole desired pod set for duplicates (names, IPs, MACs,
+    /// namespace+interface).
+    fn check_unique<'a>(pods: impl Iterator<Item = (&'a PodSpec, String)>) -> Result<(), ApiError> {
+        let mut names = BTreeMap::new();
+        let mut ips = BTreeMap::new();
+        let mut macs = BTreeMap::new();
+        let mut ifs = BTreeMap::new();
+        for (p, field) in pods {
+            if let Some(prev) = names.insert(p.name.clone(), field.clone()) {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("pod {} given twice ({prev} and {field})", p.name),
+                )
+                .with_field(format!("{field}.name")));
+            }
+            if let Some(ip) = p.ipv4 {
+                if let Some(prev) = ips.insert(ip, p.name.clone()) {
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("{ip} is already pod {prev}'s"),
+                    )
+                    .with_field(format!("{field}.ipv4")));
+                }
+            }
+            if let Some(mac) = p.mac {
+                if let Some(prev) = macs.insert(mac, p.name.clone()) {
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("{mac} is already pod {prev}'s"),
+                    )
+                    .with_field(format!("{field}.mac")));
+                }
+            }
+            if let Some(prev) = ifs.insert((p.netns.clone(), p.ifname.clone()), p.name.clone()) {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "{} in {} is already pod {prev}'s",
+                        p.ifname,
+                        p.netns.display()
+                    ),
+                )
+                .with_field(format!("{field}.netns")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds and publishes a snapshot from the current ports, wakes the
+    /// workers and saves the state.
+    fn publish(&mut self) {
+        self.generation += 1;
+        let gw = Gateway {
+            mac: self.node.gateway_mac.0,
+            ipv4: self.node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ipv6: None,
+        };
+        let mut ports: Vec<Option<PodPort>> = vec![None; self.slots.len()];
+        let mut io: Vec<Option<Arc<PortIo>>> = vec![None; self.slots.len()];
+        for st in self.ports.values() {
+            let s = &st.spec;
+            ports[st.id as usize] = Some(PodPort {
+                id: st.id,
+                pod: s.name.clone(),
+                ifname: s.ifname.clone(),
+                netns: s.netns.clone(),
+                mac: s.mac.map(|m| m.0).unwrap_or_default(),
+                ipv4: s.ipv4,
+                ipv6: s.ipv6,
+                mtu: s.mtu.unwrap_or(self.node.mtu),
+                offloads: true,
+            });
+            io[st.id as usize] = Some(Arc::clone(&st.io));
+        }
+        let mut tables = Tables::new(&self.node.name, gw, self.node.pod_cidrs.clone(), ports);
+        tables.generation = self.generation;
+        self.publisher.publish(Snapshot { tables, io });
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        if let Err(e) = self.save() {
+            tracing::error!(error = %format!("{e:#}"), "cannot save switch state");
+        }
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let saved = SavedState {
+            node: self.node.clone(),
+            pods: self.ports.values().map(|p| p.spec.clone()).collect(),
+        };
+        let tmp = self.state_file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&saved)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.state_file)
+            .with_context(|| format!("renaming to {}", self.state_file.display()))?;
+        Ok(())
+    }
+
+    fn alloc_slot(&mut self, name: &str) -> PortId {
+        if let Some(i) = self.slots.iter().position(|s| s.is_none()) {
+            self.slots[i] = Some(name.to_string());
+            i as PortId
+        } else {
+            self.slots.push(Some(name.to_string()));
+            (self.slots.len() - 1) as PortId
+        }
+    }
+
+    fn wiring<'a>(&self, spec: &'a PodSpec) -> PodWiring<'a> {
+        PodWiring {
+            pod: &spec.name,
+            netns: &spec.netns,
+            ifname: &spec.ifname,
+            mac: spec.mac.map(|m| m.0).unwrap_or_default(),
+            mtu: spec.mtu.unwrap_or(self.node.mtu),
+            ipv4: spec.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            gateway: self.node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
+    /// Creates the taps of already-validated pods; all or nothing.
+    fn create_ports(
+        &mut self,
+        specs: &[PodSpec],
+    ) -> Result<Vec<(PodSpec, Vec<crate::port::tap::TapQueue>)>, ApiError> {
+        for s in specs {
+            pod::precheck(&self.wiring(s)).map_err(|e| match e {
+                pod::WiringError::InterfaceExists { .. } => {
+                    ApiError::new(ErrorCode::AlreadyExists, e.to_string())
+                }
+                other => ApiError::internal(other.to_string()),
+            })?;
+        }
+        let mut made = Vec::new();
+        for s in specs {
+            match pod::create(&self.wiring(s), self.workers()) {
+                Ok(q) => made.push((s.clone(), q)),
+                Err(e) => {
+                    for (done, _) in &made {
+                        let w = self.wiring(done);
+                        let _ = pod::delete(w.pod, w.netns, w.ifname, w.mac);
+                    }
+                    return Err(ApiError::internal(e.to_string()));
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    fn install(&mut self, made: Vec<(PodSpec, Vec<crate::port::tap::TapQueue>)>) {
+        for (spec, queues) in made {
+            let id = self.alloc_slot(&spec.name);
+            self.ports.insert(
+                spec.name.clone(),
+                PortState {
+                    spec,
+                    id,
+                    io: Arc::new(PortIo::new(queues)),
+                },
+            );
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<PortState> {
+        let st = self.ports.remove(name)?;
+        if let Some(slot) = self.slots.get_mut(st.id as usize) {
+            *slot = None;
+        }
+        Some(st)
+    }
+
+    fn delete_links(&self, removed: &[PortState]) {
+        for st in removed {
+            let w = self.wiring(&st.spec);
+            if let Err(e) = pod::delete(w.pod, w.netns, w.ifname, w.mac) {
+                tracing::warn!(error = %e, "removing pod interface");
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        new_node: Option<NodeSpec>,
+        add: &[PodSpec],
+        remove: &[String],
+        exact: bool,
+    ) -> Result<Applied, ApiError> {
+        let node = new_node.clone().unwrap_or_else(|| self.node.clone());
+        Self::validate_node(&node)?;
+        let mut resolved = Vec::new();
+        for (i, p) in add.iter().enumerate() {
+            resolved.push(Self::resolve_pod(&node, p, &format!("pods[{i}]"))?);
+        }
+        let node_changed = node != self.node;
+        // Decide the final set.
+        let mut to_remove: Vec<String> = Vec::new();
+        for (i, r) in remove.iter().enumerate() {
+            if !self.ports.contains_key(r) {
+                return Err(ApiError::new(ErrorCode::NotFound, format!("no pod {r}"))
+                    .with_field(format!("remove[{i}]")));
+            }
+            to_remove.push(r.clone());
+        }
+        let mut to_add = Vec::new();
+        let mut unchanged = 0;
+        for r in &resolved {
+            match self.ports.get(&r.name) {
+                Some(cur) if cur.spec == *r && !node_changed => unchanged += 1,
+                Some(_) => {
+                    to_remove.push(r.name.clone());
+                    to_add.push(r.clone());
+                }
+                None => to_add.push(r.clone()),
+            }
+        }
+        if exact || node_changed {
+            for (name, st) in &self.ports {
+                if !resolved.iter().any(|r| &r.name == name) && !to_remove.contains(name) {
+                    if exact {
+                        to_remove.push(name.clone());
+                    } else {
+                        // The node changed: keep the pod, re-created on the new node config.
+                        let r =
+                            Self::resolve_pod(&node, &st.spec, &format!("existing pod {name}"))?;
+                        to_remove.push(name.clone());
+                        to_add.push(r);
+                    }
+                }
+            }
+        }
+        to_remove.sort();
+        to_remove.dedup();
+        // The set after the change must be consistent.
+        let keep = self
+            .ports
+            .values()
+            .filter(|p| !to_remove.contains(&p.spec.name))
+            .map(|p| (&p.spec, format!("existing pod {}", p.spec.name)));
+        let adding = to_add
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p, format!("pods[{i}]")));
+        Self::check_unique(keep.chain(adding))?;
+        // Everything is valid: change the kernel state. Removals first, so
+        // a re-created pod can reuse its interface name.
+        let removed: Vec<PortState> = to_remove.iter().filter_map(|n| self.remove(n)).collect();
+        self.delete_links(&removed);
+        let old_node = std::mem::replace(&mut self.node, node);
+        match self.create_ports(&to_add) {
+            Ok(made) => self.install(made),
+            Err(e) => {
+                // Put back what was removed, as it was.
+                self.node = old_node;
+                let specs: Vec<PodSpec> = removed.iter().map(|r| r.spec.clone()).collect();
+                if let Ok(made) = self.create_ports(&specs) {
+                    self.install(made);
+                }
+                self.publish();
+                return Err(e);
+            }
+        }
+        self.publish();
+        let added: Vec<String> = to_add.iter().map(|p| p.name.clone()).collect();
+        Ok(Applied {
+            removed: to_remove
+                .into_iter()
+                .filter(|n| !added.contains(n))
+                .collect(),
+            added,
+            unchanged,
+            generation: self.generation,
+        })
+    }
+
+    fn port_info(&self, st: &PortState) -> PortInfo {
+        PortInfo {
+            id: st.id,
+            pod: st.spec.name.clone(),
+            netns: st.spec.netns.clone(),
+            ifname: st.spec.ifname.clone(),
+            mac: st.spec.mac.unwrap_or(Mac([0; 6])),
+            ipv4: st.spec.ipv4,
+            ipv6: st.spec.ipv6,
+            mtu: st.spec.mtu.unwrap_or(self.node.mtu),
+            queues: st.io.queues.len(),
+            stats: PortStats::sum(&st.io.counters),
+        }
+    }
+
+    /// Handles one control request.
+    pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| ApiError::internal(e.to_string()))
+        };
+        match req {
+            Request::Hello => to_json(serde_json::to_value(Hello {
+                api_version: crate::control::api::API_VERSION,
+                switch_version: env!("CARGO_PKG_VERSION").to_string(),
+                node: self.node.name.clone(),
+                workers: self.workers(),
+            })),
+            Request::AddPort { pod } => {
+                if self.ports.contains_key(&pod.name) {
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("pod {} already has a port", pod.name),
+                    )
+                    .with_field("pod.name"));
+                }
+                let spec = Self::resolve_pod(&self.node, &pod, "pod")?;
+                let keep = self
+                    .ports
+                    .values()
+                    .map(|p| (&p.spec, format!("existing pod {}", p.spec.name)));
+                Self::check_unique(keep.chain(std::iter::once((&spec, "pod".to_string()))))?;
+                let made = self.create_ports(std::slice::from_ref(&spec))?;
+                self.install(made);
+                self.publish();
+                let st = &self.ports[&spec.name];
+                to_json(serde_json::to_value(self.port_info(st)))
+            }
+            Request::RemovePort { name } => {
+                let st = self.remove(&name).ok_or_else(|| {
+                    ApiError::new(ErrorCode::NotFound, format!("no pod {name}")).with_field("name")
+                })?;
+                self.publish();
+                self.delete_links(&[st]);
+                Ok(serde_json::Value::Null)
+            }
+            Request::ReplaceTopology { topology } => {
+                let applied = self.apply(Some(topology.node), &topology.pods, &[], true)?;
+                to_json(serde_json::to_value(applied))
+            }
+            Request::PatchTopology { add, remove } => {
+                let applied = self.apply(None, &add, &remove, false)?;
+                to_json(serde_json::to_value(applied))
+            }
+            Request::GetTopology => to_json(serde_json::to_value(Topology {
+                node: self.node.clone(),
+                pods: self.ports.values().map(|p| p.spec.clone()).collect(),
+            })),
+            Request::ListPorts => to_json(serde_json::to_value(
+                self.ports
+                    .values()
+                    .map(|p| self.port_info(p))
+                    .collect::<Vec<_>>(),
+            )),
+            Request::GetStats => to_json(serde_json::to_value(Stats {
+                generation: self.generation,
+                workers: self.workers(),
+                datapath: DatapathStats::sum(&self.counters),
+                ports: self.ports.values().map(|p| self.port_info(p)).collect(),
+            })),
+        }
+    }
+}
+
+impl ApiError {
+    /// Attaches the name of the offending field.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
+    if config.workers == 0 {
+        config.workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+    }
+    config.workers = config.workers.clamp(1, crate::port::tap::MAX_QUEUES);
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    let state_file = config.state_dir.join("state.json");
+    let saved: Option<SavedState> = match std::fs::read(&state_file) {
+        Ok(b) => Some(
+            serde_json::from_slice(&b)
+                .with_context(|| format!("parsing {}", state_file.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", state_file.display())),
+    };
+    let node = saved
+        .as_ref()
+        .map(|s| s.node.clone())
+        .unwrap_or_else(|| config.node.clone());
+    SwitchState::validate_node(&node).map_err(|e| anyhow::anyhow!("node config: {e}"))?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let gw = Gateway {
+        mac: node.gateway_mac.0,
+        ipv4: node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ipv6: None,
+    };
+    let publisher = Arc::new(TablePublisher::new(Snapshot::empty(Tables::new(
+        &node.name,
+        gw,
+        node.pod_cidrs.clone(),
+        Vec::new(),
+    ))));
+    let mut wakers = Vec::new();
+    let mut counters = Vec::new();
+    let mut handles = Vec::new();
+    for id in 0..config.workers {
+        let c = Arc::new(WorkerCounters::default());
+        let (worker, waker) = Worker::new(
+            id,
+            Arc::clone(&publisher),
+            Arc::clone(&c),
+            Arc::clone(&shutdown),
+        )
+        .context("creating worker poller")?;
+        wakers.push(waker);
+        counters.push(c);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("psw-worker-{id}"))
+                .spawn(move || worker.run())
+                .context("spawning worker")?,
+        );
+    }
+    let mut state = SwitchState {
+        node,
+        ports: BTreeMap::new(),
+        slots: Vec::new(),
+        generation: 0,
+        publisher,
+        wakers,
+        counters,
+        state_file,
+    };
+    // Re-attach to the pods of the previous run.
+    if let Some(saved) = saved {
+        for spec in saved.pods {
+            let mac = spec.mac.map(|m| m.0).unwrap_or_default();
+            match pod::reattach(&spec.name, &spec.netns, &spec.ifname, mac, config.workers) {
+                Ok(queues) => {
+                    tracing::info!(pod = %spec.name, "re-attached to persistent tap");
+                    state.install(vec![(spec, queues)]);
+                }
+                Err(e) => tracing::warn!(error = %e, "pod from the previous run not re-attached"),
+            }
+        }
+    }
+    state.publish();
+    let state = Arc::new(Mutex::new(state));
+    let server = crate::control::server::ControlServer::bind(&config.control_socket)?;
+    let server_shutdown = Arc::clone(&shutdown);
+    let server_state = Arc::clone(&state);
+    let server_thread = std::thread::Builder::new()
+        .name("psw-control".into())
+        .spawn(move || server.serve(server_state, server_shutdown))
+        .context("spawning control thread")?;
+    {
+        let s = Arc::clone(&shutdown);
+        ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
+            .context("installing signal handler")?;
+    }
+    tracing::info!(node = %config.node.name, workers = config.workers, socket = %config.control_socket.display(), "switch running");
+    while !shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("shutting down; pod taps persist");
+    if let Ok(st) = state.lock() {
+        for w in &st.wakers {
+            let _ = w.wake();
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    drop(server_thread);
+    Ok(())
+}
+
+/// The default state directory for a node.
+pub fn default_state_dir(node: &str) -> PathBuf {
+    Path::new("/run/podswitch").join(node)
+}
+
+/// Helper for configs: a node spec from a name and pod CIDR.
+pub fn node_spec(name: &str, pod_cidr: IpNet, mtu: u32) -> NodeSpec {
+    NodeSpec {
+        name: name.to_string(),
+        pod_cidrs: vec![pod_cidr],
+        gateway_mac: Mac([0xee; 6]),
+        gateway_ipv4: None,
+        mtu,
+    }
+}

@@ -20,7 +20,10 @@ impl Counter {
     /// Adds `n`. Only the owning worker calls this (single writer).
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     #[inline]
     pub fn inc(&self) {
@@ -77,7 +80,7 @@ impl Default for WorkerCounters {
 
 impl WorkerCounters {
     #[inline]
-    pub fn drop(&self, reason: DropReason, bytes: usize) {
+    pub fn count_drop(&self, reason: DropReason, bytes: usize) {
         self.drop_packets[reason as usize].inc();
         self.drop_bytes[reason as usize].add(bytes as u64);
     }
@@ -167,8 +170,14 @@ impl DatapathStats {
             s.csum_completed += c.csum_completed.get();
         }
         for r in DropReason::ALL {
-            let packets: u64 = workers.iter().map(|w| w.drop_packets[*r as usize].get()).sum();
-            let bytes: u64 = workers.iter().map(|w| w.drop_bytes[*r as usize].get()).sum();
+            let packets: u64 = workers
+                .iter()
+                .map(|w| w.drop_packets[*r as usize].get())
+                .sum();
+            let bytes: u64 = workers
+                .iter()
+                .map(|w| w.drop_bytes[*r as usize].get())
+                .sum();
             if packets > 0 {
                 s.drops.push(DropStat {
                     stage: r.stage().name().to_string(),
@@ -184,6 +193,10 @@ impl DatapathStats {
 
     /// Packets dropped for `reason` (by its snake_case name).
     pub fn drops_of(&self, reason: &str) -> u64 {
-        self.drops.iter().filter(|d| d.reason == reason).map(|d| d.packets).sum()
+        self.drops
+            .iter()
+            .filter(|d| d.reason == reason)
+            .map(|d| d.packets)
+            .sum()
     }
 }

@@ -48,7 +48,8 @@ impl GatewayStage {
 fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     let port_ip = tables.port(p.ingress).and_then(|port| port.ipv4);
     let (sender_mac, sender_ip, target_ip) = {
-        let arp = ArpPacketSlice::from_slice(&p.frame()[ETH_LEN..]).map_err(|_| DropReason::ArpInvalid)?;
+        let arp = ArpPacketSlice::from_slice(&p.frame()[ETH_LEN..])
+            .map_err(|_| DropReason::ArpInvalid)?;
         if arp.hw_addr_type() != ArpHardwareId::ETHERNET
             || arp.proto_addr_type() != EtherType::IPV4
             || arp.hw_addr_size() != 6
@@ -58,8 +59,10 @@ fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
         }
         let mut sender_mac = [0u8; 6];
         sender_mac.copy_from_slice(arp.sender_hw_addr());
-        let sip = <[u8; 4]>::try_from(arp.sender_protocol_addr()).map_err(|_| DropReason::ArpInvalid)?;
-        let tip = <[u8; 4]>::try_from(arp.target_protocol_addr()).map_err(|_| DropReason::ArpInvalid)?;
+        let sip =
+            <[u8; 4]>::try_from(arp.sender_protocol_addr()).map_err(|_| DropReason::ArpInvalid)?;
+        let tip =
+            <[u8; 4]>::try_from(arp.target_protocol_addr()).map_err(|_| DropReason::ArpInvalid)?;
         if arp.operation() != ArpOperation::REQUEST {
             return Err(DropReason::ArpNotAnswered);
         }
@@ -93,7 +96,9 @@ fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
 }
 
 fn gateway_ipv4(p: &mut Packet, tables: &Tables, c: &WorkerCounters) -> Result<(), DropReason> {
-    let IpAddr::V4(dst) = p.meta.dst else { return Ok(()) };
+    let IpAddr::V4(dst) = p.meta.dst else {
+        return Ok(());
+    };
     if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || dst.octets()[0] == 0 {
         return Err(DropReason::NonUnicastDestination);
     }
@@ -102,7 +107,12 @@ fn gateway_ipv4(p: &mut Packet, tables: &Tables, c: &WorkerCounters) -> Result<(
     }
     let m = p.meta;
     let l4 = usize::from(m.l4_off);
-    let is_echo = m.proto == 1 && m.first_fragment && !m.more_fragments && !m.vnet.is_gso() && p.frame()[l4] == ICMP_ECHO_REQUEST && p.frame()[l4 + 1] == 0;
+    let is_echo = m.proto == 1
+        && m.first_fragment
+        && !m.more_fragments
+        && !m.vnet.is_gso()
+        && p.frame()[l4] == ICMP_ECHO_REQUEST
+        && p.frame()[l4 + 1] == 0;
     if !is_echo {
         return Err(DropReason::GatewayNotServed);
     }
@@ -168,8 +178,14 @@ mod tests {
 
     #[test]
     fn arp_probe_gratuitous_and_spoofed_are_not_answered() {
-        assert_eq!(run(arp_request([0, 0, 0, 0], GW)).0, Verdict::Drop(DropReason::ArpNotAnswered));
-        assert_eq!(run(arp_request(POD_A, POD_A)).0, Verdict::Drop(DropReason::ArpNotAnswered));
+        assert_eq!(
+            run(arp_request([0, 0, 0, 0], GW)).0,
+            Verdict::Drop(DropReason::ArpNotAnswered)
+        );
+        assert_eq!(
+            run(arp_request(POD_A, POD_A)).0,
+            Verdict::Drop(DropReason::ArpNotAnswered)
+        );
         let mut f = arp_request(POD_A, GW);
         f[VNET + 14 + 14..VNET + 14 + 18].copy_from_slice(&POD_B); // sender IP of pod B
         assert_eq!(run(f).0, Verdict::Drop(DropReason::SourceIpSpoofed));
@@ -186,11 +202,15 @@ mod tests {
         let (v, out) = run(icmp_echo_frame(POD_A, GW, 64));
         assert_eq!(v, Verdict::Reply);
         let s = etherparse::SlicedPacket::from_ethernet(&out[VNET..]).unwrap();
-        let Some(etherparse::NetSlice::Ipv4(ip)) = s.net else { panic!("no ipv4") };
+        let Some(etherparse::NetSlice::Ipv4(ip)) = s.net else {
+            panic!("no ipv4")
+        };
         assert_eq!(ip.header().source(), GW);
         assert_eq!(ip.header().destination(), POD_A);
         assert_eq!(checksum::checksum(ip.header().slice()), 0);
-        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = s.transport else { panic!("no icmp") };
+        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = s.transport else {
+            panic!("no icmp")
+        };
         assert_eq!(icmp.type_u8(), 0);
         assert_eq!(checksum::checksum(icmp.slice()), 0);
         assert_eq!(icmp.payload(), &[1, 2, 3, 4, 5, 6, 7, 8]);
@@ -198,8 +218,17 @@ mod tests {
 
     #[test]
     fn udp_to_gateway_and_broadcast_are_dropped() {
-        assert_eq!(run(udp_frame(POD_A, GW, 10)).0, Verdict::Drop(DropReason::GatewayNotServed));
-        assert_eq!(run(udp_frame(POD_A, [255, 255, 255, 255], 10)).0, Verdict::Drop(DropReason::NonUnicastDestination));
-        assert_eq!(run(udp_frame(POD_A, [224, 0, 0, 251], 10)).0, Verdict::Drop(DropReason::NonUnicastDestination));
+        assert_eq!(
+            run(udp_frame(POD_A, GW, 10)).0,
+            Verdict::Drop(DropReason::GatewayNotServed)
+        );
+        assert_eq!(
+            run(udp_frame(POD_A, [255, 255, 255, 255], 10)).0,
+            Verdict::Drop(DropReason::NonUnicastDestination)
+        );
+        assert_eq!(
+            run(udp_frame(POD_A, [224, 0, 0, 251], 10)).0,
+            Verdict::Drop(DropReason::NonUnicastDestination)
+        );
     }
 }

@@ -56,7 +56,12 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(rate: u32, burst: u32) -> Self {
-        RateLimit { rate, burst, tokens: burst, last: None }
+        RateLimit {
+            rate,
+            burst,
+            tokens: burst,
+            last: None,
+        }
     }
 
     /// Takes a token if one is available at `now`.
@@ -82,7 +87,9 @@ impl RateLimit {
 /// Returns false (packet untouched) if the packet is not IPv4 or the error
 /// does not fit.
 pub fn rewrite_as_error(p: &mut Packet, gw: &Gateway, icmp_type: Icmpv4Type) -> bool {
-    let IpAddr::V4(src) = p.meta.src else { return false };
+    let IpAddr::V4(src) = p.meta.src else {
+        return false;
+    };
     let frame = p.frame();
     let mut dst_mac = [0u8; 6];
     dst_mac.copy_from_slice(&frame[6..12]);
@@ -92,7 +99,9 @@ pub fn rewrite_as_error(p: &mut Packet, gw: &Gateway, icmp_type: Icmpv4Type) -> 
     let quote_len = (end - start).min(MAX_ERROR_DATAGRAM - ERROR_HEADERS);
     let mut quote = [0u8; MAX_ERROR_DATAGRAM - ERROR_HEADERS];
     quote[..quote_len].copy_from_slice(&frame[start..start + quote_len]);
-    let builder = PacketBuilder::ethernet2(gw.mac, dst_mac).ipv4(gw.ipv4.octets(), src.octets(), 64).icmpv4(icmp_type);
+    let builder = PacketBuilder::ethernet2(gw.mac, dst_mac)
+        .ipv4(gw.ipv4.octets(), src.octets(), 64)
+        .icmpv4(icmp_type);
     let needed = builder.size(quote_len);
     let area = p.frame_area();
     if area.len() < needed {

@@ -223,7 +223,8 @@ impl Packet {
     /// Rewrites the vnet header from `repr`.
     pub fn set_vnet(&mut self, repr: vnet_hdr::Repr) {
         let s = self.start;
-        let mut h = vnet_hdr::VnetHdr::new_checked(&mut self.buf[s..s + vnet_hdr::LEN]).expect("buffer holds a vnet header");
+        let mut h = vnet_hdr::VnetHdr::new_checked(&mut self.buf[s..s + vnet_hdr::LEN])
+            .expect("buffer holds a vnet header");
         repr.emit(&mut h);
         self.meta.vnet = repr;
     }
@@ -357,7 +358,7 @@ impl Pipeline {
 #[inline]
 pub(crate) fn drop_packet(p: &mut Packet, reason: DropReason, c: &WorkerCounters) {
     if p.pending() {
-        c.drop(reason, p.len());
+        c.count_drop(reason, p.len());
         p.verdict = Verdict::Drop(reason);
     }
 }

@@ -18,7 +18,9 @@ pub struct OutputStage;
 impl OutputStage {
     pub fn process(&mut self, batch: &mut Batch, tables: &Tables, c: &WorkerCounters) {
         for p in batch.packets_mut() {
-            let Verdict::Forward { port } = p.verdict else { continue };
+            let Verdict::Forward { port } = p.verdict else {
+                continue;
+            };
             let Some(dst) = tables.port(port) else {
                 p.verdict = Verdict::Pending;
                 drop_packet(p, DropReason::PortGone, c);
@@ -34,7 +36,11 @@ impl OutputStage {
                 continue;
             }
             if let Some((start, offset)) = vnet.csum {
-                if checksum::complete_partial(p.frame_mut(), usize::from(start), usize::from(offset)) {
+                if checksum::complete_partial(
+                    p.frame_mut(),
+                    usize::from(start),
+                    usize::from(offset),
+                ) {
                     c.stages.csum_completed.inc();
                 }
                 p.set_vnet(vnet_hdr::Repr::NONE);

@@ -40,13 +40,17 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     }
     let frame_len = p.len() - vnet_hdr::LEN;
     let vnet = {
-        let hdr = VnetHdr::new_checked(&p.data()[..vnet_hdr::LEN]).map_err(|_| DropReason::FrameTooShort)?;
+        let hdr = VnetHdr::new_checked(&p.data()[..vnet_hdr::LEN])
+            .map_err(|_| DropReason::FrameTooShort)?;
         vnet_hdr::Repr::parse(&hdr, frame_len).map_err(|_| DropReason::VnetHdrInvalid)?
     };
     p.meta.vnet = vnet;
-    let port = tables.port(p.ingress).ok_or(DropReason::UnknownIngressPort)?;
+    let port = tables
+        .port(p.ingress)
+        .ok_or(DropReason::UnknownIngressPort)?;
     let (src_mac, dst, ether_type) = {
-        let eth = Ethernet2HeaderSlice::from_slice(p.frame()).map_err(|_| DropReason::FrameTooShort)?;
+        let eth =
+            Ethernet2HeaderSlice::from_slice(p.frame()).map_err(|_| DropReason::FrameTooShort)?;
         (eth.source(), eth.destination(), eth.ether_type())
     };
     if src_mac != port.mac {
@@ -74,7 +78,11 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     }
 }
 
-fn parse_ipv4(p: &mut Packet, own_ip: Option<std::net::Ipv4Addr>, mtu: u32) -> Result<(), DropReason> {
+fn parse_ipv4(
+    p: &mut Packet,
+    own_ip: Option<std::net::Ipv4Addr>,
+    mtu: u32,
+) -> Result<(), DropReason> {
     let vnet = p.meta.vnet;
     let ip_bytes = &p.frame()[ETH_LEN..];
     let ip = Ipv4Slice::from_slice(ip_bytes).map_err(|_| DropReason::Ipv4HeaderInvalid)?;
@@ -161,7 +169,10 @@ mod tests {
 
     #[test]
     fn valid_udp_passes() {
-        assert_eq!(parse(udp_frame(POD_A, POD_B, 100)), super::super::Verdict::Pending);
+        assert_eq!(
+            parse(udp_frame(POD_A, POD_B, 100)),
+            super::super::Verdict::Pending
+        );
     }
 
     #[test]

@@ -40,43 +40,90 @@ impl Default for RouteStage {
 
 impl RouteStage {
     pub fn new() -> Self {
-        RouteStage { icmp_limit: RateLimit::new(ICMP_ERROR_RATE, ICMP_ERROR_BURST) }
+        RouteStage {
+            icmp_limit: RateLimit::new(ICMP_ERROR_RATE, ICMP_ERROR_BURST),
+        }
     }
 
-    pub fn process(&mut self, batch: &mut Batch, tables: &Tables, c: &WorkerCounters, now: Instant) {
+    pub fn process(
+        &mut self,
+        batch: &mut Batch,
+        tables: &Tables,
+        c: &WorkerCounters,
+        now: Instant,
+    ) {
         for p in batch.packets_mut() {
             if !p.pending() || p.meta.l3 != L3::Ipv4 {
                 continue;
             }
             match tables.routes.lookup(p.meta.dst) {
                 Some(RouteTarget::Local(port)) => self.forward_local(p, port, tables, c, now),
-                Some(RouteTarget::Unassigned) => self.error(p, tables, c, now, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), DropReason::HostUnreachable),
-                None => self.error(p, tables, c, now, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Network), DropReason::NoRoute),
+                Some(RouteTarget::Unassigned) => self.error(
+                    p,
+                    tables,
+                    c,
+                    now,
+                    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+                    DropReason::HostUnreachable,
+                ),
+                None => self.error(
+                    p,
+                    tables,
+                    c,
+                    now,
+                    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Network),
+                    DropReason::NoRoute,
+                ),
             }
         }
     }
 
-    fn forward_local(&mut self, p: &mut Packet, port: u32, tables: &Tables, c: &WorkerCounters, now: Instant) {
+    fn forward_local(
+        &mut self,
+        p: &mut Packet,
+        port: u32,
+        tables: &Tables,
+        c: &WorkerCounters,
+        now: Instant,
+    ) {
         let Some(dst) = tables.port(port) else {
             drop_packet(p, DropReason::HostUnreachable, c);
             return;
         };
         if p.meta.ttl <= 1 {
-            self.error(p, tables, c, now, Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit), DropReason::TtlExpired);
+            self.error(
+                p,
+                tables,
+                c,
+                now,
+                Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+                DropReason::TtlExpired,
+            );
             return;
         }
         // The size each wire packet will have at the destination: the
         // datagram, or for a superframe one segment plus its headers.
         let m = p.meta;
         let wire_len = if m.vnet.is_gso() {
-            u32::from(m.l4_off) - ETH_LEN as u32 + u32::from(m.l4_hdr_len) + u32::from(m.vnet.gso_size)
+            u32::from(m.l4_off) - ETH_LEN as u32
+                + u32::from(m.l4_hdr_len)
+                + u32::from(m.vnet.gso_size)
         } else {
             u32::from(m.ip_len)
         };
         if wire_len > dst.mtu {
             if m.dont_fragment || m.vnet.is_gso() {
                 let mtu = dst.mtu.min(u32::from(u16::MAX)) as u16;
-                self.error(p, tables, c, now, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }), DropReason::FrameOverMtu);
+                self.error(
+                    p,
+                    tables,
+                    c,
+                    now,
+                    Icmpv4Type::DestinationUnreachable(
+                        DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+                    ),
+                    DropReason::FrameOverMtu,
+                );
             } else {
                 // Fragmenting in the switch is not done: pods share the node MTU.
                 drop_packet(p, DropReason::FrameOverMtu, c);
@@ -98,12 +145,23 @@ impl RouteStage {
 
     /// Drops the packet for `reason` and, where allowed, replaces it with
     /// an ICMP error back to its sender.
-    fn error(&mut self, p: &mut Packet, tables: &Tables, c: &WorkerCounters, now: Instant, icmp: Icmpv4Type, reason: DropReason) {
-        c.drop(reason, p.len());
-        if error_allowed(p) && self.icmp_limit.allow(now) && rewrite_as_error(p, &tables.gateway, icmp) {
+    fn error(
+        &mut self,
+        p: &mut Packet,
+        tables: &Tables,
+        c: &WorkerCounters,
+        now: Instant,
+        icmp: Icmpv4Type,
+        reason: DropReason,
+    ) {
+        c.count_drop(reason, p.len());
+        if error_allowed(p)
+            && self.icmp_limit.allow(now)
+            && rewrite_as_error(p, &tables.gateway, icmp)
+        {
             c.stages.icmp_errors_sent.inc();
         } else {
-            c.drop(DropReason::IcmpErrorSuppressed, 0);
+            c.count_drop(DropReason::IcmpErrorSuppressed, 0);
             p.verdict = Verdict::Drop(reason);
         }
     }
@@ -124,15 +182,22 @@ mod tests {
             b.push_bytes(0, f);
         }
         pl.process(&mut b, &t, Instant::now());
-        b.packets().iter().map(|p| (p.verdict, p.data().to_vec())).collect()
+        b.packets()
+            .iter()
+            .map(|p| (p.verdict, p.data().to_vec()))
+            .collect()
     }
 
     fn icmp_of(out: &[u8]) -> (u8, u8, [u8; 4], Vec<u8>) {
         let s = SlicedPacket::from_ethernet(&out[VNET..]).unwrap();
-        let Some(NetSlice::Ipv4(ip)) = &s.net else { panic!("not ipv4") };
+        let Some(NetSlice::Ipv4(ip)) = &s.net else {
+            panic!("not ipv4")
+        };
         assert_eq!(checksum::checksum(ip.header().slice()), 0);
         let dst = ip.header().destination();
-        let Some(TransportSlice::Icmpv4(icmp)) = s.transport else { panic!("not icmp") };
+        let Some(TransportSlice::Icmpv4(icmp)) = s.transport else {
+            panic!("not icmp")
+        };
         assert_eq!(checksum::checksum(icmp.slice()), 0, "icmp checksum");
         (icmp.type_u8(), icmp.code_u8(), dst, icmp.slice().to_vec())
     }
@@ -202,7 +267,11 @@ mod tests {
     #[test]
     fn no_error_about_an_error() {
         // A time-exceeded ICMP from A with TTL 1: no error back.
-        let b = etherparse::PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC).ipv4(POD_A, POD_B, 1).icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit));
+        let b = etherparse::PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC)
+            .ipv4(POD_A, POD_B, 1)
+            .icmpv4(Icmpv4Type::TimeExceeded(
+                TimeExceededCode::TtlExceededInTransit,
+            ));
         let mut f = vec![0u8; VNET];
         b.write(&mut f, &[0u8; 28]).unwrap();
         let out = run(&[f]);
@@ -211,7 +280,9 @@ mod tests {
 
     #[test]
     fn icmp_errors_are_rate_limited() {
-        let frames: Vec<_> = (0..(ICMP_ERROR_BURST as usize + 10)).map(|_| udp_frame(POD_A, [10, 244, 1, 99], 10)).collect();
+        let frames: Vec<_> = (0..(ICMP_ERROR_BURST as usize + 10))
+            .map(|_| udp_frame(POD_A, [10, 244, 1, 99], 10))
+            .collect();
         let out = run(&frames);
         let replies = out.iter().filter(|o| o.0 == Verdict::Reply).count();
         assert_eq!(replies, ICMP_ERROR_BURST as usize);

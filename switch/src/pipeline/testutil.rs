@@ -38,9 +38,17 @@ pub fn tables() -> Tables {
     };
     Tables::new(
         "node-1",
-        Gateway { mac: GW_MAC, ipv4: Ipv4Addr::from(GW), ipv6: None },
+        Gateway {
+            mac: GW_MAC,
+            ipv4: Ipv4Addr::from(GW),
+            ipv6: None,
+        },
         vec!["10.244.1.0/24".parse().unwrap()],
-        vec![port(0, POD_A, 1500), port(1, POD_B, 1500), port(2, POD_C, 1400)],
+        vec![
+            port(0, POD_A, 1500),
+            port(1, POD_B, 1500),
+            port(2, POD_C, 1400),
+        ],
     )
 }
 
@@ -55,21 +63,27 @@ fn with_vnet(frame: Vec<u8>) -> Vec<u8> {
 }
 
 pub fn udp_frame(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC).ipv4(src, dst, 64).udp(40000, 53);
+    let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC)
+        .ipv4(src, dst, 64)
+        .udp(40000, 53);
     let mut out = Vec::new();
     b.write(&mut out, &vec![0xab; payload]).unwrap();
     with_vnet(out)
 }
 
 pub fn tcp_frame(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC).ipv4(src, dst, 64).tcp(40000, 80, 1, 65535);
+    let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(40000, 80, 1, 65535);
     let mut out = Vec::new();
     b.write(&mut out, &vec![0xcd; payload]).unwrap();
     with_vnet(out)
 }
 
 pub fn icmp_echo_frame(src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC).ipv4(src, dst, ttl).icmpv4_echo_request(7, 1);
+    let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC)
+        .ipv4(src, dst, ttl)
+        .icmpv4_echo_request(7, 1);
     let mut out = Vec::new();
     b.write(&mut out, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
     with_vnet(out)
@@ -88,7 +102,14 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     with_vnet(f)
 }
 
-pub fn set_vnet(f: &mut [u8], flags: u8, gso_type: u8, gso_size: u16, csum_start: u16, csum_offset: u16) {
+pub fn set_vnet(
+    f: &mut [u8],
+    flags: u8,
+    gso_type: u8,
+    gso_size: u16,
+    csum_start: u16,
+    csum_offset: u16,
+) {
     let mut h = VnetHdr::new_checked(&mut f[..VNET]).unwrap();
     h.set_flags(flags);
     h.set_gso_type(gso_type);

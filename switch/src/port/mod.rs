@@ -7,5 +7,6 @@
 //! - `raw`: AF_PACKET sockets, for test tools that write arbitrary frames.
 pub mod netlink;
 pub mod netns;
+pub mod pod;
 pub mod raw;
 pub mod tap;

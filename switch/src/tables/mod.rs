@@ -103,7 +103,12 @@ pub struct Tables {
 impl Tables {
     /// Builds a snapshot; routes are derived: each pod CIDR is `Unassigned`
     /// and each pod address a host route to its port.
-    pub fn new(node: &str, gateway: Gateway, pod_cidrs: Vec<IpNet>, ports: Vec<Option<PodPort>>) -> Self {
+    pub fn new(
+        node: &str,
+        gateway: Gateway,
+        pod_cidrs: Vec<IpNet>,
+        ports: Vec<Option<PodPort>>,
+    ) -> Self {
         let mut routes = RouteTable::default();
         for cidr in &pod_cidrs {
             routes.insert(*cidr, RouteTarget::Unassigned);
@@ -181,11 +186,29 @@ mod tests {
 
     #[test]
     fn lpm_prefers_host_route_over_cidr() {
-        let gw = Gateway { mac: [0xee; 6], ipv4: Ipv4Addr::new(10, 244, 1, 1), ipv6: None };
-        let t = Tables::new("n1", gw, vec!["10.244.1.0/24".parse().unwrap()], vec![port(0, [10, 244, 1, 2]), None, port(2, [10, 244, 1, 9])]);
-        assert_eq!(t.routes.lookup("10.244.1.2".parse().unwrap()), Some(RouteTarget::Local(0)));
-        assert_eq!(t.routes.lookup("10.244.1.9".parse().unwrap()), Some(RouteTarget::Local(2)));
-        assert_eq!(t.routes.lookup("10.244.1.3".parse().unwrap()), Some(RouteTarget::Unassigned));
+        let gw = Gateway {
+            mac: [0xee; 6],
+            ipv4: Ipv4Addr::new(10, 244, 1, 1),
+            ipv6: None,
+        };
+        let t = Tables::new(
+            "n1",
+            gw,
+            vec!["10.244.1.0/24".parse().unwrap()],
+            vec![port(0, [10, 244, 1, 2]), None, port(2, [10, 244, 1, 9])],
+        );
+        assert_eq!(
+            t.routes.lookup("10.244.1.2".parse().unwrap()),
+            Some(RouteTarget::Local(0))
+        );
+        assert_eq!(
+            t.routes.lookup("10.244.1.9".parse().unwrap()),
+            Some(RouteTarget::Local(2))
+        );
+        assert_eq!(
+            t.routes.lookup("10.244.1.3".parse().unwrap()),
+            Some(RouteTarget::Unassigned)
+        );
         assert_eq!(t.routes.lookup("10.244.2.3".parse().unwrap()), None);
         assert!(t.port(1).is_none());
         assert!(t.port(99).is_none());

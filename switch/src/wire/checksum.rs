@@ -85,7 +85,14 @@ mod tests {
 
     #[test]
     fn ttl_decrement_matches_full_recompute() {
-        let mut h = etherparse::Ipv4Header::new(100, 64, etherparse::IpNumber::TCP, [10, 244, 1, 2], [10, 244, 1, 3]).unwrap();
+        let mut h = etherparse::Ipv4Header::new(
+            100,
+            64,
+            etherparse::IpNumber::TCP,
+            [10, 244, 1, 2],
+            [10, 244, 1, 3],
+        )
+        .unwrap();
         h.header_checksum = h.calc_header_checksum();
         let mut b = h.to_bytes().to_vec();
         ipv4_decrement_ttl(&mut b);
@@ -98,10 +105,21 @@ mod tests {
 
     #[test]
     fn incremental_u32_matches_full() {
-        let mut h = etherparse::Ipv4Header::new(100, 64, etherparse::IpNumber::UDP, [10, 244, 1, 2], [10, 96, 0, 10]).unwrap();
+        let mut h = etherparse::Ipv4Header::new(
+            100,
+            64,
+            etherparse::IpNumber::UDP,
+            [10, 244, 1, 2],
+            [10, 96, 0, 10],
+        )
+        .unwrap();
         h.header_checksum = h.calc_header_checksum();
         let old = h.header_checksum;
-        let patched = update_u32(old, u32::from_be_bytes([10, 96, 0, 10]), u32::from_be_bytes([10, 244, 2, 7]));
+        let patched = update_u32(
+            old,
+            u32::from_be_bytes([10, 96, 0, 10]),
+            u32::from_be_bytes([10, 244, 2, 7]),
+        );
         h.destination = [10, 244, 2, 7];
         assert_eq!(patched, h.calc_header_checksum());
     }

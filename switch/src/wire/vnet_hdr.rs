@@ -209,7 +209,11 @@ impl Repr {
         Ok(Repr {
             csum,
             gso,
-            gso_size: if gso == GsoKind::None { 0 } else { hdr.gso_size() },
+            gso_size: if gso == GsoKind::None {
+                0
+            } else {
+                hdr.gso_size()
+            },
             hdr_len: hdr.hdr_len(),
             ecn,
         })
@@ -250,7 +254,14 @@ impl Repr {
 mod tests {
     use super::*;
 
-    fn hdr(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, start: u16, off: u16) -> [u8; LEN] {
+    fn hdr(
+        flags: u8,
+        gso_type: u8,
+        hdr_len: u16,
+        gso_size: u16,
+        start: u16,
+        off: u16,
+    ) -> [u8; LEN] {
         let mut b = [0u8; LEN];
         let mut h = VnetHdr::new_checked(&mut b[..]).unwrap();
         h.set_flags(flags);
@@ -282,17 +293,35 @@ mod tests {
         };
         let mut b = [0xffu8; LEN];
         r.emit(&mut VnetHdr::new_checked(&mut b[..]).unwrap());
-        assert_eq!(Repr::parse(&VnetHdr::new_checked(&b[..]).unwrap(), 4054).unwrap(), r);
+        assert_eq!(
+            Repr::parse(&VnetHdr::new_checked(&b[..]).unwrap(), 4054).unwrap(),
+            r
+        );
     }
 
     #[test]
     fn nonsense_is_rejected() {
         let parse = |b: [u8; LEN], len| Repr::parse(&VnetHdr::new_checked(&b[..]).unwrap(), len);
-        assert_eq!(parse(hdr(0, 9, 0, 0, 0, 0), 100), Err(VnetHdrError::UnknownGsoType(9)));
-        assert_eq!(parse(hdr(1, gso::TCPV4, 0, 0, 34, 16), 100), Err(VnetHdrError::ZeroGsoSize));
-        assert_eq!(parse(hdr(0, gso::TCPV4, 0, 1448, 0, 0), 100), Err(VnetHdrError::GsoWithoutCsum));
-        assert_eq!(parse(hdr(1, 0, 0, 0, 90, 16), 100), Err(VnetHdrError::CsumOutOfFrame));
-        assert_eq!(parse(hdr(1, 0, 0, 0, 0xffff, 0xffff), 100), Err(VnetHdrError::CsumOutOfFrame));
+        assert_eq!(
+            parse(hdr(0, 9, 0, 0, 0, 0), 100),
+            Err(VnetHdrError::UnknownGsoType(9))
+        );
+        assert_eq!(
+            parse(hdr(1, gso::TCPV4, 0, 0, 34, 16), 100),
+            Err(VnetHdrError::ZeroGsoSize)
+        );
+        assert_eq!(
+            parse(hdr(0, gso::TCPV4, 0, 1448, 0, 0), 100),
+            Err(VnetHdrError::GsoWithoutCsum)
+        );
+        assert_eq!(
+            parse(hdr(1, 0, 0, 0, 90, 16), 100),
+            Err(VnetHdrError::CsumOutOfFrame)
+        );
+        assert_eq!(
+            parse(hdr(1, 0, 0, 0, 0xffff, 0xffff), 100),
+            Err(VnetHdrError::CsumOutOfFrame)
+        );
         assert!(VnetHdr::new_checked(&[0u8; 5][..]).is_err());
     }
 

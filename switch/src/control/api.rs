@@ -1,0 +1,484 @@
+//! Control API types (version 1). This file is the API's reference: every
+//! request, its arguments and its result are documented here and in the
+//! README.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{DatapathStats, PortStats};
+
+/// The API version this switch speaks. Requests carry `"v"`; a request for
+/// another version is refused with `unsupported_version`.
+pub const API_VERSION: u32 = 1;
+
+/// A MAC address, written `0a:58:0a:f4:01:02`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// The MAC a pod gets when none is given: `0a:58` followed by its IPv4
+    /// address, as the Kubernetes bridge and OVN plugins do. Locally
+    /// administered and unicast, and unique while IPs are.
+    pub fn for_pod_ipv4(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+    }
+
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in out.iter_mut() {
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("MAC {s:?} has fewer than 6 octets"))?;
+            if p.len() != 2 {
+                return Err(format!("MAC {s:?}: octet {p:?} is not two hex digits"));
+            }
+            *b = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("MAC {s:?}: octet {p:?} is not hex"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("MAC {s:?} has more than 6 octets"));
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_ifname() -> String {
+    "eth0".to_string()
+}
+
+/// A pod to attach: the switch creates a tap for it in its own namespace
+/// and moves it into `netns` as `ifname`, with the pod's address, MAC, MTU
+/// and routes (see the README's addressing scheme).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    /// `namespace/name`; the port's key.
+    pub name: String,
+    /// Path of the pod's network namespace (e.g. /run/netns/NAME or /proc/PID/ns/net).
+    pub netns: PathBuf,
+    /// Interface name inside the pod.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Defaults to [`Mac::for_pod_ipv4`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// Defaults to the node's pod MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+fn default_gateway_mac() -> Mac {
+    Mac([0xee, 0xee, 0xee, 0xee, 0xee, 0xee])
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+/// The node this switch serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    /// The node's pod CIDRs (one per family); pods get addresses from them.
+    pub pod_cidrs: Vec<IpNet>,
+    /// MAC the switch answers ARP with (default ee:ee:ee:ee:ee:ee, as Calico).
+    #[serde(default = "default_gateway_mac")]
+    pub gateway_mac: Mac,
+    /// Pods' default gateway; default: first address of the IPv4 pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_ipv4: Option<Ipv4Addr>,
+    /// Pod MTU.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+impl NodeSpec {
+    pub fn ipv4_cidr(&self) -> Option<ipnet::Ipv4Net> {
+        self.pod_cidrs.iter().find_map(|c| match c {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        })
+    }
+
+    /// The gateway address pods route through.
+    pub fn gateway_ipv4(&self) -> Option<Ipv4Addr> {
+        self.gateway_ipv4
+            .or_else(|| self.ipv4_cidr().and_then(|n| n.hosts().next()))
+    }
+}
+
+/// The whole desired state of one switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub node: NodeSpec,
+    #[serde(default)]
+    pub pods: Vec<PodSpec>,
+}
+
+/// Every request of API version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "op",
+    content = "args",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+pub enum Request {
+    /// Version handshake. Result: [`Hello`].
+    Hello,
+    /// Attach one pod. Result: [`PortInfo`].
+    AddPort { pod: PodSpec },
+    /// Detach a pod and delete its tap. Result: null. Unknown names are an error.
+    RemovePort { name: String },
+    /// Make the switch's state exactly `topology` (node and pods): pods not
+    /// listed are removed, new ones added, changed ones re-created. Result:
+    /// [`Applied`].
+    ReplaceTopology { topology: Topology },
+    /// Add and remove pods in one all-or-nothing step. Result: [`Applied`].
+    PatchTopology {
+        #[serde(default)]
+        add: Vec<PodSpec>,
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+    /// Result: [`Topology`].
+    GetTopology,
+    /// Result: `[PortInfo]`.
+    ListPorts,
+    /// Result: [`Stats`].
+    GetStats,
+}
+
+/// Result of `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub api_version: u32,
+    pub switch_version: String,
+    pub node: String,
+    pub workers: usize,
+}
+
+/// A port as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    pub id: u32,
+    pub pod: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub mac: Mac,
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    pub mtu: u32,
+    pub queues: usize,
+    pub stats: PortStats,
+}
+
+/// Result of `replace_topology` / `patch_topology`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+    pub generation: u64,
+}
+
+/// Result of `get_stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub generation: u64,
+    pub workers: usize,
+    pub datapath: DatapathStats,
+    pub ports: Vec<PortInfo>,
+}
+
+/// Error codes (stable strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not JSON or not a known request shape.
+    BadRequest,
+    UnsupportedVersion,
+    /// A field has an invalid value; `field` names it.
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    /// The kernel refused (tap, netlink, netns); nothing was changed.
+    Internal,
+}
+
+/// An error as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}{}: {message}", field.as_ref().map(|f| format!(" ({f})")).unwrap_or_default())]
+pub struct ApiError {
+    pub code: ErrorCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            field: None,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            code: ErrorCode::InvalidArgument,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+}
+
+/// One response line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+/// Parses one request line, naming the offending field on error.
+pub fn decode_request(line: &str) -> Result<Request, ApiError> {
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "request must be a JSON object"))?;
+    match obj.get("v").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(API_VERSION) => {}
+        Some(v) => {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedVersion,
+                format!("API version {v} not supported; this switch speaks {API_VERSION}"),
+            ))
+        }
+        None => return Err(ApiError::invalid("v", "missing API version \"v\"")),
+    }
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "v" | "op" | "args") {
+            return Err(ApiError::invalid(
+                key.clone(),
+                "unknown top-level key (expected v, op, args)",
+            ));
+        }
+    }
+    let op = obj
+        .get("op")
+        .and_then(|o| o.as_str())
+        .ok_or_else(|| ApiError::invalid("op", "missing or not a string"))?;
+    let args = obj
+        .get("args")
+        .cloned()
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NoArgs {}
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AddPort {
+        pod: PodSpec,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RemovePort {
+        name: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Replace {
+        topology: Topology,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Patch {
+        #[serde(default)]
+        add: Vec<PodSpec>,
+        #[serde(default)]
+        remove: Vec<String>,
+    }
+    Ok(match op {
+        "hello" => decode_args::<NoArgs>(args).map(|_| Request::Hello)?,
+        "add_port" => decode_args::<AddPort>(args).map(|a| Request::AddPort { pod: a.pod })?,
+        "remove_port" => {
+            decode_args::<RemovePort>(args).map(|a| Request::RemovePort { name: a.name })?
+        }
+        "replace_topology" => decode_args::<Replace>(args).map(|a| Request::ReplaceTopology {
+            topology: a.topology,
+        })?,
+        "patch_topology" => decode_args::<Patch>(args).map(|a| Request::PatchTopology {
+            add: a.add,
+            remove: a.remove,
+        })?,
+        "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
+        "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
+        "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
+        other => {
+            return Err(ApiError {
+                code: ErrorCode::BadRequest,
+                field: Some("op".into()),
+                message: format!("unknown op {other:?}"),
+            })
+        }
+    })
+}
+
+/// Deserializes `args`, naming the path of the first bad field.
+fn decode_args<T: serde::de::DeserializeOwned>(args: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(args).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError {
+            code: ErrorCode::InvalidArgument,
+            field: if path == "." || path.is_empty() {
+                None
+            } else {
+                Some(path)
+            },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Serializes a request with its version.
+pub fn encode_request(req: &Request) -> String {
+    let mut v = serde_json::to_value(req).unwrap_or(serde_json::Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("v".into(), API_VERSION.into());
+    }
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let r = Request::AddPort {
+            pod: PodSpec {
+                name: "default/a".into(),
+                netns: "/run/netns/a".into(),
+                ifname: "eth0".into(),
+                ipv4: Some("10.244.1.2".parse().unwrap()),
+                ipv6: None,
+                mac: None,
+                mtu: None,
+            },
+        };
+        assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
+        assert_eq!(
+            decode_request(r#"{"v":1,"op":"hello"}"#).unwrap(),
+            Request::Hello
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let e = decode_request(r#"{"v":1,"op":"add_port","args":{"pod":{"name":"a","netns":"/x","ipv4":"10.244.1.300"}}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("pod.ipv4"), "{e}");
+        let e = decode_request(r#"{"v":1,"op":"add_port","args":{"pod":{"name":"a","netns":"/x","mac":"zz:00:00:00:00:00"}}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("pod.mac"), "{e}");
+        let e = decode_request(
+            r#"{"v":1,"op":"add_port","args":{"pod":{"name":"a","netns":"/x","colour":"red"}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("colour"), "{e}");
+        assert_eq!(
+            decode_request(r#"{"v":2,"op":"hello"}"#).unwrap_err().code,
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            decode_request("not json").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            decode_request(r#"{"op":"hello"}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("v")
+        );
+        assert_eq!(
+            decode_request(r#"{"v":1,"op":"explode"}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            decode_request(r#"{"v":1,"op":"hello","args":{"x":1}}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn mac_parse_and_default() {
+        assert_eq!(
+            "0a:58:0a:f4:01:02".parse::<Mac>().unwrap(),
+            Mac::for_pod_ipv4("10.244.1.2".parse().unwrap())
+        );
+        assert!("0a:58:0a:f4:01".parse::<Mac>().is_err());
+        assert!("0a:58:0a:f4:01:02:03".parse::<Mac>().is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(s in ".{0,200}") {
+            let _ = decode_request(&s);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! A blocking client for the control socket, used by the lab, the agent
+//! and `podswitch ctl`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::api::{encode_request, ApiError, Request, Response};
+
+/// Why a control call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot connect to the switch control socket {path}: {source} (is the switch running?)"
+    )]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: malformed response: {message}")]
+    Protocol { path: PathBuf, message: String },
+    #[error("switch refused the request: {0}")]
+    Api(#[from] ApiError),
+}
+
+/// One connection to a switch.
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects, with `timeout` for every read and write.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let io = |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        Ok(Client {
+            path: path.to_path_buf(),
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends one request and decodes its result.
+    pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
+        let io = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = encode_request(req);
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).map_err(io)?;
+        let mut resp = String::new();
+        let n = self
+            .reader
+            .read_line(&mut resp)
+            .map_err(|source| ClientError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(ClientError::Protocol {
+                path: self.path.clone(),
+                message: "connection closed".into(),
+            });
+        }
+        let r: Response = serde_json::from_str(&resp).map_err(|e| ClientError::Protocol {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        if !r.ok {
+            return Err(ClientError::Api(
+                r.error
+                    .unwrap_or_else(|| ApiError::internal("error without details")),
+            ));
+        }
+        serde_json::from_value(r.result.unwrap_or(serde_json::Value::Null)).map_err(|e| {
+            ClientError::Protocol {
+                path: self.path.clone(),
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+/// Connects, sends one request, returns its result.
+pub fn call<T: DeserializeOwned>(path: &Path, req: &Request) -> Result<T, ClientError> {
+    Client::connect(path, Duration::from_secs(30))?.call(req)
+}

@@ -1,0 +1,129 @@
+//! The control socket server: accepts connections on a Unix socket (mode
+//! 0600 in a 0700 directory, so only root can talk to the switch) and
+//! hands each request line to the switch state.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::api::{decode_request, ApiError, ErrorCode, Response};
+use crate::daemon::SwitchState;
+
+/// Longest request line accepted (a full topology of thousands of pods fits).
+pub const MAX_REQUEST: u64 = 16 * 1024 * 1024;
+
+/// A bound control socket.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Binds `path`, replacing a stale socket left by a dead switch but
+    /// refusing to take over one a live switch answers on.
+    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod 0700 {}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                anyhow::bail!("another switch is already listening on {}", path.display());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("binding control socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        listener
+            .set_nonblocking(true)
+            .context("control socket non-blocking")?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves until `shutdown`; one thread per connection.
+    pub fn serve(self, state: Arc<Mutex<SwitchState>>, shutdown: Arc<AtomicBool>) {
+        while !shutdown.load(Ordering::Relaxed) {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let st = Arc::clone(&state);
+                    let _ = std::thread::Builder::new()
+                        .name("psw-control-conn".into())
+                        .spawn(move || serve_conn(stream, st));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, socket = %self.path.display(), "accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn serve_conn(stream: UnixStream, state: Arc<Mutex<SwitchState>>) {
+    let _ = stream.set_nonblocking(false);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        match (&mut reader).take(MAX_REQUEST).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let resp = if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST {
+            Response {
+                ok: false,
+                result: None,
+                error: Some(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("request longer than {MAX_REQUEST} bytes"),
+                )),
+            }
+        } else {
+            let result = decode_request(line.trim_end()).and_then(|req| match state.lock() {
+                Ok(mut st) => st.handle(req),
+                Err(_) => Err(ApiError::internal(
+                    "switch state poisoned by an earlier panic",
+                )),
+            });
+            match result {
+                Ok(v) => Response {
+                    ok: true,
+                    result: Some(v),
+                    error: None,
+                },
+                Err(e) => Response {
+                    ok: false,
+                    result: None,
+                    error: Some(e),
+                },
+            }
+        };
+        let mut out =
+            serde_json::to_string(&resp).unwrap_or_else(|_| r#"{"ok":false}"#.to_string());
+        out.push('\n');
+        if writer.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+        if line.len() as u64 >= MAX_REQUEST {
+            return;
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Wiring a pod's port: create the tap in the node's namespace, move it
+//! into the pod's namespace as `eth0` with the pod's MAC, MTU, address and
+//! routes, and undo all of it on failure or removal.
+//!
+//! Addressing scheme (the Calico/Cilium layout): the pod gets its IP as a
+//! /32, an on-link host route to the gateway address, and a default route
+//! via the gateway. Every packet a pod sends therefore goes to the switch,
+//! which answers ARP for the gateway (and proxy-ARP for anything else).
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use super::netlink::{Netlink, NetlinkError};
+use super::netns::{self, NetnsError};
+use super::tap::{self, TapError, TapQueue};
+
+/// What wiring a pod port needs.
+#[derive(Debug, Clone)]
+pub struct PodWiring<'a> {
+    pub pod: &'a str,
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub ipv4: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+}
+
+/// Why wiring failed; names the pod and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error("pod {pod}: {step}: {source}")]
+    Tap {
+        pod: String,
+        step: &'static str,
+        source: TapError,
+    },
+    #[error("pod {pod}: {step}: {source}")]
+    Netlink {
+        pod: String,
+        step: &'static str,
+        source: NetlinkError,
+    },
+    #[error("pod {pod}: {step}: {source}")]
+    Netns {
+        pod: String,
+        step: &'static str,
+        source: NetnsError,
+    },
+    #[error("pod {pod}: interface {ifname} already exists in {netns}")]
+    InterfaceExists {
+        pod: String,
+        ifname: String,
+        netns: String,
+    },
+    #[error("pod {pod}: {what}")]
+    Other { pod: String, what: String },
+}
+
+/// The temporary name of a pod's tap while it is still in the node's
+/// namespace: `psw` and a hash of the pod's name (fits IFNAMSIZ).
+pub fn temp_tap_name(pod: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pod.hash(&mut h);
+    format!("psw{:010x}", h.finish() & 0xff_ffff_ffff)
+}
+
+/// Checks, without changing anything, that the pod's namespace exists and
+/// has no interface called `ifname` yet.
+pub fn precheck(w: &PodWiring<'_>) -> Result<(), WiringError> {
+    let nl = Netlink::in_netns(w.netns).map_err(|source| WiringError::Netlink {
+        pod: w.pod.into(),
+        step: "open netlink in the pod's netns",
+        source,
+    })?;
+    let exists = nl
+        .link_index(w.ifname)
+        .map_err(|source| WiringError::Netlink {
+            pod: w.pod.into(),
+            step: "look up the pod interface",
+            source,
+        })?;
+    if exists.is_some() {
+        return Err(WiringError::InterfaceExists {
+            pod: w.pod.into(),
+            ifname: w.ifname.into(),
+            netns: w.netns.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates and wires the pod's tap with `queues` queues. On error nothing
+/// is left behind.
+pub fn create(w: &PodWiring<'_>, queues: usize) -> Result<Vec<TapQueue>, WiringError> {
+    let tmp = temp_tap_name(w.pod);
+    let node = Netlink::current().map_err(|source| WiringError::Netlink {
+        pod: w.pod.into(),
+        step: "open netlink in the node netns",
+        source,
+    })?;
+    // A leftover from a crash between creation and the move.
+    if let Ok(Some(stale)) = node.link_index(&tmp) {
+        let _ = node.link_delete(stale);
+    }
+    let queues = tap::open_tap(&tmp, queues).map_err(|source| WiringError::Tap {
+        pod: w.pod.into(),
+        step: "create tap",
+        source,
+    })?;
+    match wire(w, &tmp, &node, &queues) {
+        Ok(()) => Ok(queues),
+        Err(e) => {
+            // Undo: the link is either still in the node namespace or
+            // already in the pod's; delete it wherever it is.
+            let _ = queues[0].set_persist(false);
+            if let Ok(Some(i)) = node.link_index(&tmp) {
+                let _ = node.link_delete(i);
+            }
+            if let Ok(pod_nl) = Netlink::in_netns(w.netns) {
+                for name in [tmp.as_str(), w.ifname] {
+                    if let Ok(Some(i)) = pod_nl.link_index(name) {
+                        if pod_nl.link_mac(i).ok() == Some(w.mac) {
+                            let _ = pod_nl.link_delete(i);
+                        }
+                    }
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn wire(
+    w: &PodWiring<'_>,
+    tmp: &str,
+    node: &Netlink,
+    queues: &[TapQueue],
+) -> Result<(), WiringError> {
+    let pod = || w.pod.to_string();
+    let nl_err = |step: &'static str| {
+        move |source| WiringError::Netlink {
+            pod: w.pod.into(),
+            step,
+            source,
+        }
+    };
+    queues[0]
+        .set_persist(true)
+        .map_err(|source| WiringError::Tap {
+            pod: pod(),
+            step: "make tap persistent",
+            source,
+        })?;
+    let idx = node
+        .link_index(tmp)
+        .map_err(nl_err("find the new tap"))?
+        .ok_or_else(|| WiringError::Other {
+            pod: pod(),
+            what: format!("tap {tmp} vanished after creation"),
+        })?;
+    node.link_set_mtu(idx, w.mtu).map_err(nl_err("set MTU"))?;
+    node.link_set_mac(idx, w.mac).map_err(nl_err("set MAC"))?;
+    let ns = netns::open(w.netns).map_err(|source| WiringError::Netns {
+        pod: pod(),
+        step: "open the pod's netns",
+        source,
+    })?;
+    node.link_set_netns(idx, ns.as_fd())
+        .map_err(nl_err("move the tap into the pod's netns"))?;
+    let p = Netlink::in_netns(w.netns).map_err(nl_err("open netlink in the pod's netns"))?;
+    let pidx = p
+        .link_index(tmp)
+        .map_err(nl_err("find the tap in the pod's netns"))?
+        .ok_or_else(|| WiringError::Other {
+            pod: pod(),
+            what: format!("tap {tmp} not found after the move"),
+        })?;
+    p.link_set_name(pidx, w.ifname)
+        .map_err(nl_err("rename the tap"))?;
+    p.set_lo_up().map_err(nl_err("bring lo up"))?;
+    p.add_address(pidx, IpAddr::V4(w.ipv4), 32)
+        .map_err(nl_err("add the pod address"))?;
+    p.link_set_up(pidx)
+        .map_err(nl_err("bring the pod interface up"))?;
+    p.add_route(IpNet::from(IpAddr::V4(w.gateway)), None, Some(pidx))
+        .map_err(nl_err("add the on-link route to the gateway"))?;
+    p.add_route(
+        "0.0.0.0/0".parse().expect("valid"),
+        Some(IpAddr::V4(w.gateway)),
+        Some(pidx),
+    )
+    .map_err(nl_err("add the default route"))?;
+    Ok(())
+}
+
+/// Re-attaches to a pod's persistent tap after a switch restart.
+pub fn reattach(
+    pod: &str,
+    netns: &Path,
+    ifname: &str,
+    mac: [u8; 6],
+    queues: usize,
+) -> Result<Vec<TapQueue>, WiringError> {
+    let nl = Netlink::in_netns(netns).map_err(|source| WiringError::Netlink {
+        pod: pod.into(),
+        step: "open netlink in the pod's netns",
+        source,
+    })?;
+    let idx = nl
+        .link_index(ifname)
+        .map_err(|source| WiringError::Netlink {
+            pod: pod.into(),
+            step: "find the pod interface",
+            source,
+        })?
+        .ok_or_else(|| WiringError::Other {
+            pod: pod.into(),
+            what: format!("no {ifname} in {}", netns.display()),
+        })?;
+    let have = nl.link_mac(idx).map_err(|source| WiringError::Netlink {
+        pod: pod.into(),
+        step: "read the pod MAC",
+        source,
+    })?;
+    if have != mac {
+        return Err(WiringError::Other {
+            pod: pod.into(),
+            what: format!("{ifname} in {} has another MAC; not ours", netns.display()),
+        });
+    }
+    tap::attach_in_netns(netns, ifname, queues).map_err(|source| WiringError::Tap {
+        pod: pod.into(),
+        step: "re-attach tap",
+        source,
+    })
+}
+
+/// Deletes the pod's interface (if its namespace and the interface with
+/// our MAC still exist).
+pub fn delete(pod: &str, netns: &Path, ifname: &str, mac: [u8; 6]) -> Result<(), WiringError> {
+    if !netns.exists() {
+        return Ok(());
+    }
+    let nl = Netlink::in_netns(netns).map_err(|source| WiringError::Netlink {
+        pod: pod.into(),
+        step: "open netlink in the pod's netns",
+        source,
+    })?;
+    if let Some(idx) = nl
+        .link_index(ifname)
+        .map_err(|source| WiringError::Netlink {
+            pod: pod.into(),
+            step: "find the pod interface",
+            source,
+        })?
+    {
+        if nl.link_mac(idx).ok() == Some(mac) {
+            nl.link_delete(idx).map_err(|source| WiringError::Netlink {
+                pod: pod.into(),
+                step: "delete the pod interface",
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
