@@ -1,1 +1,148 @@
-fn main() {}
+//! `podswitch`: the one binary users run. Thin: parses arguments and calls
+//! the switch and agent libraries.
+#![forbid(unsafe_code)]
+
+mod ctl;
+mod lab;
+mod tool;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Userspace pod-networking switch for Kubernetes, and its standalone lab.
+#[derive(Parser, Debug)]
+#[command(name = "podswitch", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PODSWITCH_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The switch daemon.
+    Switch {
+        #[command(subcommand)]
+        command: SwitchCommand,
+    },
+    /// Talk to a running switch over its control socket.
+    Ctl(ctl::CtlArgs),
+    /// A standalone lab cluster of network namespaces (no Kubernetes needed).
+    Lab(lab::LabArgs),
+    /// Traffic tools run inside pod namespaces by tests and the report.
+    #[command(hide = true)]
+    Tool(tool::ToolArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum SwitchCommand {
+    /// Run the switch daemon until SIGINT/SIGTERM.
+    Run(SwitchRunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SwitchRunArgs {
+    /// Daemon config file (TOML, see configs/switch.toml); flags override it.
+    #[arg(long, env = "PODSWITCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node name.
+    #[arg(long)]
+    node: Option<String>,
+    /// The node's IPv4 pod CIDR.
+    #[arg(long)]
+    pod_cidr: Option<ipnet::IpNet>,
+    /// Pod MTU.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Worker threads (0 = one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Control socket path.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// State directory (survives restarts).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Enter this network namespace before starting (the node's namespace).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODSWITCH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use podswitch_switch::daemon::{self, DaemonConfig};
+    let mut config: Option<DaemonConfig> = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)
+        }
+        None => None,
+    };
+    if config.is_none() {
+        let node = args.node.clone().context("--node (or --config) is required")?;
+        let cidr = args.pod_cidr.context("--pod-cidr (or --config) is required")?;
+        config = Some(DaemonConfig {
+            node: daemon::node_spec(&node, cidr, args.mtu.unwrap_or(1500)),
+            control_socket: PathBuf::from(format!("/run/podswitch/{node}.sock")),
+            state_dir: daemon::default_state_dir(&node),
+            workers: 0,
+        });
+    }
+    let mut config = config.context("no configuration")?;
+    if let Some(n) = args.node {
+        config.node.name = n;
+    }
+    if let Some(c) = args.pod_cidr {
+        config.node.pod_cidrs = vec![c];
+    }
+    if let Some(m) = args.mtu {
+        config.node.mtu = m;
+    }
+    if let Some(w) = args.workers {
+        config.workers = w;
+    }
+    if let Some(s) = args.control_socket {
+        config.control_socket = s;
+    }
+    if let Some(s) = args.state_dir {
+        config.state_dir = s;
+    }
+    if let Some(ns) = &args.netns {
+        // Before any thread exists, so every worker inherits the namespace.
+        podswitch_agent::lab::cluster::enter_netns_for_good(ns)?;
+    }
+    daemon::run(config)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Switch { command: SwitchCommand::Run(args) } => switch_run(args),
+        Command::Ctl(args) => ctl::run(args),
+        Command::Lab(args) => lab::run(args),
+        Command::Tool(args) => tool::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,5 +1,10 @@
 //! The standalone lab: kubectl-shaped commands that build a cluster out of
 //! network namespaces on one machine (../shared/TESTBED.md).
+// pub mod bridge; (pending)
+pub mod cluster;
+// pub mod demo; (pending)
 pub mod manifest;
+pub mod probe;
 pub mod traffic;
+pub mod view;
 pub mod workload;

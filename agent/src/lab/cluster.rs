@@ -1,0 +1,768 @@
+//! The lab's cluster: nodes (a network namespace and a switch process
+//! each), pods (a network namespace, a port on their node's switch, and a
+//! workload process), and the state file that remembers them between
+//! commands.
+//!
+//! Layout on the machine, for a lab called `NAME` (all names carry the
+//! prefix `psw-NAME-`, so labs never collide and a crashed one is found
+//! and removed by `lab down`):
+//!
+//! ```text
+//! /run/netns/psw-NAME-node-1          node namespace: the switch runs here
+//! /run/netns/psw-NAME-<ns>-<pod>      pod namespace: eth0 is a tap of node-1's switch
+//! /run/podswitch/lab/NAME/lab.json    lab state (nodes, pods, pids, IPs)
+//! /run/podswitch/lab/NAME/node-1.sock switch control socket (0600)
+//! /run/podswitch/lab/NAME/node-1/     switch state (survives switch restarts)
+//! /run/podswitch/lab/NAME/logs/       switch and workload logs
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use podswitch_switch::control::api::{PodSpec, Request};
+use podswitch_switch::control::client;
+use podswitch_switch::port::netns;
+
+use super::manifest::{self, LabPod, Object};
+
+/// Where lab state lives.
+pub const LAB_ROOT: &str = "/run/podswitch/lab";
+/// The embedded default lab file.
+pub const DEFAULT_LAB: &str = include_str!("../../../configs/labs/default.yaml");
+/// How long a switch may take to answer on its control socket after start.
+const SWITCH_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `kind: Lab` document of a lab file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabFile {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: LabMeta,
+    #[serde(default)]
+    pub spec: LabSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabMeta {
+    pub name: String,
+}
+
+/// Shape of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabSpec {
+    /// Number of nodes (node-1 .. node-N).
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// Cluster pod range; node i gets the i-th /24 of it.
+    #[serde(default = "default_cluster_cidr", rename = "clusterCIDR")]
+    pub cluster_cidr: Ipv4Net,
+    /// Pod MTU.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Worker threads per switch (0 = one per core).
+    #[serde(default)]
+    pub workers_per_switch: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_cluster_cidr() -> Ipv4Net {
+    "10.244.0.0/16".parse().expect("valid CIDR")
+}
+fn default_mtu() -> u32 {
+    1500
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec { nodes: 1, cluster_cidr: default_cluster_cidr(), mtu: default_mtu(), workers_per_switch: 0 }
+    }
+}
+
+/// A parsed lab file: the lab and the manifests to apply after `up`.
+#[derive(Debug, Clone)]
+pub struct LabDefinition {
+    pub lab: LabFile,
+    pub objects: Vec<Object>,
+}
+
+/// Splits a YAML stream at document markers (`---` lines).
+fn split_yaml_documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(String::new());
+            let rest = line.strip_prefix("---").unwrap_or("").trim();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                docs.last_mut().expect("non-empty").push_str(rest);
+                docs.last_mut().expect("non-empty").push('\n');
+            }
+        } else {
+            let d = docs.last_mut().expect("non-empty");
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    docs.into_iter().filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))).collect()
+}
+
+/// Parses a lab file: a `kind: Lab` document, then Kubernetes manifests.
+pub fn parse_lab(text: &str, source: &str) -> anyhow::Result<LabDefinition> {
+    let docs = split_yaml_documents(text);
+    let first = docs.first().with_context(|| format!("{source}: empty lab file"))?;
+    let lab: LabFile = serde_saphyr::from_str(first).map_err(|e| anyhow::anyhow!("{source}: document 1 (kind: Lab): {e}"))?;
+    if lab.kind != "Lab" {
+        bail!("{source}: document 1 must be kind: Lab, found kind: {}", lab.kind);
+    }
+    validate_lab_name(&lab.metadata.name).with_context(|| format!("{source}: metadata.name"))?;
+    if lab.spec.nodes == 0 || lab.spec.nodes > 250 {
+        bail!("{source}: spec.nodes must be 1..=250, got {}", lab.spec.nodes);
+    }
+    if lab.spec.cluster_cidr.prefix_len() > 23 - (lab.spec.nodes as f64).log2().ceil() as u8 {
+        bail!("{source}: spec.clusterCIDR {} has no room for {} /24 node ranges", lab.spec.cluster_cidr, lab.spec.nodes + 1);
+    }
+    if !(576..=65535).contains(&lab.spec.mtu) {
+        bail!("{source}: spec.mtu must be 576..=65535, got {}", lab.spec.mtu);
+    }
+    let rest = docs[1..].join("---\n");
+    let objects = manifest::parse_manifests(&rest, source)?;
+    Ok(LabDefinition { lab, objects })
+}
+
+fn validate_lab_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.len() > 24 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.starts_with('-') {
+        bail!("lab name {name:?} must be 1..=24 characters of a-z, 0-9 and '-'");
+    }
+    Ok(())
+}
+
+/// A node as remembered in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub netns: PathBuf,
+    pub pod_cidr: Ipv4Net,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub switch_pid: Option<i32>,
+    pub created: String,
+}
+
+/// A pod as remembered in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    pub pod: LabPod,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+    pub workload_pid: Option<i32>,
+    pub created: String,
+}
+
+impl PodState {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.pod.namespace, self.pod.name)
+    }
+}
+
+/// The whole lab state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub spec: LabSpec,
+    pub nodes: Vec<NodeState>,
+    /// By `namespace/name`.
+    pub pods: BTreeMap<String, PodState>,
+    /// Applied objects other than pods (Services, Deployments), by `kind/namespace/name`.
+    #[serde(default)]
+    pub objects: BTreeMap<String, serde_json::Value>,
+}
+
+/// Paths of one lab.
+#[derive(Debug, Clone)]
+pub struct LabPaths {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl LabPaths {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        validate_lab_name(name)?;
+        Ok(LabPaths { name: name.to_string(), dir: Path::new(LAB_ROOT).join(name) })
+    }
+    /// Prefix of every namespace this lab creates.
+    pub fn prefix(&self) -> String {
+        format!("psw-{}-", self.name)
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("lab.json")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    fn lock(&self) -> anyhow::Result<Flock<File>> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let f = File::options().create(true).truncate(false).write(true).open(self.dir.join(".lock")).context("opening lab lock")?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("locking lab {}: {e}", self.name))
+    }
+    pub fn load(&self) -> anyhow::Result<Option<LabState>> {
+        match std::fs::read(self.state_file()) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("parsing {}", self.state_file().display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.state_file().display())),
+        }
+    }
+    fn save(&self, st: &LabState) -> anyhow::Result<()> {
+        let tmp = self.dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.state_file()).context("saving lab state")?;
+        Ok(())
+    }
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+/// Whether a process is alive (exists and is not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn stop_pid(pid: i32, grace: Duration) {
+    let p = Pid::from_raw(pid);
+    if kill(p, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !pid_alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(p, Signal::SIGKILL);
+}
+
+/// Waits until `cond` holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The lab: state plus the operations on it. Every operation takes the
+/// lab's lock, so concurrent `lab` commands serialize.
+pub struct Lab {
+    paths: LabPaths,
+    exe: PathBuf,
+}
+
+impl Lab {
+    /// A handle on lab `name`; `exe` is the podswitch binary to start
+    /// switches and workloads with.
+    pub fn new(name: &str, exe: PathBuf) -> anyhow::Result<Self> {
+        Ok(Lab { paths: LabPaths::new(name)?, exe })
+    }
+
+    pub fn paths(&self) -> &LabPaths {
+        &self.paths
+    }
+
+    /// The current state, if the lab is up.
+    pub fn state(&self) -> anyhow::Result<Option<LabState>> {
+        self.paths.load()
+    }
+
+    fn require_state(&self) -> anyhow::Result<LabState> {
+        self.paths.load()?.with_context(|| format!("lab {} is not up (run `podswitch lab up`)", self.paths.name))
+    }
+
+    /// Brings the lab up: nodes, switches, then the manifests of the lab
+    /// file. On failure everything made so far is torn down.
+    pub fn up(&self, def: &LabDefinition) -> anyhow::Result<LabState> {
+        {
+            let _lock = self.paths.lock()?;
+            if let Some(st) = self.paths.load()? {
+                bail!("lab {} is already up with {} node(s); run `podswitch lab down --name {}` first", st.name, st.nodes.len(), st.name);
+            }
+            // Leftovers of a crashed run with this name.
+            self.cleanup_leftovers();
+            let mut st = LabState { name: self.paths.name.clone(), spec: def.lab.spec.clone(), nodes: Vec::new(), pods: BTreeMap::new(), objects: BTreeMap::new() };
+            std::fs::create_dir_all(self.paths.logs()).context("creating lab log dir")?;
+            let result = (|| -> anyhow::Result<()> {
+                for i in 1..=def.lab.spec.nodes {
+                    let node = self.start_node(&st.spec, i)?;
+                    st.nodes.push(node);
+                    self.paths.save(&st)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                drop(_lock);
+                let _ = self.down();
+                return Err(e);
+            }
+            self.paths.save(&st)?;
+        }
+        if !def.objects.is_empty() {
+            if let Err(e) = self.apply(&def.objects) {
+                let _ = self.down();
+                return Err(e.context("applying the lab file's manifests"));
+            }
+        }
+        self.require_state()
+    }
+
+    fn node_cidr(spec: &LabSpec, index: usize) -> anyhow::Result<Ipv4Net> {
+        spec.cluster_cidr.subnets(24).context("cluster CIDR narrower than /24")?.nth(index).with_context(|| format!("cluster CIDR {} has no /24 number {index}", spec.cluster_cidr))
+    }
+
+    fn start_node(&self, spec: &LabSpec, index: usize) -> anyhow::Result<NodeState> {
+        let name = format!("node-{index}");
+        let ns_name = format!("{}{}", self.paths.prefix(), name);
+        let netns_path = netns::create(&ns_name).with_context(|| format!("creating netns {ns_name}"))?;
+        podswitch_switch::port::netlink::Netlink::in_netns(&netns_path).and_then(|nl| nl.set_lo_up()).with_context(|| format!("bringing lo up in {ns_name}"))?;
+        let pod_cidr = Self::node_cidr(spec, index)?;
+        let control_socket = self.paths.dir.join(format!("{name}.sock"));
+        let state_dir = self.paths.dir.join(&name);
+        let mut node = NodeState { name: name.clone(), netns: netns_path, pod_cidr, control_socket, state_dir, switch_pid: None, created: now_rfc3339() };
+        node.switch_pid = Some(self.spawn_switch(&node, spec)?);
+        Ok(node)
+    }
+
+    /// Starts (or restarts) a node's switch and waits until it answers.
+    fn spawn_switch(&self, node: &NodeState, spec: &LabSpec) -> anyhow::Result<i32> {
+        let log = File::options().create(true).append(true).open(self.paths.logs().join(format!("{}-switch.log", node.name))).context("opening switch log")?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["switch", "run", "--node", &node.name, "--pod-cidr", &node.pod_cidr.to_string(), "--mtu", &spec.mtu.to_string(), "--workers", &spec.workers_per_switch.to_string()])
+            .arg("--control-socket")
+            .arg(&node.control_socket)
+            .arg("--state-dir")
+            .arg(&node.state_dir)
+            .arg("--netns")
+            .arg(&node.netns)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd.spawn().with_context(|| format!("starting the switch of {}", node.name))?;
+        let pid = child.id() as i32;
+        // The child outlives this command; it is reaped by init once we exit.
+        std::mem::forget(child);
+        let sock = node.control_socket.clone();
+        let ok = wait_for(SWITCH_START_TIMEOUT, || {
+            if !pid_alive(pid) {
+                return true;
+            }
+            client::call::<serde_json::Value>(&sock, &Request::Hello).is_ok()
+        });
+        if !ok || !pid_alive(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let log = std::fs::read_to_string(self.paths.logs().join(format!("{}-switch.log", node.name))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("switch of {} did not come up within {:?}; its log ends:\n{}", node.name, SWITCH_START_TIMEOUT, tail.join("\n"));
+        }
+        Ok(pid)
+    }
+
+    /// Restarts a node's switch (for tests of restart behaviour): kills it
+    /// (SIGKILL if `hard`) and starts a new one on the same state.
+    pub fn restart_switch(&self, node_name: &str, hard: bool) -> anyhow::Result<i32> {
+        let _lock = self.paths.lock()?;
+        let mut st = self.require_state()?;
+        let idx = st.nodes.iter().position(|n| n.name == node_name).with_context(|| format!("no node {node_name}"))?;
+        if let Some(pid) = st.nodes[idx].switch_pid {
+            if hard {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                wait_for(Duration::from_secs(5), || !pid_alive(pid));
+            } else {
+                stop_pid(pid, Duration::from_secs(5));
+            }
+        }
+        let pid = self.spawn_switch(&st.nodes[idx], &st.spec.clone())?;
+        st.nodes[idx].switch_pid = Some(pid);
+        self.paths.save(&st)?;
+        Ok(pid)
+    }
+
+    fn pod_netns_name(&self, pod: &LabPod) -> String {
+        format!("{}{}-{}", self.paths.prefix(), pod.namespace, pod.name)
+    }
+
+    /// Applies manifests: creates pods that do not exist, re-creates pods
+    /// whose spec changed, records other objects. Validation and address
+    /// allocation happen before any change; a failure while creating rolls
+    /// back the pods this call created.
+    pub fn apply(&self, objects: &[Object]) -> anyhow::Result<ApplyReport> {
+        let _lock = self.paths.lock()?;
+        let mut st = self.require_state()?;
+        let pods = manifest::expand_pods(objects)?;
+        let mut report = ApplyReport::default();
+        // Plan: placement and addresses for new pods.
+        let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = st.nodes.iter().map(|n| (n.name.clone(), BTreeSet::new())).collect();
+        let mut load: BTreeMap<String, usize> = st.nodes.iter().map(|n| (n.name.clone(), 0)).collect();
+        for p in st.pods.values() {
+            used.entry(p.node.clone()).or_default().insert(p.ip);
+            *load.entry(p.node.clone()).or_default() += 1;
+        }
+        let mut plan: Vec<(LabPod, String, Ipv4Addr)> = Vec::new();
+        let mut recreate: Vec<String> = Vec::new();
+        for pod in pods {
+            let key = format!("{}/{}", pod.namespace, pod.name);
+            if let Some(cur) = st.pods.get(&key) {
+                if cur.pod == pod {
+                    report.unchanged.push(key);
+                    continue;
+                }
+                recreate.push(key.clone());
+            }
+            let node = match &pod.node_name {
+                Some(n) => {
+                    if !st.nodes.iter().any(|x| &x.name == n) {
+                        bail!("pod {key}: spec.nodeName {n:?} is not a node of lab {} (nodes: {})", st.name, st.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "));
+                    }
+                    n.clone()
+                }
+                None => load.iter().min_by_key(|(name, n)| (**n, (*name).clone())).map(|(n, _)| n.clone()).context("lab has no nodes")?,
+            };
+            let cidr = st.nodes.iter().find(|n| n.name == node).map(|n| n.pod_cidr).context("node vanished")?;
+            let taken = used.entry(node.clone()).or_default();
+            // .1 is the gateway; the network and broadcast addresses are not hosts.
+            let ip = cidr.hosts().skip(1).find(|ip| !taken.contains(ip)).with_context(|| format!("pod {key}: pod CIDR {cidr} of {node} is exhausted ({} pods)", taken.len()))?;
+            taken.insert(ip);
+            *load.entry(node.clone()).or_default() += 1;
+            plan.push((pod, node, ip));
+        }
+        for key in &recreate {
+            if let Some(old) = st.pods.remove(key) {
+                self.delete_pod(&st, &old);
+            }
+        }
+        let mut created: Vec<String> = Vec::new();
+        for (pod, node, ip) in plan {
+            let key = format!("{}/{}", pod.namespace, pod.name);
+            match self.create_pod(&st, &pod, &node, ip) {
+                Ok(ps) => {
+                    st.pods.insert(key.clone(), ps);
+                    created.push(key);
+                }
+                Err(e) => {
+                    for k in &created {
+                        if let Some(p) = st.pods.remove(k) {
+                            self.delete_pod(&st, &p);
+                        }
+                    }
+                    self.paths.save(&st)?;
+                    return Err(e.context(format!("creating pod {key} (rolled back the {} pod(s) this apply created)", created.len())));
+                }
+            }
+        }
+        for o in objects {
+            if !matches!(o, Object::Pod(_)) {
+                let v = object_json(o)?;
+                st.objects.insert(format!("{}/{}/{}", o.kind(), o.namespace(), o.name()), v);
+            }
+        }
+        report.created = created;
+        self.paths.save(&st)?;
+        Ok(report)
+    }
+
+    fn create_pod(&self, st: &LabState, pod: &LabPod, node: &str, ip: Ipv4Addr) -> anyhow::Result<PodState> {
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        let n = st.nodes.iter().find(|n| n.name == node).context("node vanished")?;
+        let ns_name = self.pod_netns_name(pod);
+        if netns::exists(&ns_name) {
+            let _ = netns::delete(&ns_name);
+        }
+        let netns_path = netns::create(&ns_name).with_context(|| format!("creating netns {ns_name}"))?;
+        let result = (|| -> anyhow::Result<PodState> {
+            let spec = PodSpec { name: key.clone(), netns: netns_path.clone(), ifname: "eth0".into(), ipv4: Some(ip), ipv6: None, mac: None, mtu: None };
+            client::call::<serde_json::Value>(&n.control_socket, &Request::AddPort { pod: spec }).with_context(|| format!("switch of {node}: add_port"))?;
+            let pid = self.spawn_workload(pod, &netns_path)?;
+            Ok(PodState { pod: pod.clone(), node: node.to_string(), ip, netns: netns_path.clone(), workload_pid: Some(pid), created: now_rfc3339() })
+        })();
+        if result.is_err() {
+            let _ = client::call::<serde_json::Value>(&n.control_socket, &Request::RemovePort { name: key });
+            kill_netns_processes(&netns_path);
+            let _ = netns::delete(&ns_name);
+        }
+        result
+    }
+
+    fn spawn_workload(&self, pod: &LabPod, netns_path: &Path) -> anyhow::Result<i32> {
+        let log = File::options().create(true).append(true).open(self.paths.logs().join(format!("pod-{}-{}.log", pod.namespace, pod.name))).context("opening workload log")?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["lab", "pod-run", "--pod", &pod.name]).arg("--netns").arg(netns_path);
+        if let Some(command) = pod.containers.iter().find_map(|c| c.command.clone()) {
+            cmd.arg("--").args(command);
+        } else {
+            let (tcp, udp) = manifest::echo_ports(pod);
+            for p in tcp {
+                cmd.args(["--tcp", &p.to_string()]);
+            }
+            for p in udp {
+                cmd.args(["--udp", &p.to_string()]);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("starting the workload of pod {}", pod.name))?;
+        let pid = child.id() as i32;
+        std::mem::forget(child);
+        Ok(pid)
+    }
+
+    fn delete_pod(&self, st: &LabState, p: &PodState) {
+        if let Some(pid) = p.workload_pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(n) = st.nodes.iter().find(|n| n.name == p.node) {
+            if let Err(e) = client::call::<serde_json::Value>(&n.control_socket, &Request::RemovePort { name: p.key() }) {
+                tracing::warn!(pod = %p.key(), error = %e, "switch did not remove the port");
+            }
+        }
+        kill_netns_processes(&p.netns);
+        if let Some(name) = p.netns.file_name().and_then(|n| n.to_str()) {
+            if let Err(e) = netns::delete(name) {
+                tracing::warn!(pod = %p.key(), error = %e, "deleting pod netns");
+            }
+        }
+    }
+
+    /// Deletes what the manifests name: Pods by name, a Deployment's pods,
+    /// and recorded objects. Returns the deleted pod keys.
+    pub fn delete(&self, objects: &[Object]) -> anyhow::Result<Vec<String>> {
+        let _lock = self.paths.lock()?;
+        let mut st = self.require_state()?;
+        let mut doomed: Vec<String> = Vec::new();
+        for o in objects {
+            match o {
+                Object::Pod(_) => doomed.push(format!("{}/{}", o.namespace(), o.name())),
+                Object::Deployment(_) => doomed.extend(st.pods.values().filter(|p| p.pod.namespace == o.namespace() && p.pod.owner.as_deref() == Some(o.name())).map(|p| p.key())),
+                Object::Service(_) => {}
+            }
+            st.objects.remove(&format!("{}/{}/{}", o.kind(), o.namespace(), o.name()));
+        }
+        let mut deleted = Vec::new();
+        for key in doomed {
+            if let Some(p) = st.pods.remove(&key) {
+                self.delete_pod(&st, &p);
+                deleted.push(key);
+            }
+        }
+        self.paths.save(&st)?;
+        Ok(deleted)
+    }
+
+    /// Removes everything of this lab: processes, namespaces, state. Works
+    /// from the state file and, for what a crash left unrecorded, from the
+    /// name prefix.
+    pub fn down(&self) -> anyhow::Result<DownReport> {
+        let _lock = self.paths.lock()?;
+        let mut report = DownReport::default();
+        if let Ok(Some(st)) = self.paths.load() {
+            for p in st.pods.values() {
+                if let Some(pid) = p.workload_pid {
+                    if pid_alive(pid) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        report.processes += 1;
+                    }
+                }
+            }
+            for n in &st.nodes {
+                if let Some(pid) = n.switch_pid {
+                    if pid_alive(pid) {
+                        stop_pid(pid, Duration::from_secs(3));
+                        report.processes += 1;
+                    }
+                }
+            }
+        }
+        let (procs, nss) = self.cleanup_leftovers();
+        report.processes += procs;
+        report.namespaces += nss;
+        let _ = std::fs::remove_file(self.paths.state_file());
+        for entry in std::fs::read_dir(&self.paths.dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.file_name().and_then(|n| n.to_str()) == Some(".lock") {
+                continue;
+            }
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        let _ = std::fs::remove_file(self.paths.dir.join(".lock"));
+        let _ = std::fs::remove_dir(&self.paths.dir);
+        Ok(report)
+    }
+
+    /// Kills processes in, and deletes, every namespace with this lab's prefix.
+    fn cleanup_leftovers(&self) -> (usize, usize) {
+        let mut procs = 0;
+        let mut count = 0;
+        let names = netns::list_with_prefix(&self.paths.prefix());
+        // Pods first, nodes last: a node's switch may still hold pod taps.
+        let (nodes, pods): (Vec<_>, Vec<_>) = names.into_iter().partition(|n| n.contains("-node-"));
+        for name in pods.into_iter().chain(nodes) {
+            procs += kill_netns_processes(&netns::path(&name));
+            if netns::delete(&name).is_ok() {
+                count += 1;
+            }
+        }
+        (procs, count)
+    }
+
+    /// Resolves a pod by `name` or `namespace/name`.
+    pub fn find_pod(&self, name: &str) -> anyhow::Result<PodState> {
+        let st = self.require_state()?;
+        let key = if name.contains('/') { name.to_string() } else { format!("default/{name}") };
+        if let Some(p) = st.pods.get(&key) {
+            return Ok(p.clone());
+        }
+        let matches: Vec<&PodState> = st.pods.values().filter(|p| p.pod.name == name).collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => bail!("no pod {name:?} in lab {} (pods: {})", st.name, st.pods.values().map(|p| p.pod.name.as_str()).collect::<Vec<_>>().join(", ")),
+            _ => bail!("pod name {name:?} is ambiguous; use namespace/name"),
+        }
+    }
+}
+
+/// Kills every process inside a namespace; returns how many.
+pub fn kill_netns_processes(path: &Path) -> usize {
+    let me = std::process::id() as i32;
+    let pids: Vec<i32> = netns::pids_in(path).into_iter().filter(|p| *p != me).collect();
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    for pid in &pids {
+        wait_for(Duration::from_secs(2), || !pid_alive(*pid));
+    }
+    pids.len()
+}
+
+fn object_json(o: &Object) -> anyhow::Result<serde_json::Value> {
+    Ok(match o {
+        Object::Pod(p) => serde_json::to_value(p)?,
+        Object::Deployment(d) => serde_json::to_value(d)?,
+        Object::Service(s) => serde_json::to_value(s)?,
+    })
+}
+
+/// What `apply` did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// What `down` removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DownReport {
+    pub processes: usize,
+    pub namespaces: usize,
+}
+
+/// Enters `netns` on this thread and replaces the process with `cmd`
+/// (for `lab exec` and pod workloads with a command). Returns only on error.
+pub fn exec_in_netns(netns_path: &Path, cmd: &[String]) -> anyhow::Error {
+    let Some((prog, args)) = cmd.split_first() else {
+        return anyhow::anyhow!("no command given");
+    };
+    if let Err(e) = enter_netns_for_good(netns_path) {
+        return e;
+    }
+    let err = Command::new(prog).args(args).exec();
+    anyhow::anyhow!("cannot run {prog:?}: {err}")
+}
+
+/// Moves the calling thread into `netns` for the rest of its life. Call it
+/// before spawning threads, which inherit it.
+pub fn enter_netns_for_good(netns_path: &Path) -> anyhow::Result<()> {
+    let f = File::open(netns_path).with_context(|| format!("opening netns {}", netns_path.display()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {}", netns_path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_lab_parses() {
+        let def = parse_lab(DEFAULT_LAB, "default.yaml").unwrap();
+        assert_eq!(def.lab.metadata.name, "default");
+        assert_eq!(def.lab.spec.nodes, 1);
+        let pods = manifest::expand_pods(&def.objects).unwrap();
+        assert_eq!(pods.len(), 3);
+    }
+
+    #[test]
+    fn bad_lab_files_are_rejected_with_the_field() {
+        let e = parse_lab("apiVersion: x\nkind: Lab\nmetadata:\n  name: BAD_NAME\n", "t").unwrap_err();
+        assert!(format!("{e:#}").contains("metadata.name"), "{e:#}");
+        let e = parse_lab("apiVersion: x\nkind: Lab\nmetadata:\n  name: ok\nspec:\n  nodes: 0\n", "t").unwrap_err();
+        assert!(format!("{e:#}").contains("spec.nodes"), "{e:#}");
+        let e = parse_lab("apiVersion: x\nkind: Lab\nmetadata:\n  name: ok\nspec:\n  colour: red\n", "t").unwrap_err();
+        assert!(format!("{e:#}").contains("colour"), "{e:#}");
+        let e = parse_lab("apiVersion: v1\nkind: Pod\nmetadata:\n  name: ok\n", "t").unwrap_err();
+        assert!(format!("{e:#}").contains("kind: Lab"), "{e:#}");
+    }
+
+    #[test]
+    fn node_cidrs_are_distinct_slash_24s() {
+        let spec = LabSpec::default();
+        assert_eq!(Lab::node_cidr(&spec, 1).unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(Lab::node_cidr(&spec, 2).unwrap().to_string(), "10.244.2.0/24");
+    }
+
+    #[test]
+    fn rfc3339_shape() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), 20);
+        assert!(s.ends_with('Z'));
+    }
+}

@@ -1,0 +1,182 @@
+//! `podswitch lab ...`: the standalone lab's kubectl-shaped commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use podswitch_agent::lab::cluster::{self, Lab, DEFAULT_LAB};
+use podswitch_agent::lab::{manifest, view};
+
+#[derive(clap::Args, Debug)]
+pub struct LabArgs {
+    /// Lab name (namespaces are prefixed psw-NAME-).
+    #[arg(long, global = true, env = "PODSWITCH_LAB")]
+    name: Option<String>,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum GetOutput {
+    Wide,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Resource {
+    Pods,
+    Pod,
+    Po,
+    Nodes,
+    Node,
+    No,
+}
+
+#[derive(Subcommand, Debug)]
+enum LabCommand {
+    /// Bring a lab up (the embedded default lab, or -f LAB_FILE).
+    Up {
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+    },
+    /// Tear the lab down: processes, namespaces, state.
+    Down,
+    /// Create the pods of Kubernetes manifests (Pod, Deployment, Service; multi-document YAML).
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Delete what the manifests name.
+    Delete {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// List pods or nodes.
+    Get {
+        #[arg(value_enum)]
+        resource: Resource,
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<GetOutput>,
+    },
+    /// Run CMD inside POD's network namespace; its exit code is passed through.
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Restart a node's switch (pods keep their taps).
+    RestartSwitch {
+        node: String,
+        /// SIGKILL instead of SIGTERM.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Bring up the default lab, check connectivity, compare latency and
+    /// throughput with the kernel bridge, print a report, tear down.
+    Demo {
+        /// Shorter measurements (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run a pod's workload inside its namespace (started by the lab).
+    #[command(hide = true)]
+    PodRun {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        udp: Vec<u16>,
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn lab_named(name: Option<&str>, file_name: Option<&str>) -> anyhow::Result<Lab> {
+    let name = name.or(file_name).unwrap_or("default");
+    Lab::new(name, std::env::current_exe().context("locating the podswitch binary")?)
+}
+
+pub fn run(args: LabArgs) -> anyhow::Result<()> {
+    let name = args.name.as_deref();
+    match args.command {
+        LabCommand::Up { file } => {
+            let def = match &file {
+                Some(f) => cluster::parse_lab(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?, &f.display().to_string())?,
+                None => cluster::parse_lab(DEFAULT_LAB, "embedded default lab")?,
+            };
+            let lab = lab_named(name, Some(&def.lab.metadata.name))?;
+            let st = lab.up(&def)?;
+            println!("lab {} is up: {} node(s), {} pod(s)", st.name, st.nodes.len(), st.pods.len());
+            print!("{}", view::pods_table(&st, false));
+        }
+        LabCommand::Down => {
+            let lab = lab_named(name, None)?;
+            let r = lab.down()?;
+            println!("lab {} is down ({} process(es) stopped, {} namespace(s) removed)", lab.paths().name, r.processes, r.namespaces);
+        }
+        LabCommand::Apply { file } => {
+            let lab = lab_named(name, None)?;
+            let objects = manifest::load_path(&file)?;
+            let r = lab.apply(&objects)?;
+            for p in &r.created {
+                println!("pod/{p} created");
+            }
+            for p in &r.unchanged {
+                println!("pod/{p} unchanged");
+            }
+            for o in objects.iter().filter(|o| !matches!(o, manifest::Object::Pod(_))) {
+                println!("{}/{} configured", o.kind().to_lowercase(), o.name());
+            }
+        }
+        LabCommand::Delete { file } => {
+            let lab = lab_named(name, None)?;
+            let objects = manifest::load_path(&file)?;
+            for p in lab.delete(&objects)? {
+                println!("pod/{p} deleted");
+            }
+            for o in objects.iter().filter(|o| !matches!(o, manifest::Object::Pod(_))) {
+                println!("{}/{} deleted", o.kind().to_lowercase(), o.name());
+            }
+        }
+        LabCommand::Get { resource, output } => {
+            let lab = lab_named(name, None)?;
+            let st = lab.state()?.with_context(|| format!("lab {} is not up", lab.paths().name))?;
+            let pods = matches!(resource, Resource::Pods | Resource::Pod | Resource::Po);
+            match output {
+                Some(GetOutput::Json) => println!("{}", serde_json::to_string_pretty(&if pods { view::pods_json(&st) } else { view::nodes_json(&st) })?),
+                o => {
+                    let wide = o == Some(GetOutput::Wide);
+                    print!("{}", if pods { view::pods_table(&st, wide) } else { view::nodes_table(&st, wide) });
+                }
+            }
+        }
+        LabCommand::Exec { pod, cmd } => {
+            let lab = lab_named(name, None)?;
+            let p = lab.find_pod(&pod)?;
+            return Err(cluster::exec_in_netns(&p.netns, &cmd));
+        }
+        LabCommand::RestartSwitch { node, hard } => {
+            let lab = lab_named(name, None)?;
+            let pid = lab.restart_switch(&node, hard)?;
+            println!("switch of {node} restarted (pid {pid})");
+        }
+        LabCommand::Demo { quick, json } => {
+            let lab = lab_named(name, Some("demo"))?;
+            let _ = (&lab, quick, json); anyhow::bail!("demo pending");
+        }
+        LabCommand::PodRun { pod, netns, tcp, udp, cmd } => {
+            cluster::enter_netns_for_good(&netns)?;
+            if !cmd.is_empty() {
+                return Err(cluster::exec_in_netns(&netns, &cmd));
+            }
+            podswitch_agent::lab::workload::run_echo(&pod, &tcp, &udp)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! `podswitch tool ...`: the built-in traffic tools, run inside a pod's
+//! namespace (`podswitch lab exec POD -- podswitch tool ...`). Each prints
+//! one JSON line with its result.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use podswitch_agent::lab::manifest::Protocol;
+use podswitch_agent::lab::{probe, traffic};
+use podswitch_switch::control::api::Mac;
+
+#[derive(clap::Args, Debug)]
+pub struct ToolArgs {
+    #[command(subcommand)]
+    command: ToolCommand,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl From<Proto> for Protocol {
+    fn from(p: Proto) -> Self {
+        match p {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ToolCommand {
+    /// Accept one TCP connection, read to EOF, report bytes and CRC-32.
+    TcpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Send N bytes of deterministic data, report bytes and CRC-32.
+    TcpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Send numbered UDP datagrams to an echo server and check the replies.
+    UdpEcho {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
+    /// Request/response echo server for latency tests.
+    RrServer {
+        #[arg(long, value_enum)]
+        proto: Proto,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Request/response latency client (HDR histogram percentiles).
+    RrClient {
+        #[arg(long, value_enum)]
+        proto: Proto,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 1_000_000)]
+        max: u64,
+    },
+    /// ICMP echo with a chosen TTL; reports replies and ICMP errors.
+    Ping {
+        #[arg(long)]
+        to: Ipv4Addr,
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        #[arg(long, default_value_t = 64)]
+        ttl: u32,
+        #[arg(long, default_value_t = 2)]
+        timeout_secs: u64,
+    },
+    /// One HTTP GET; prints status and body.
+    HttpGet {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "podswitch")]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+    },
+    /// Write malformed frames to an interface (AF_PACKET).
+    Inject {
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// Destination MAC (the gateway's).
+        #[arg(long, default_value = "ee:ee:ee:ee:ee:ee")]
+        dst_mac: Mac,
+        #[arg(long)]
+        src_ip: Ipv4Addr,
+        #[arg(long)]
+        dst_ip: Ipv4Addr,
+    },
+}
+
+fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+pub fn run(args: ToolArgs) -> anyhow::Result<()> {
+    match args.command {
+        ToolCommand::TcpSink { listen, timeout_secs } => print(&traffic::TcpSink::bind(listen)?.run(Duration::from_secs(timeout_secs))?),
+        ToolCommand::TcpSend { to, bytes, timeout_secs } => print(&traffic::tcp_send(to, bytes, Duration::from_secs(timeout_secs))?),
+        ToolCommand::UdpEcho { to, count, size, timeout_secs } => print(&traffic::udp_echo_check(to, count, size, Duration::from_secs(timeout_secs))?),
+        ToolCommand::RrServer { proto, listen } => traffic::rr_server(proto.into(), listen),
+        ToolCommand::RrClient { proto, to, size, secs, max } => print(&traffic::rr_client(proto.into(), to, size, Duration::from_secs_f64(secs), max)?),
+        ToolCommand::Ping { to, count, ttl, timeout_secs } => print(&probe::icmp_probe(to, count, ttl, Duration::from_secs(timeout_secs))?),
+        ToolCommand::HttpGet { to, host, path } => {
+            let (status, body) = probe::http_get(to, &host, &path, Duration::from_secs(10))?;
+            print(&serde_json::json!({"status": status, "body": body}))
+        }
+        ToolCommand::Inject { ifname, dst_mac, src_ip, dst_ip } => {
+            let nl = podswitch_switch::port::netlink::Netlink::current()?;
+            let idx = nl.link_index(&ifname)?.ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
+            let src_mac = nl.link_mac(idx)?;
+            print(&traffic::inject_malformed(&ifname, src_mac, dst_mac.0, src_ip, dst_ip)?)
+        }
+    }
+}
