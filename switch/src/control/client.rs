@@ -14,13 +14,13 @@ use super::api::{encode_request, ApiError, Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot connect to the switch control socket {path}: {source} (is the switch running?)"
+        "cannot connect to the switch control socket {path} (is the switch running?)"
     )]
     Connect {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("control socket {path}: {source}")]
+    #[error("control socket {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
