@@ -309,7 +309,7 @@ impl SwitchState {
                 pod::WiringError::InterfaceExists { .. } => {
                     ApiError::new(ErrorCode::AlreadyExists, e.to_string())
                 }
-                other => ApiError::internal(other.to_string()),
+                other => ApiError::internal(error_chain(&other)),
             })?;
         }
         let mut made = Vec::new();
@@ -321,7 +321,7 @@ impl SwitchState {
                         let w = self.wiring(done);
                         let _ = pod::delete(w.pod, w.netns, w.ifname, w.mac);
                     }
-                    return Err(ApiError::internal(e.to_string()));
+                    return Err(ApiError::internal(error_chain(&e)));
                 }
             }
         }
@@ -534,6 +534,21 @@ impl SwitchState {
             })),
         }
     }
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 impl ApiError {
