@@ -9,7 +9,12 @@ use podswitch_switch::control::client;
 #[derive(clap::Args, Debug)]
 pub struct CtlArgs {
     /// The switch's control socket.
-    #[arg(long, short = 's', env = "PODSWITCH_SOCKET", default_value = "/run/podswitch/switch.sock")]
+    #[arg(
+        long,
+        short = 's',
+        env = "PODSWITCH_SOCKET",
+        default_value = "/run/podswitch/switch.sock"
+    )]
     socket: PathBuf,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
@@ -44,7 +49,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&h)?);
             } else {
-                println!("node {} (switch {}, API v{}, {} workers)", h.node, h.switch_version, h.api_version, h.workers);
+                println!(
+                    "node {} (switch {}, API v{}, {} workers)",
+                    h.node, h.switch_version, h.api_version, h.workers
+                );
             }
         }
         CtlCommand::Ports => {
@@ -52,7 +60,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&ports)?);
             } else {
-                println!("{:<4} {:<32} {:<15} {:<17} {:>5} {:>3} {:>12} {:>12} {:>8}", "ID", "POD", "IP", "MAC", "MTU", "Q", "RX-PKTS", "TX-PKTS", "DROPS");
+                println!(
+                    "{:<4} {:<32} {:<15} {:<17} {:>5} {:>3} {:>12} {:>12} {:>8}",
+                    "ID", "POD", "IP", "MAC", "MTU", "Q", "RX-PKTS", "TX-PKTS", "DROPS"
+                );
                 for p in ports {
                     println!(
                         "{:<4} {:<32} {:<15} {:<17} {:>5} {:>3} {:>12} {:>12} {:>8}",
@@ -76,11 +87,20 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             } else {
                 let d = &s.datapath;
                 println!("generation {}  workers {}", s.generation, s.workers);
-                println!("rx {} pkts / {} B   tx {} pkts / {} B   batches {}", d.rx_packets, d.rx_bytes, d.tx_packets, d.tx_bytes, d.batches);
+                println!(
+                    "rx {} pkts / {} B   tx {} pkts / {} B   batches {}",
+                    d.rx_packets, d.rx_bytes, d.tx_packets, d.tx_bytes, d.batches
+                );
                 println!("forwarded {}  gso superframes {}  arp replies {}  echo replies {}  icmp errors {}", d.forwarded_local, d.gso_superframes, d.arp_replies, d.icmp_echo_replies, d.icmp_errors_sent);
-                println!("\n{:<8} {:<26} {:>10} {:>12}  DESCRIPTION", "STAGE", "REASON", "PACKETS", "BYTES");
+                println!(
+                    "\n{:<8} {:<26} {:>10} {:>12}  DESCRIPTION",
+                    "STAGE", "REASON", "PACKETS", "BYTES"
+                );
                 for r in &d.drops {
-                    println!("{:<8} {:<26} {:>10} {:>12}  {}", r.stage, r.reason, r.packets, r.bytes, r.description);
+                    println!(
+                        "{:<8} {:<26} {:>10} {:>12}  {}",
+                        r.stage, r.reason, r.packets, r.bytes, r.description
+                    );
                 }
             }
         }

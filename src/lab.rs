@@ -80,6 +80,9 @@ enum LabCommand {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Worker threads of the switch (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
     /// Run a pod's workload inside its namespace (started by the lab).
     #[command(hide = true)]
@@ -99,7 +102,10 @@ enum LabCommand {
 
 fn lab_named(name: Option<&str>, file_name: Option<&str>) -> anyhow::Result<Lab> {
     let name = name.or(file_name).unwrap_or("default");
-    Lab::new(name, std::env::current_exe().context("locating the podswitch binary")?)
+    Lab::new(
+        name,
+        std::env::current_exe().context("locating the podswitch binary")?,
+    )
 }
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
@@ -107,18 +113,32 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     match args.command {
         LabCommand::Up { file } => {
             let def = match &file {
-                Some(f) => cluster::parse_lab(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?, &f.display().to_string())?,
+                Some(f) => cluster::parse_lab(
+                    &std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                    &f.display().to_string(),
+                )?,
                 None => cluster::parse_lab(DEFAULT_LAB, "embedded default lab")?,
             };
             let lab = lab_named(name, Some(&def.lab.metadata.name))?;
             let st = lab.up(&def)?;
-            println!("lab {} is up: {} node(s), {} pod(s)", st.name, st.nodes.len(), st.pods.len());
+            println!(
+                "lab {} is up: {} node(s), {} pod(s)",
+                st.name,
+                st.nodes.len(),
+                st.pods.len()
+            );
             print!("{}", view::pods_table(&st, false));
         }
         LabCommand::Down => {
             let lab = lab_named(name, None)?;
             let r = lab.down()?;
-            println!("lab {} is down ({} process(es) stopped, {} namespace(s) removed)", lab.paths().name, r.processes, r.namespaces);
+            println!(
+                "lab {} is down ({} process(es) stopped, {} namespace(s) removed)",
+                lab.paths().name,
+                r.processes,
+                r.namespaces
+            );
         }
         LabCommand::Apply { file } => {
             let lab = lab_named(name, None)?;
@@ -130,7 +150,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             for p in &r.unchanged {
                 println!("pod/{p} unchanged");
             }
-            for o in objects.iter().filter(|o| !matches!(o, manifest::Object::Pod(_))) {
+            for o in objects
+                .iter()
+                .filter(|o| !matches!(o, manifest::Object::Pod(_)))
+            {
                 println!("{}/{} configured", o.kind().to_lowercase(), o.name());
             }
         }
@@ -140,19 +163,38 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             for p in lab.delete(&objects)? {
                 println!("pod/{p} deleted");
             }
-            for o in objects.iter().filter(|o| !matches!(o, manifest::Object::Pod(_))) {
+            for o in objects
+                .iter()
+                .filter(|o| !matches!(o, manifest::Object::Pod(_)))
+            {
                 println!("{}/{} deleted", o.kind().to_lowercase(), o.name());
             }
         }
         LabCommand::Get { resource, output } => {
             let lab = lab_named(name, None)?;
-            let st = lab.state()?.with_context(|| format!("lab {} is not up", lab.paths().name))?;
+            let st = lab
+                .state()?
+                .with_context(|| format!("lab {} is not up", lab.paths().name))?;
             let pods = matches!(resource, Resource::Pods | Resource::Pod | Resource::Po);
             match output {
-                Some(GetOutput::Json) => println!("{}", serde_json::to_string_pretty(&if pods { view::pods_json(&st) } else { view::nodes_json(&st) })?),
+                Some(GetOutput::Json) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&if pods {
+                        view::pods_json(&st)
+                    } else {
+                        view::nodes_json(&st)
+                    })?
+                ),
                 o => {
                     let wide = o == Some(GetOutput::Wide);
-                    print!("{}", if pods { view::pods_table(&st, wide) } else { view::nodes_table(&st, wide) });
+                    print!(
+                        "{}",
+                        if pods {
+                            view::pods_table(&st, wide)
+                        } else {
+                            view::nodes_table(&st, wide)
+                        }
+                    );
                 }
             }
         }
@@ -166,11 +208,21 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             let pid = lab.restart_switch(&node, hard)?;
             println!("switch of {node} restarted (pid {pid})");
         }
-        LabCommand::Demo { quick, json } => {
+        LabCommand::Demo {
+            quick,
+            json,
+            workers,
+        } => {
             let lab = lab_named(name, Some("demo"))?;
-            let _ = (&lab, quick, json); anyhow::bail!("demo pending");
+            podswitch_agent::lab::demo::run(&lab, quick, json.as_deref(), workers)?;
         }
-        LabCommand::PodRun { pod, netns, tcp, udp, cmd } => {
+        LabCommand::PodRun {
+            pod,
+            netns,
+            tcp,
+            udp,
+            cmd,
+        } => {
             cluster::enter_netns_for_good(&netns)?;
             if !cmd.is_empty() {
                 return Err(cluster::exec_in_netns(&netns, &cmd));

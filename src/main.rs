@@ -78,9 +78,13 @@ struct SwitchRunArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PODSWITCH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODSWITCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -92,14 +96,20 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
     use podswitch_switch::daemon::{self, DaemonConfig};
     let mut config: Option<DaemonConfig> = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             Some(toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)
         }
         None => None,
     };
     if config.is_none() {
-        let node = args.node.clone().context("--node (or --config) is required")?;
-        let cidr = args.pod_cidr.context("--pod-cidr (or --config) is required")?;
+        let node = args
+            .node
+            .clone()
+            .context("--node (or --config) is required")?;
+        let cidr = args
+            .pod_cidr
+            .context("--pod-cidr (or --config) is required")?;
         config = Some(DaemonConfig {
             node: daemon::node_spec(&node, cidr, args.mtu.unwrap_or(1500)),
             control_socket: PathBuf::from(format!("/run/podswitch/{node}.sock")),
@@ -137,7 +147,9 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Switch { command: SwitchCommand::Run(args) } => switch_run(args),
+        Command::Switch {
+            command: SwitchCommand::Run(args),
+        } => switch_run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Lab(args) => lab::run(args),
         Command::Tool(args) => tool::run(args),

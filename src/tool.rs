@@ -121,21 +121,73 @@ fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 
 pub fn run(args: ToolArgs) -> anyhow::Result<()> {
     match args.command {
-        ToolCommand::TcpSink { listen, timeout_secs } => print(&traffic::TcpSink::bind(listen)?.run(Duration::from_secs(timeout_secs))?),
-        ToolCommand::TcpSend { to, bytes, timeout_secs } => print(&traffic::tcp_send(to, bytes, Duration::from_secs(timeout_secs))?),
-        ToolCommand::UdpEcho { to, count, size, timeout_secs } => print(&traffic::udp_echo_check(to, count, size, Duration::from_secs(timeout_secs))?),
+        ToolCommand::TcpSink {
+            listen,
+            timeout_secs,
+        } => print(&traffic::TcpSink::bind(listen)?.run(Duration::from_secs(timeout_secs))?),
+        ToolCommand::TcpSend {
+            to,
+            bytes,
+            timeout_secs,
+        } => print(&traffic::tcp_send(
+            to,
+            bytes,
+            Duration::from_secs(timeout_secs),
+        )?),
+        ToolCommand::UdpEcho {
+            to,
+            count,
+            size,
+            timeout_secs,
+        } => print(&traffic::udp_echo_check(
+            to,
+            count,
+            size,
+            Duration::from_secs(timeout_secs),
+        )?),
         ToolCommand::RrServer { proto, listen } => traffic::rr_server(proto.into(), listen),
-        ToolCommand::RrClient { proto, to, size, secs, max } => print(&traffic::rr_client(proto.into(), to, size, Duration::from_secs_f64(secs), max)?),
-        ToolCommand::Ping { to, count, ttl, timeout_secs } => print(&probe::icmp_probe(to, count, ttl, Duration::from_secs(timeout_secs))?),
+        ToolCommand::RrClient {
+            proto,
+            to,
+            size,
+            secs,
+            max,
+        } => print(&traffic::rr_client(
+            proto.into(),
+            to,
+            size,
+            Duration::from_secs_f64(secs),
+            max,
+        )?),
+        ToolCommand::Ping {
+            to,
+            count,
+            ttl,
+            timeout_secs,
+        } => print(&probe::icmp_probe(
+            to,
+            count,
+            ttl,
+            Duration::from_secs(timeout_secs),
+        )?),
         ToolCommand::HttpGet { to, host, path } => {
             let (status, body) = probe::http_get(to, &host, &path, Duration::from_secs(10))?;
             print(&serde_json::json!({"status": status, "body": body}))
         }
-        ToolCommand::Inject { ifname, dst_mac, src_ip, dst_ip } => {
+        ToolCommand::Inject {
+            ifname,
+            dst_mac,
+            src_ip,
+            dst_ip,
+        } => {
             let nl = podswitch_switch::port::netlink::Netlink::current()?;
-            let idx = nl.link_index(&ifname)?.ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
+            let idx = nl
+                .link_index(&ifname)?
+                .ok_or_else(|| anyhow::anyhow!("no interface {ifname}"))?;
             let src_mac = nl.link_mac(idx)?;
-            print(&traffic::inject_malformed(&ifname, src_mac, dst_mac.0, src_ip, dst_ip)?)
+            print(&traffic::inject_malformed(
+                &ifname, src_mac, dst_mac.0, src_ip, dst_ip,
+            )?)
         }
     }
 }

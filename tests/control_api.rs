@@ -51,26 +51,56 @@ fn invalid_requests_name_the_field_and_change_nothing() {
     }
     // Same IP as an existing pod, inside an all-or-nothing patch with a valid add.
     let ip0 = before["pods"][0]["ipv4"].as_str().unwrap();
-    let r = raw(&sock, &format!(r#"{{"v":1,"op":"patch_topology","args":{{"add":[{{"name":"x/ok","netns":"{netns}","ifname":"eth9","ipv4":"10.244.1.70"}},{{"name":"x/dup","netns":"{netns}","ifname":"eth8","ipv4":"{ip0}"}}]}}}}"#));
+    let r = raw(
+        &sock,
+        &format!(
+            r#"{{"v":1,"op":"patch_topology","args":{{"add":[{{"name":"x/ok","netns":"{netns}","ifname":"eth9","ipv4":"10.244.1.70"}},{{"name":"x/dup","netns":"{netns}","ifname":"eth8","ipv4":"{ip0}"}}]}}}}"#
+        ),
+    );
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error"]["code"], "already_exists", "{r}");
     assert_eq!(topo(&sock), before);
-    for bad in ["not json", r#"{"v":9,"op":"hello"}"#, r#"{"op":"hello"}"#, r#"{"v":1,"op":"explode"}"#, "[]"] {
+    for bad in [
+        "not json",
+        r#"{"v":9,"op":"hello"}"#,
+        r#"{"op":"hello"}"#,
+        r#"{"v":1,"op":"explode"}"#,
+        "[]",
+    ] {
         let r = raw(&sock, bad);
         assert_eq!(r["ok"], false, "{bad} -> {r}");
     }
     // The switch still forwards.
     let pods = lab.pods();
-    assert!(lab.exec(&pods[0].0, &["ping", "-c", "1", "-W", "2", &pods[1].1]).status.success());
+    assert!(lab
+        .exec(&pods[0].0, &["ping", "-c", "1", "-W", "2", &pods[1].1])
+        .status
+        .success());
     // A valid patch adds a pod in a namespace of its own, and removes it again.
     let extra = format!("psw-{}-extra", lab.name);
-    assert!(std::process::Command::new("ip").args(["netns", "add", &extra]).status().unwrap().success());
-    let r = raw(&sock, &format!(r#"{{"v":1,"op":"patch_topology","args":{{"add":[{{"name":"x/extra","netns":"/run/netns/{extra}","ipv4":"10.244.1.80"}}]}}}}"#));
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &extra])
+        .status()
+        .unwrap()
+        .success());
+    let r = raw(
+        &sock,
+        &format!(
+            r#"{{"v":1,"op":"patch_topology","args":{{"add":[{{"name":"x/extra","netns":"/run/netns/{extra}","ipv4":"10.244.1.80"}}]}}}}"#
+        ),
+    );
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(topo(&sock)["pods"].as_array().unwrap().len(), 4);
     let out = lab.exec(&pods[0].0, &["ping", "-c", "1", "-W", "2", "10.244.1.80"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let r = raw(&sock, r#"{"v":1,"op":"remove_port","args":{"name":"x/extra"}}"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = raw(
+        &sock,
+        r#"{"v":1,"op":"remove_port","args":{"name":"x/extra"}}"#,
+    );
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(topo(&sock), before);
 }

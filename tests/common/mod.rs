@@ -29,19 +29,33 @@ pub fn require_root() -> bool {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 /// Runs podswitch with `args` and returns its output.
 pub fn podswitch(args: &[&str]) -> Output {
-    Command::new(exe()).args(args).stdin(Stdio::null()).output().expect("run podswitch")
+    Command::new(exe())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run podswitch")
 }
 
 /// Like [`podswitch`] but panics with the output unless it succeeded.
 pub fn podswitch_ok(args: &[&str]) -> String {
     let out = podswitch(args);
-    assert!(out.status.success(), "podswitch {args:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "podswitch {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -55,7 +69,12 @@ pub struct TestLab {
 impl TestLab {
     /// Brings up the default lab (or `file`) under a unique name.
     pub fn up(tag: &str, file: Option<&str>) -> TestLab {
-        let name = format!("t{}{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::SeqCst), tag);
+        let name = format!(
+            "t{}{}-{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::SeqCst),
+            tag
+        );
         let name: String = name.chars().take(24).collect();
         let lab = TestLab { name };
         let mut args = vec!["lab", "up", "--name", &lab.name];
@@ -91,20 +110,55 @@ impl TestLab {
         let mut cmd = vec![exe.to_str().expect("utf-8 path"), "tool"];
         cmd.extend_from_slice(args);
         let out = self.exec(pod, &cmd);
-        assert!(out.status.success(), "tool {args:?} in {pod} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tool output not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "tool {args:?} in {pod} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tool output not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Starts a `podswitch tool` inside a pod in the background.
     pub fn spawn_tool(&self, pod: &str, args: &[&str]) -> Child {
         let exe = exe();
-        Command::new(&exe).args(["lab", "--name", &self.name, "exec", pod, "--", exe.to_str().expect("utf-8"), "tool"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tool")
+        Command::new(&exe)
+            .args([
+                "lab",
+                "--name",
+                &self.name,
+                "exec",
+                pod,
+                "--",
+                exe.to_str().expect("utf-8"),
+                "tool",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tool")
     }
 
     /// `lab get pods -o json` as (name, ip) pairs, sorted by IP.
     pub fn pods(&self) -> Vec<(String, String)> {
-        let v: serde_json::Value = serde_json::from_str(&self.run_ok(&["get", "pods", "-o", "json"])).expect("json");
-        let mut pods: Vec<(String, String)> = v["items"].as_array().expect("items").iter().map(|p| (p["metadata"]["name"].as_str().unwrap().to_string(), p["status"]["podIP"].as_str().unwrap().to_string())).collect();
+        let v: serde_json::Value =
+            serde_json::from_str(&self.run_ok(&["get", "pods", "-o", "json"])).expect("json");
+        let mut pods: Vec<(String, String)> = v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    p["status"]["podIP"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
         pods.sort_by_key(|(_, ip)| ip.parse::<std::net::Ipv4Addr>().unwrap());
         pods
     }
@@ -120,7 +174,13 @@ impl TestLab {
     }
 
     pub fn drops(&self, node: &str, reason: &str) -> u64 {
-        self.stats(node)["datapath"]["drops"].as_array().expect("drops").iter().filter(|d| d["reason"] == reason).map(|d| d["packets"].as_u64().unwrap_or(0)).sum()
+        self.stats(node)["datapath"]["drops"]
+            .as_array()
+            .expect("drops")
+            .iter()
+            .filter(|d| d["reason"] == reason)
+            .map(|d| d["packets"].as_u64().unwrap_or(0))
+            .sum()
     }
 }
 
@@ -144,5 +204,12 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Namespaces whose name contains `needle`.
 pub fn netns_matching(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns").map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).filter(|n| n.contains(needle)).collect()).unwrap_or_default()
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| n.contains(needle))
+                .collect()
+        })
+        .unwrap_or_default()
 }

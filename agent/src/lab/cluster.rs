@@ -91,7 +91,12 @@ fn default_mtu() -> u32 {
 
 impl Default for LabSpec {
     fn default() -> Self {
-        LabSpec { nodes: 1, cluster_cidr: default_cluster_cidr(), mtu: default_mtu(), workers_per_switch: 0 }
+        LabSpec {
+            nodes: 1,
+            cluster_cidr: default_cluster_cidr(),
+            mtu: default_mtu(),
+            workers_per_switch: 0,
+        }
     }
 }
 
@@ -119,26 +124,47 @@ fn split_yaml_documents(text: &str) -> Vec<String> {
             d.push('\n');
         }
     }
-    docs.into_iter().filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))).collect()
+    docs.into_iter()
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect()
 }
 
 /// Parses a lab file: a `kind: Lab` document, then Kubernetes manifests.
 pub fn parse_lab(text: &str, source: &str) -> anyhow::Result<LabDefinition> {
     let docs = split_yaml_documents(text);
-    let first = docs.first().with_context(|| format!("{source}: empty lab file"))?;
-    let lab: LabFile = serde_saphyr::from_str(first).map_err(|e| anyhow::anyhow!("{source}: document 1 (kind: Lab): {e}"))?;
+    let first = docs
+        .first()
+        .with_context(|| format!("{source}: empty lab file"))?;
+    let lab: LabFile = serde_saphyr::from_str(first)
+        .map_err(|e| anyhow::anyhow!("{source}: document 1 (kind: Lab): {e}"))?;
     if lab.kind != "Lab" {
-        bail!("{source}: document 1 must be kind: Lab, found kind: {}", lab.kind);
+        bail!(
+            "{source}: document 1 must be kind: Lab, found kind: {}",
+            lab.kind
+        );
     }
     validate_lab_name(&lab.metadata.name).with_context(|| format!("{source}: metadata.name"))?;
     if lab.spec.nodes == 0 || lab.spec.nodes > 250 {
-        bail!("{source}: spec.nodes must be 1..=250, got {}", lab.spec.nodes);
+        bail!(
+            "{source}: spec.nodes must be 1..=250, got {}",
+            lab.spec.nodes
+        );
     }
     if lab.spec.cluster_cidr.prefix_len() > 23 - (lab.spec.nodes as f64).log2().ceil() as u8 {
-        bail!("{source}: spec.clusterCIDR {} has no room for {} /24 node ranges", lab.spec.cluster_cidr, lab.spec.nodes + 1);
+        bail!(
+            "{source}: spec.clusterCIDR {} has no room for {} /24 node ranges",
+            lab.spec.cluster_cidr,
+            lab.spec.nodes + 1
+        );
     }
     if !(576..=65535).contains(&lab.spec.mtu) {
-        bail!("{source}: spec.mtu must be 576..=65535, got {}", lab.spec.mtu);
+        bail!(
+            "{source}: spec.mtu must be 576..=65535, got {}",
+            lab.spec.mtu
+        );
     }
     let rest = docs[1..].join("---\n");
     let objects = manifest::parse_manifests(&rest, source)?;
@@ -146,7 +172,13 @@ pub fn parse_lab(text: &str, source: &str) -> anyhow::Result<LabDefinition> {
 }
 
 fn validate_lab_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() || name.len() > 24 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.starts_with('-') {
+    if name.is_empty()
+        || name.len() > 24
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || name.starts_with('-')
+    {
         bail!("lab name {name:?} must be 1..=24 characters of a-z, 0-9 and '-'");
     }
     Ok(())
@@ -204,7 +236,10 @@ pub struct LabPaths {
 impl LabPaths {
     pub fn new(name: &str) -> anyhow::Result<Self> {
         validate_lab_name(name)?;
-        Ok(LabPaths { name: name.to_string(), dir: Path::new(LAB_ROOT).join(name) })
+        Ok(LabPaths {
+            name: name.to_string(),
+            dir: Path::new(LAB_ROOT).join(name),
+        })
     }
     /// Prefix of every namespace this lab creates.
     pub fn prefix(&self) -> String {
@@ -217,27 +252,40 @@ impl LabPaths {
         self.dir.join("logs")
     }
     fn lock(&self) -> anyhow::Result<Flock<File>> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let f = File::options().create(true).truncate(false).write(true).open(self.dir.join(".lock")).context("opening lab lock")?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("locking lab {}: {e}", self.name))
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))
+            .context("opening lab lock")?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("locking lab {}: {e}", self.name))
     }
     pub fn load(&self) -> anyhow::Result<Option<LabState>> {
         match std::fs::read(self.state_file()) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("parsing {}", self.state_file().display()))?)),
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!("parsing {}", self.state_file().display())
+            })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.state_file().display())),
         }
     }
     fn save(&self, st: &LabState) -> anyhow::Result<()> {
         let tmp = self.dir.join("lab.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, self.state_file()).context("saving lab state")?;
         Ok(())
     }
 }
 
 fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = secs / 86400;
     let rem = secs % 86400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -251,13 +299,21 @@ fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// Whether a process is alive (exists and is not a zombie).
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -302,7 +358,10 @@ impl Lab {
     /// A handle on lab `name`; `exe` is the podswitch binary to start
     /// switches and workloads with.
     pub fn new(name: &str, exe: PathBuf) -> anyhow::Result<Self> {
-        Ok(Lab { paths: LabPaths::new(name)?, exe })
+        Ok(Lab {
+            paths: LabPaths::new(name)?,
+            exe,
+        })
     }
 
     pub fn paths(&self) -> &LabPaths {
@@ -315,7 +374,9 @@ impl Lab {
     }
 
     fn require_state(&self) -> anyhow::Result<LabState> {
-        self.paths.load()?.with_context(|| format!("lab {} is not up (run `podswitch lab up`)", self.paths.name))
+        self.paths
+            .load()?
+            .with_context(|| format!("lab {} is not up (run `podswitch lab up`)", self.paths.name))
     }
 
     /// Brings the lab up: nodes, switches, then the manifests of the lab
@@ -328,7 +389,13 @@ impl Lab {
             }
             // Leftovers of a crashed run with this name.
             self.cleanup_leftovers();
-            let mut st = LabState { name: self.paths.name.clone(), spec: def.lab.spec.clone(), nodes: Vec::new(), pods: BTreeMap::new(), objects: BTreeMap::new() };
+            let mut st = LabState {
+                name: self.paths.name.clone(),
+                spec: def.lab.spec.clone(),
+                nodes: Vec::new(),
+                pods: BTreeMap::new(),
+                objects: BTreeMap::new(),
+            };
             std::fs::create_dir_all(self.paths.logs()).context("creating lab log dir")?;
             let result = (|| -> anyhow::Result<()> {
                 for i in 1..=def.lab.spec.nodes {
@@ -355,38 +422,75 @@ impl Lab {
     }
 
     fn node_cidr(spec: &LabSpec, index: usize) -> anyhow::Result<Ipv4Net> {
-        spec.cluster_cidr.subnets(24).context("cluster CIDR narrower than /24")?.nth(index).with_context(|| format!("cluster CIDR {} has no /24 number {index}", spec.cluster_cidr))
+        spec.cluster_cidr
+            .subnets(24)
+            .context("cluster CIDR narrower than /24")?
+            .nth(index)
+            .with_context(|| {
+                format!(
+                    "cluster CIDR {} has no /24 number {index}",
+                    spec.cluster_cidr
+                )
+            })
     }
 
     fn start_node(&self, spec: &LabSpec, index: usize) -> anyhow::Result<NodeState> {
         let name = format!("node-{index}");
         let ns_name = format!("{}{}", self.paths.prefix(), name);
-        let netns_path = netns::create(&ns_name).with_context(|| format!("creating netns {ns_name}"))?;
-        podswitch_switch::port::netlink::Netlink::in_netns(&netns_path).and_then(|nl| nl.set_lo_up()).with_context(|| format!("bringing lo up in {ns_name}"))?;
+        let netns_path =
+            netns::create(&ns_name).with_context(|| format!("creating netns {ns_name}"))?;
+        podswitch_switch::port::netlink::Netlink::in_netns(&netns_path)
+            .and_then(|nl| nl.set_lo_up())
+            .with_context(|| format!("bringing lo up in {ns_name}"))?;
         let pod_cidr = Self::node_cidr(spec, index)?;
         let control_socket = self.paths.dir.join(format!("{name}.sock"));
         let state_dir = self.paths.dir.join(&name);
-        let mut node = NodeState { name: name.clone(), netns: netns_path, pod_cidr, control_socket, state_dir, switch_pid: None, created: now_rfc3339() };
+        let mut node = NodeState {
+            name: name.clone(),
+            netns: netns_path,
+            pod_cidr,
+            control_socket,
+            state_dir,
+            switch_pid: None,
+            created: now_rfc3339(),
+        };
         node.switch_pid = Some(self.spawn_switch(&node, spec)?);
         Ok(node)
     }
 
     /// Starts (or restarts) a node's switch and waits until it answers.
     fn spawn_switch(&self, node: &NodeState, spec: &LabSpec) -> anyhow::Result<i32> {
-        let log = File::options().create(true).append(true).open(self.paths.logs().join(format!("{}-switch.log", node.name))).context("opening switch log")?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.paths.logs().join(format!("{}-switch.log", node.name)))
+            .context("opening switch log")?;
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["switch", "run", "--node", &node.name, "--pod-cidr", &node.pod_cidr.to_string(), "--mtu", &spec.mtu.to_string(), "--workers", &spec.workers_per_switch.to_string()])
-            .arg("--control-socket")
-            .arg(&node.control_socket)
-            .arg("--state-dir")
-            .arg(&node.state_dir)
-            .arg("--netns")
-            .arg(&node.netns)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
-        let child = cmd.spawn().with_context(|| format!("starting the switch of {}", node.name))?;
+        cmd.args([
+            "switch",
+            "run",
+            "--node",
+            &node.name,
+            "--pod-cidr",
+            &node.pod_cidr.to_string(),
+            "--mtu",
+            &spec.mtu.to_string(),
+            "--workers",
+            &spec.workers_per_switch.to_string(),
+        ])
+        .arg("--control-socket")
+        .arg(&node.control_socket)
+        .arg("--state-dir")
+        .arg(&node.state_dir)
+        .arg("--netns")
+        .arg(&node.netns)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting the switch of {}", node.name))?;
         let pid = child.id() as i32;
         // The child outlives this command; it is reaped by init once we exit.
         std::mem::forget(child);
@@ -399,9 +503,24 @@ impl Lab {
         });
         if !ok || !pid_alive(pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            let log = std::fs::read_to_string(self.paths.logs().join(format!("{}-switch.log", node.name))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("switch of {} did not come up within {:?}; its log ends:\n{}", node.name, SWITCH_START_TIMEOUT, tail.join("\n"));
+            let log = std::fs::read_to_string(
+                self.paths.logs().join(format!("{}-switch.log", node.name)),
+            )
+            .unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "switch of {} did not come up within {:?}; its log ends:\n{}",
+                node.name,
+                SWITCH_START_TIMEOUT,
+                tail.join("\n")
+            );
         }
         Ok(pid)
     }
@@ -411,7 +530,11 @@ impl Lab {
     pub fn restart_switch(&self, node_name: &str, hard: bool) -> anyhow::Result<i32> {
         let _lock = self.paths.lock()?;
         let mut st = self.require_state()?;
-        let idx = st.nodes.iter().position(|n| n.name == node_name).with_context(|| format!("no node {node_name}"))?;
+        let idx = st
+            .nodes
+            .iter()
+            .position(|n| n.name == node_name)
+            .with_context(|| format!("no node {node_name}"))?;
         if let Some(pid) = st.nodes[idx].switch_pid {
             if hard {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -440,8 +563,13 @@ impl Lab {
         let pods = manifest::expand_pods(objects)?;
         let mut report = ApplyReport::default();
         // Plan: placement and addresses for new pods.
-        let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = st.nodes.iter().map(|n| (n.name.clone(), BTreeSet::new())).collect();
-        let mut load: BTreeMap<String, usize> = st.nodes.iter().map(|n| (n.name.clone(), 0)).collect();
+        let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = st
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), BTreeSet::new()))
+            .collect();
+        let mut load: BTreeMap<String, usize> =
+            st.nodes.iter().map(|n| (n.name.clone(), 0)).collect();
         for p in st.pods.values() {
             used.entry(p.node.clone()).or_default().insert(p.ip);
             *load.entry(p.node.clone()).or_default() += 1;
@@ -460,16 +588,42 @@ impl Lab {
             let node = match &pod.node_name {
                 Some(n) => {
                     if !st.nodes.iter().any(|x| &x.name == n) {
-                        bail!("pod {key}: spec.nodeName {n:?} is not a node of lab {} (nodes: {})", st.name, st.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "));
+                        bail!(
+                            "pod {key}: spec.nodeName {n:?} is not a node of lab {} (nodes: {})",
+                            st.name,
+                            st.nodes
+                                .iter()
+                                .map(|n| n.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
                     }
                     n.clone()
                 }
-                None => load.iter().min_by_key(|(name, n)| (**n, (*name).clone())).map(|(n, _)| n.clone()).context("lab has no nodes")?,
+                None => load
+                    .iter()
+                    .min_by_key(|(name, n)| (**n, (*name).clone()))
+                    .map(|(n, _)| n.clone())
+                    .context("lab has no nodes")?,
             };
-            let cidr = st.nodes.iter().find(|n| n.name == node).map(|n| n.pod_cidr).context("node vanished")?;
+            let cidr = st
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .map(|n| n.pod_cidr)
+                .context("node vanished")?;
             let taken = used.entry(node.clone()).or_default();
             // .1 is the gateway; the network and broadcast addresses are not hosts.
-            let ip = cidr.hosts().skip(1).find(|ip| !taken.contains(ip)).with_context(|| format!("pod {key}: pod CIDR {cidr} of {node} is exhausted ({} pods)", taken.len()))?;
+            let ip = cidr
+                .hosts()
+                .skip(1)
+                .find(|ip| !taken.contains(ip))
+                .with_context(|| {
+                    format!(
+                        "pod {key}: pod CIDR {cidr} of {node} is exhausted ({} pods)",
+                        taken.len()
+                    )
+                })?;
             taken.insert(ip);
             *load.entry(node.clone()).or_default() += 1;
             plan.push((pod, node, ip));
@@ -494,14 +648,18 @@ impl Lab {
                         }
                     }
                     self.paths.save(&st)?;
-                    return Err(e.context(format!("creating pod {key} (rolled back the {} pod(s) this apply created)", created.len())));
+                    return Err(e.context(format!(
+                        "creating pod {key} (rolled back the {} pod(s) this apply created)",
+                        created.len()
+                    )));
                 }
             }
         }
         for o in objects {
             if !matches!(o, Object::Pod(_)) {
                 let v = object_json(o)?;
-                st.objects.insert(format!("{}/{}/{}", o.kind(), o.namespace(), o.name()), v);
+                st.objects
+                    .insert(format!("{}/{}/{}", o.kind(), o.namespace(), o.name()), v);
             }
         }
         report.created = created;
@@ -509,22 +667,52 @@ impl Lab {
         Ok(report)
     }
 
-    fn create_pod(&self, st: &LabState, pod: &LabPod, node: &str, ip: Ipv4Addr) -> anyhow::Result<PodState> {
+    fn create_pod(
+        &self,
+        st: &LabState,
+        pod: &LabPod,
+        node: &str,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<PodState> {
         let key = format!("{}/{}", pod.namespace, pod.name);
-        let n = st.nodes.iter().find(|n| n.name == node).context("node vanished")?;
+        let n = st
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .context("node vanished")?;
         let ns_name = self.pod_netns_name(pod);
         if netns::exists(&ns_name) {
             let _ = netns::delete(&ns_name);
         }
-        let netns_path = netns::create(&ns_name).with_context(|| format!("creating netns {ns_name}"))?;
+        let netns_path =
+            netns::create(&ns_name).with_context(|| format!("creating netns {ns_name}"))?;
         let result = (|| -> anyhow::Result<PodState> {
-            let spec = PodSpec { name: key.clone(), netns: netns_path.clone(), ifname: "eth0".into(), ipv4: Some(ip), ipv6: None, mac: None, mtu: None };
-            client::call::<serde_json::Value>(&n.control_socket, &Request::AddPort { pod: spec }).with_context(|| format!("switch of {node}: add_port"))?;
+            let spec = PodSpec {
+                name: key.clone(),
+                netns: netns_path.clone(),
+                ifname: "eth0".into(),
+                ipv4: Some(ip),
+                ipv6: None,
+                mac: None,
+                mtu: None,
+            };
+            client::call::<serde_json::Value>(&n.control_socket, &Request::AddPort { pod: spec })
+                .with_context(|| format!("switch of {node}: add_port"))?;
             let pid = self.spawn_workload(pod, &netns_path)?;
-            Ok(PodState { pod: pod.clone(), node: node.to_string(), ip, netns: netns_path.clone(), workload_pid: Some(pid), created: now_rfc3339() })
+            Ok(PodState {
+                pod: pod.clone(),
+                node: node.to_string(),
+                ip,
+                netns: netns_path.clone(),
+                workload_pid: Some(pid),
+                created: now_rfc3339(),
+            })
         })();
         if result.is_err() {
-            let _ = client::call::<serde_json::Value>(&n.control_socket, &Request::RemovePort { name: key });
+            let _ = client::call::<serde_json::Value>(
+                &n.control_socket,
+                &Request::RemovePort { name: key },
+            );
             kill_netns_processes(&netns_path);
             let _ = netns::delete(&ns_name);
         }
@@ -532,9 +720,19 @@ impl Lab {
     }
 
     fn spawn_workload(&self, pod: &LabPod, netns_path: &Path) -> anyhow::Result<i32> {
-        let log = File::options().create(true).append(true).open(self.paths.logs().join(format!("pod-{}-{}.log", pod.namespace, pod.name))).context("opening workload log")?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(
+                self.paths
+                    .logs()
+                    .join(format!("pod-{}-{}.log", pod.namespace, pod.name)),
+            )
+            .context("opening workload log")?;
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["lab", "pod-run", "--pod", &pod.name]).arg("--netns").arg(netns_path);
+        cmd.args(["lab", "pod-run", "--pod", &pod.name])
+            .arg("--netns")
+            .arg(netns_path);
         if let Some(command) = pod.containers.iter().find_map(|c| c.command.clone()) {
             cmd.arg("--").args(command);
         } else {
@@ -546,8 +744,13 @@ impl Lab {
                 cmd.args(["--udp", &p.to_string()]);
             }
         }
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
-        let child = cmd.spawn().with_context(|| format!("starting the workload of pod {}", pod.name))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting the workload of pod {}", pod.name))?;
         let pid = child.id() as i32;
         std::mem::forget(child);
         Ok(pid)
@@ -558,7 +761,10 @@ impl Lab {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         if let Some(n) = st.nodes.iter().find(|n| n.name == p.node) {
-            if let Err(e) = client::call::<serde_json::Value>(&n.control_socket, &Request::RemovePort { name: p.key() }) {
+            if let Err(e) = client::call::<serde_json::Value>(
+                &n.control_socket,
+                &Request::RemovePort { name: p.key() },
+            ) {
                 tracing::warn!(pod = %p.key(), error = %e, "switch did not remove the port");
             }
         }
@@ -579,10 +785,19 @@ impl Lab {
         for o in objects {
             match o {
                 Object::Pod(_) => doomed.push(format!("{}/{}", o.namespace(), o.name())),
-                Object::Deployment(_) => doomed.extend(st.pods.values().filter(|p| p.pod.namespace == o.namespace() && p.pod.owner.as_deref() == Some(o.name())).map(|p| p.key())),
+                Object::Deployment(_) => doomed.extend(
+                    st.pods
+                        .values()
+                        .filter(|p| {
+                            p.pod.namespace == o.namespace()
+                                && p.pod.owner.as_deref() == Some(o.name())
+                        })
+                        .map(|p| p.key()),
+                ),
                 Object::Service(_) => {}
             }
-            st.objects.remove(&format!("{}/{}/{}", o.kind(), o.namespace(), o.name()));
+            st.objects
+                .remove(&format!("{}/{}/{}", o.kind(), o.namespace(), o.name()));
         }
         let mut deleted = Vec::new();
         for key in doomed {
@@ -623,7 +838,11 @@ impl Lab {
         report.processes += procs;
         report.namespaces += nss;
         let _ = std::fs::remove_file(self.paths.state_file());
-        for entry in std::fs::read_dir(&self.paths.dir).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(&self.paths.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let p = entry.path();
             if p.file_name().and_then(|n| n.to_str()) == Some(".lock") {
                 continue;
@@ -658,14 +877,26 @@ impl Lab {
     /// Resolves a pod by `name` or `namespace/name`.
     pub fn find_pod(&self, name: &str) -> anyhow::Result<PodState> {
         let st = self.require_state()?;
-        let key = if name.contains('/') { name.to_string() } else { format!("default/{name}") };
+        let key = if name.contains('/') {
+            name.to_string()
+        } else {
+            format!("default/{name}")
+        };
         if let Some(p) = st.pods.get(&key) {
             return Ok(p.clone());
         }
         let matches: Vec<&PodState> = st.pods.values().filter(|p| p.pod.name == name).collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => bail!("no pod {name:?} in lab {} (pods: {})", st.name, st.pods.values().map(|p| p.pod.name.as_str()).collect::<Vec<_>>().join(", ")),
+            [] => bail!(
+                "no pod {name:?} in lab {} (pods: {})",
+                st.name,
+                st.pods
+                    .values()
+                    .map(|p| p.pod.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             _ => bail!("pod name {name:?} is ambiguous; use namespace/name"),
         }
     }
@@ -674,7 +905,10 @@ impl Lab {
 /// Kills every process inside a namespace; returns how many.
 pub fn kill_netns_processes(path: &Path) -> usize {
     let me = std::process::id() as i32;
-    let pids: Vec<i32> = netns::pids_in(path).into_iter().filter(|p| *p != me).collect();
+    let pids: Vec<i32> = netns::pids_in(path)
+        .into_iter()
+        .filter(|p| *p != me)
+        .collect();
     for pid in &pids {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
@@ -722,8 +956,10 @@ pub fn exec_in_netns(netns_path: &Path, cmd: &[String]) -> anyhow::Error {
 /// Moves the calling thread into `netns` for the rest of its life. Call it
 /// before spawning threads, which inherit it.
 pub fn enter_netns_for_good(netns_path: &Path) -> anyhow::Result<()> {
-    let f = File::open(netns_path).with_context(|| format!("opening netns {}", netns_path.display()))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {}", netns_path.display()))?;
+    let f = File::open(netns_path)
+        .with_context(|| format!("opening netns {}", netns_path.display()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering netns {}", netns_path.display()))?;
     Ok(())
 }
 
@@ -742,11 +978,23 @@ mod tests {
 
     #[test]
     fn bad_lab_files_are_rejected_with_the_field() {
-        let e = parse_lab("apiVersion: x\nkind: Lab\nmetadata:\n  name: BAD_NAME\n", "t").unwrap_err();
+        let e = parse_lab(
+            "apiVersion: x\nkind: Lab\nmetadata:\n  name: BAD_NAME\n",
+            "t",
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("metadata.name"), "{e:#}");
-        let e = parse_lab("apiVersion: x\nkind: Lab\nmetadata:\n  name: ok\nspec:\n  nodes: 0\n", "t").unwrap_err();
+        let e = parse_lab(
+            "apiVersion: x\nkind: Lab\nmetadata:\n  name: ok\nspec:\n  nodes: 0\n",
+            "t",
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("spec.nodes"), "{e:#}");
-        let e = parse_lab("apiVersion: x\nkind: Lab\nmetadata:\n  name: ok\nspec:\n  colour: red\n", "t").unwrap_err();
+        let e = parse_lab(
+            "apiVersion: x\nkind: Lab\nmetadata:\n  name: ok\nspec:\n  colour: red\n",
+            "t",
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("colour"), "{e:#}");
         let e = parse_lab("apiVersion: v1\nkind: Pod\nmetadata:\n  name: ok\n", "t").unwrap_err();
         assert!(format!("{e:#}").contains("kind: Lab"), "{e:#}");
@@ -755,8 +1003,14 @@ mod tests {
     #[test]
     fn node_cidrs_are_distinct_slash_24s() {
         let spec = LabSpec::default();
-        assert_eq!(Lab::node_cidr(&spec, 1).unwrap().to_string(), "10.244.1.0/24");
-        assert_eq!(Lab::node_cidr(&spec, 2).unwrap().to_string(), "10.244.2.0/24");
+        assert_eq!(
+            Lab::node_cidr(&spec, 1).unwrap().to_string(),
+            "10.244.1.0/24"
+        );
+        assert_eq!(
+            Lab::node_cidr(&spec, 2).unwrap().to_string(),
+            "10.244.2.0/24"
+        );
     }
 
     #[test]

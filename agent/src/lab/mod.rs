@@ -2,7 +2,7 @@
 //! network namespaces on one machine (../shared/TESTBED.md).
 pub mod bridge;
 pub mod cluster;
-// pub mod demo; (pending)
+pub mod demo;
 pub mod manifest;
 pub mod probe;
 pub mod traffic;

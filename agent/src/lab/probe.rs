@@ -42,8 +42,14 @@ fn icmp_checksum(b: &[u8]) -> u16 {
 /// Sends `count` ICMP echo requests to `dst` with IP TTL `ttl`, one at a
 /// time, waiting up to `timeout` for each answer (an echo reply or an ICMP
 /// error quoting our request).
-pub fn icmp_probe(dst: Ipv4Addr, count: u32, ttl: u32, timeout: Duration) -> anyhow::Result<ProbeReport> {
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).context("raw ICMP socket (needs CAP_NET_RAW)")?;
+pub fn icmp_probe(
+    dst: Ipv4Addr,
+    count: u32,
+    ttl: u32,
+    timeout: Duration,
+) -> anyhow::Result<ProbeReport> {
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        .context("raw ICMP socket (needs CAP_NET_RAW)")?;
     sock.set_ttl_v4(ttl).context("setting IP TTL")?;
     let ident = (std::process::id() & 0xffff) as u16;
     let to = SockAddr::from(SocketAddrV4::new(dst, 0));
@@ -67,13 +73,21 @@ pub fn icmp_probe(dst: Ipv4Addr, count: u32, ttl: u32, timeout: Duration) -> any
             if left.is_zero() {
                 break;
             }
-            sock.set_read_timeout(Some(left)).context("socket timeout")?;
+            sock.set_read_timeout(Some(left))
+                .context("socket timeout")?;
             let mut buf = [0u8; 1500];
             // A raw socket hands over the whole datagram, IP header first;
             // the sender's address is in that header.
             let n = match (&sock).read(&mut buf) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
                 Err(e) => return Err(e).context("receiving ICMP"),
             };
             let pkt = &buf[..n];
@@ -97,8 +111,15 @@ pub fn icmp_probe(dst: Ipv4Addr, count: u32, ttl: u32, timeout: Duration) -> any
                     let q = &icmp[8..];
                     let qihl = usize::from(q.first().copied().unwrap_or(0) & 0x0f) * 4;
                     if let Some(qicmp) = q.get(qihl..qihl + 8) {
-                        if qicmp[0] == 8 && qicmp[4..6] == ident.to_be_bytes() && qicmp[6..8] == seq.to_be_bytes() {
-                            report.errors.push(IcmpError { from, icmp_type: icmp[0], code: icmp[1] });
+                        if qicmp[0] == 8
+                            && qicmp[4..6] == ident.to_be_bytes()
+                            && qicmp[6..8] == seq.to_be_bytes()
+                        {
+                            report.errors.push(IcmpError {
+                                from,
+                                icmp_type: icmp[0],
+                                code: icmp[1],
+                            });
                             break;
                         }
                     }
@@ -111,14 +132,27 @@ pub fn icmp_probe(dst: Ipv4Addr, count: u32, ttl: u32, timeout: Duration) -> any
 }
 
 /// One HTTP/1.1 GET; returns the status code and body.
-pub fn http_get(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+pub fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: podswitch-probe\r\n\r\n").context("sending request")?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).with_context(|| format!("reading response from {addr}"))?;
-    let (head, body) = resp.split_once("\r\n\r\n").with_context(|| format!("malformed HTTP response from {addr}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("no status in response from {addr}"))?;
+    s.read_to_string(&mut resp)
+        .with_context(|| format!("reading response from {addr}"))?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed HTTP response from {addr}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in response from {addr}"))?;
     Ok((status, body.to_string()))
 }

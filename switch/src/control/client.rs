@@ -13,9 +13,7 @@ use super::api::{encode_request, ApiError, Request, Response};
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot connect to the switch control socket {path} (is the switch running?)"
-    )]
+    #[error("cannot connect to the switch control socket {path} (is the switch running?)")]
     Connect {
         path: PathBuf,
         source: std::io::Error,
