@@ -58,15 +58,22 @@ pub enum RouteTarget {
     Unassigned,
 }
 
-/// Longest-prefix-match routes, one trie per family.
+/// Routes: an exact-match table of host routes (every local pod, the
+/// common case, one hash probe) in front of longest-prefix-match tries,
+/// one per family.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
+    hosts: rustc_hash::FxHashMap<IpAddr, RouteTarget>,
     v4: PrefixMap<Ipv4Net, RouteTarget>,
     v6: PrefixMap<Ipv6Net, RouteTarget>,
 }
 
 impl RouteTable {
     pub fn insert(&mut self, net: IpNet, target: RouteTarget) {
+        if net.prefix_len() == net.max_prefix_len() {
+            self.hosts.insert(net.addr(), target);
+            return;
+        }
         match net {
             IpNet::V4(n) => {
                 self.v4.insert(n.trunc(), target);
@@ -80,6 +87,9 @@ impl RouteTable {
     /// Longest-prefix match for one address.
     #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<RouteTarget> {
+        if let Some(t) = self.hosts.get(&addr) {
+            return Some(*t);
+        }
         match addr {
             IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).map(|(_, t)| *t),
             IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, t)| *t),
