@@ -47,25 +47,36 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Hello => {
             let h: Hello = client::call(&args.socket, &Request::Hello)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&h)?);
+                outln!("{}", serde_json::to_string_pretty(&h)?);
             } else {
-                println!(
+                outln!(
                     "node {} (switch {}, API v{}, {} workers)",
-                    h.node, h.switch_version, h.api_version, h.workers
+                    h.node,
+                    h.switch_version,
+                    h.api_version,
+                    h.workers
                 );
             }
         }
         CtlCommand::Ports => {
             let ports: Vec<PortInfo> = client::call(&args.socket, &Request::ListPorts)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&ports)?);
+                outln!("{}", serde_json::to_string_pretty(&ports)?);
             } else {
-                println!(
+                outln!(
                     "{:<4} {:<32} {:<15} {:<17} {:>5} {:>3} {:>12} {:>12} {:>8}",
-                    "ID", "POD", "IP", "MAC", "MTU", "Q", "RX-PKTS", "TX-PKTS", "DROPS"
+                    "ID",
+                    "POD",
+                    "IP",
+                    "MAC",
+                    "MTU",
+                    "Q",
+                    "RX-PKTS",
+                    "TX-PKTS",
+                    "DROPS"
                 );
                 for p in ports {
-                    println!(
+                    outln!(
                         "{:<4} {:<32} {:<15} {:<17} {:>5} {:>3} {:>12} {:>12} {:>8}",
                         p.id,
                         p.pod,
@@ -83,30 +94,41 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Stats => {
             let s: Stats = client::call(&args.socket, &Request::GetStats)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                outln!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 let d = &s.datapath;
-                println!("generation {}  workers {}", s.generation, s.workers);
-                println!(
+                outln!("generation {}  workers {}", s.generation, s.workers);
+                outln!(
                     "rx {} pkts / {} B   tx {} pkts / {} B   batches {}",
-                    d.rx_packets, d.rx_bytes, d.tx_packets, d.tx_bytes, d.batches
+                    d.rx_packets,
+                    d.rx_bytes,
+                    d.tx_packets,
+                    d.tx_bytes,
+                    d.batches
                 );
-                println!("forwarded {}  gso superframes {}  arp replies {}  echo replies {}  icmp errors {}", d.forwarded_local, d.gso_superframes, d.arp_replies, d.icmp_echo_replies, d.icmp_errors_sent);
-                println!(
+                outln!("forwarded {}  gso superframes {}  arp replies {}  echo replies {}  icmp errors {}", d.forwarded_local, d.gso_superframes, d.arp_replies, d.icmp_echo_replies, d.icmp_errors_sent);
+                outln!(
                     "\n{:<8} {:<26} {:>10} {:>12}  DESCRIPTION",
-                    "STAGE", "REASON", "PACKETS", "BYTES"
+                    "STAGE",
+                    "REASON",
+                    "PACKETS",
+                    "BYTES"
                 );
                 for r in &d.drops {
-                    println!(
+                    outln!(
                         "{:<8} {:<26} {:>10} {:>12}  {}",
-                        r.stage, r.reason, r.packets, r.bytes, r.description
+                        r.stage,
+                        r.reason,
+                        r.packets,
+                        r.bytes,
+                        r.description
                     );
                 }
             }
         }
         CtlCommand::Topology => {
             let t: Topology = client::call(&args.socket, &Request::GetTopology)?;
-            println!("{}", serde_json::to_string_pretty(&t)?);
+            outln!("{}", serde_json::to_string_pretty(&t)?);
         }
     }
     Ok(())

@@ -122,18 +122,18 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             };
             let lab = lab_named(name, Some(&def.lab.metadata.name))?;
             let st = lab.up(&def)?;
-            println!(
+            outln!(
                 "lab {} is up: {} node(s), {} pod(s)",
                 st.name,
                 st.nodes.len(),
                 st.pods.len()
             );
-            print!("{}", view::pods_table(&st, false));
+            out!("{}", view::pods_table(&st, false));
         }
         LabCommand::Down => {
             let lab = lab_named(name, None)?;
             let r = lab.down()?;
-            println!(
+            outln!(
                 "lab {} is down ({} process(es) stopped, {} namespace(s) removed)",
                 lab.paths().name,
                 r.processes,
@@ -145,29 +145,29 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             let objects = manifest::load_path(&file)?;
             let r = lab.apply(&objects)?;
             for p in &r.created {
-                println!("pod/{p} created");
+                outln!("pod/{p} created");
             }
             for p in &r.unchanged {
-                println!("pod/{p} unchanged");
+                outln!("pod/{p} unchanged");
             }
             for o in objects
                 .iter()
                 .filter(|o| !matches!(o, manifest::Object::Pod(_)))
             {
-                println!("{}/{} configured", o.kind().to_lowercase(), o.name());
+                outln!("{}/{} configured", o.kind().to_lowercase(), o.name());
             }
         }
         LabCommand::Delete { file } => {
             let lab = lab_named(name, None)?;
             let objects = manifest::load_path(&file)?;
             for p in lab.delete(&objects)? {
-                println!("pod/{p} deleted");
+                outln!("pod/{p} deleted");
             }
             for o in objects
                 .iter()
                 .filter(|o| !matches!(o, manifest::Object::Pod(_)))
             {
-                println!("{}/{} deleted", o.kind().to_lowercase(), o.name());
+                outln!("{}/{} deleted", o.kind().to_lowercase(), o.name());
             }
         }
         LabCommand::Get { resource, output } => {
@@ -177,7 +177,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("lab {} is not up", lab.paths().name))?;
             let pods = matches!(resource, Resource::Pods | Resource::Pod | Resource::Po);
             match output {
-                Some(GetOutput::Json) => println!(
+                Some(GetOutput::Json) => outln!(
                     "{}",
                     serde_json::to_string_pretty(&if pods {
                         view::pods_json(&st)
@@ -187,7 +187,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 ),
                 o => {
                     let wide = o == Some(GetOutput::Wide);
-                    print!(
+                    out!(
                         "{}",
                         if pods {
                             view::pods_table(&st, wide)
@@ -206,7 +206,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         LabCommand::RestartSwitch { node, hard } => {
             let lab = lab_named(name, None)?;
             let pid = lab.restart_switch(&node, hard)?;
-            println!("switch of {node} restarted (pid {pid})");
+            outln!("switch of {node} restarted (pid {pid})");
         }
         LabCommand::Demo {
             quick,
