@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod port;
 pub mod tables;
+pub mod testing;
 pub mod wire;
 pub mod worker;

@@ -13,28 +13,10 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_podswitch"))
 }
 
-/// Whether datapath tests can run. Without root they skip, unless
-/// PODSWITCH_REQUIRE_ROOT=1 (CI), where they fail.
+/// Whether datapath tests can run: skip without root, fail instead when
+/// PODSWITCH_REQUIRE_ROOT=1 (CI).
 pub fn require_root() -> bool {
-    let root = nix_is_root();
-    if !root {
-        if std::env::var("PODSWITCH_REQUIRE_ROOT").as_deref() == Ok("1") {
-            panic!("PODSWITCH_REQUIRE_ROOT=1 but not running as root: datapath tests need CAP_NET_ADMIN");
-        }
-        eprintln!("SKIP: not root (set PODSWITCH_REQUIRE_ROOT=1 to make this a failure)");
-    }
-    root
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
+    podswitch_switch::testing::have_root("this netns integration test")
 }
 
 /// Runs podswitch with `args` and returns its output.

@@ -329,24 +329,9 @@ mod tests {
 
     use super::*;
 
-    /// Variable that turns a missing-privilege skip into a failure (CI).
-    const REQUIRE_ROOT_VAR: &str = "PODSWITCH_REQUIRE_ROOT";
+    use podswitch_switch::testing::have_root;
     /// Bound on every blocking socket call in the tests.
     const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-    /// Whether a root-only test may run: fails without root when
-    /// `PODSWITCH_REQUIRE_ROOT=1`, and otherwise says why it skips.
-    fn have_root(test: &str) -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var(REQUIRE_ROOT_VAR).as_deref() != Ok("1"),
-            "{test} needs root and {REQUIRE_ROOT_VAR}=1 forbids skipping it"
-        );
-        eprintln!("skipping {test}: needs root (set {REQUIRE_ROOT_VAR}=1 to make this fail)");
-        false
-    }
 
     #[test]
     fn address_plan_follows_the_cni_layout() {

@@ -484,22 +484,7 @@ pub(crate) mod test_support {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// Variable that turns a missing-privilege skip into a failure (CI).
-    pub(crate) const REQUIRE_ROOT_VAR: &str = "PODSWITCH_REQUIRE_ROOT";
-
-    /// Whether a root-only test may run. Without root it fails when
-    /// `PODSWITCH_REQUIRE_ROOT=1`, and otherwise prints why it skips.
-    pub(crate) fn have_root(test: &str) -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var(REQUIRE_ROOT_VAR).as_deref() != Ok("1"),
-            "{test} needs root and {REQUIRE_ROOT_VAR}=1 forbids skipping it"
-        );
-        eprintln!("skipping {test}: needs root (set {REQUIRE_ROOT_VAR}=1 to make this fail)");
-        false
-    }
+    pub(crate) use crate::testing::have_root;
 
     /// A unique name `pswt-<tag>-<pid>-<n>` for this run.
     pub(crate) fn unique_name(tag: &str) -> String {

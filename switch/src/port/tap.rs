@@ -770,11 +770,23 @@ mod tests {
         nl_pod
             .add_neighbour(index, IpAddr::V4(GW_IP), GW_MAC)
             .unwrap();
-        send_from_pod(pod.path(), 100, None);
-        let (hdr, udp) = wait_for_frame(&queues, Duration::from_secs(5), |_, f| {
-            is_udp_to(f, GW_IP, 9)
-        })
-        .expect("UDP frame on the re-attached queues");
+        // The carrier came back with the re-attach; the pod's kernel
+        // re-activates the device's qdisc from linkwatch (up to a second
+        // later, more under load) and drops what is sent before. Resend
+        // until a frame arrives, within a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (hdr, udp) = loop {
+            send_from_pod(pod.path(), 100, None);
+            if let Some(found) = wait_for_frame(&queues, Duration::from_millis(250), |_, f| {
+                is_udp_to(f, GW_IP, 9)
+            }) {
+                break found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no UDP frame on the re-attached queues within 10 s"
+            );
+        };
         assert_eq!(&udp[0..6], &GW_MAC);
         assert_eq!(hdr[1], GSO_NONE);
         eprintln!(
