@@ -113,6 +113,7 @@ fn tables() -> Tables {
                 ipv6: None,
                 mtu: 1500,
                 offloads: true,
+                kind: podswitch_switch::tables::PortKind::Pod,
             })
         })
         .collect();

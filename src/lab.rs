@@ -17,6 +17,12 @@ pub struct LabArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LabMode {
+    Native,
+    Vxlan,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum GetOutput {
     Wide,
     Json,
@@ -38,6 +44,12 @@ enum LabCommand {
     Up {
         #[arg(short = 'f', long)]
         file: Option<PathBuf>,
+        /// Number of nodes (overrides the lab file).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// How pod traffic crosses nodes (overrides the lab file).
+        #[arg(long, value_enum)]
+        mode: Option<LabMode>,
     },
     /// Tear the lab down: processes, namespaces, state.
     Down,
@@ -60,7 +72,15 @@ enum LabCommand {
     },
     /// Run CMD inside POD's network namespace; its exit code is passed through.
     Exec {
-        pod: String,
+        /// The pod (`name` or `namespace/name`).
+        #[arg(required_unless_present_any = ["node", "outside"])]
+        pod: Option<String>,
+        /// Run in a node's namespace instead (where its switch runs).
+        #[arg(long, conflicts_with_all = ["pod", "outside"])]
+        node: Option<String>,
+        /// Run in the outside host's namespace (203.0.113.10).
+        #[arg(long, conflicts_with_all = ["pod", "node"])]
+        outside: bool,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -111,8 +131,8 @@ fn lab_named(name: Option<&str>, file_name: Option<&str>) -> anyhow::Result<Lab>
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let name = args.name.as_deref();
     match args.command {
-        LabCommand::Up { file } => {
-            let def = match &file {
+        LabCommand::Up { file, nodes, mode } => {
+            let mut def = match &file {
                 Some(f) => cluster::parse_lab(
                     &std::fs::read_to_string(f)
                         .with_context(|| format!("reading {}", f.display()))?,
@@ -120,6 +140,16 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 )?,
                 None => cluster::parse_lab(DEFAULT_LAB, "embedded default lab")?,
             };
+            if let Some(n) = nodes {
+                anyhow::ensure!((1..=250).contains(&n), "--nodes must be 1..=250");
+                def.lab.spec.nodes = n;
+            }
+            if let Some(m) = mode {
+                def.lab.spec.mode = match m {
+                    LabMode::Native => podswitch_switch::control::api::ClusterMode::Native,
+                    LabMode::Vxlan => podswitch_switch::control::api::ClusterMode::Vxlan,
+                };
+            }
             let lab = lab_named(name, Some(&def.lab.metadata.name))?;
             let st = lab.up(&def)?;
             outln!(
@@ -198,10 +228,28 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        LabCommand::Exec { pod, cmd } => {
+        LabCommand::Exec {
+            pod,
+            node,
+            outside,
+            cmd,
+        } => {
             let lab = lab_named(name, None)?;
-            let p = lab.find_pod(&pod)?;
-            return Err(cluster::exec_in_netns(&p.netns, &cmd));
+            let netns = if outside {
+                podswitch_switch::port::netns::path(&lab.outside_netns_name())
+            } else if let Some(node) = node {
+                let st = lab
+                    .state()?
+                    .with_context(|| format!("lab {} is not up", lab.paths().name))?;
+                st.nodes
+                    .iter()
+                    .find(|n| n.name == node)
+                    .map(|n| n.netns.clone())
+                    .with_context(|| format!("no node {node:?} in lab {}", st.name))?
+            } else {
+                lab.find_pod(pod.as_deref().unwrap_or_default())?.netns
+            };
+            return Err(cluster::exec_in_netns(&netns, &cmd));
         }
         LabCommand::RestartSwitch { node, hard } => {
             let lab = lab_named(name, None)?;

@@ -47,6 +47,12 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Native,
+    Vxlan,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -97,6 +103,12 @@ struct SwitchRunArgs {
     /// State directory (survives restarts).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The node's underlay address (its InternalIP).
+    #[arg(long)]
+    underlay_ip: Option<std::net::Ipv4Addr>,
+    /// How pod traffic crosses nodes.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     /// Enter this network namespace before starting (the node's namespace).
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -151,6 +163,15 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = args.mtu {
         config.node.mtu = m;
+    }
+    if let Some(ip) = args.underlay_ip {
+        config.node.underlay_ipv4 = Some(ip);
+    }
+    if let Some(m) = args.mode {
+        config.node.mode = match m {
+            Mode::Native => podswitch_switch::control::api::ClusterMode::Native,
+            Mode::Vxlan => podswitch_switch::control::api::ClusterMode::Vxlan,
+        };
     }
     if let Some(w) = args.workers {
         config.workers = w;

@@ -330,7 +330,8 @@ fn lab_down_leaves_nothing_behind_even_after_kill_9() {
         .map(|p| p["workload_pid"].as_i64().unwrap() as i32)
         .collect();
     let prefix = format!("psw-{}-", lab.name);
-    assert_eq!(netns_matching(&prefix).len(), 4);
+    // node-1, the underlay, the outside host and three pods.
+    assert_eq!(netns_matching(&prefix).len(), 6);
     // kill -9 the switch, then tear down.
     assert!(std::process::Command::new("kill")
         .args(["-9", &switch_pid.to_string()])

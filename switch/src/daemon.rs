@@ -19,11 +19,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::control::api::{
-    ApiError, Applied, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, Request, Stats, Topology,
+    ApiError, Applied, ClusterMode, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, RemoteNode,
+    Request, Stats, Topology,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
-use crate::tables::{Gateway, PodPort, PortId, TablePublisher, Tables};
+use crate::tables::{Gateway, PodPort, PortId, PortKind, TablePublisher, Tables};
 use crate::worker::{PortIo, Snapshot, Worker};
 
 /// How the daemon is started.
@@ -46,6 +47,16 @@ pub struct DaemonConfig {
 struct SavedState {
     node: NodeSpec,
     pods: Vec<PodSpec>,
+    #[serde(default)]
+    remote_nodes: Vec<RemoteNode>,
+}
+
+/// The node's own stack, as a port.
+struct HostPort {
+    id: PortId,
+    name: String,
+    mac: [u8; 6],
+    io: Arc<PortIo>,
 }
 
 struct PortState {
@@ -59,6 +70,8 @@ struct PortState {
 /// a Mutex on the control path only; workers never see it.
 pub struct SwitchState {
     node: NodeSpec,
+    host: Option<HostPort>,
+    remote_nodes: Vec<RemoteNode>,
     ports: BTreeMap<String, PortState>,
     slots: Vec<Option<String>>,
     generation: u64,
@@ -250,8 +263,39 @@ impl SwitchState {
                 ipv6: s.ipv6,
                 mtu: s.mtu.unwrap_or(self.node.mtu),
                 offloads: true,
+                kind: PortKind::Pod,
             });
             io[st.id as usize] = Some(Arc::clone(&st.io));
+        }
+        if let Some(h) = &self.host {
+            ports[h.id as usize] = Some(PodPort {
+                id: h.id,
+                pod: format!("host/{}", h.name),
+                ifname: h.name.clone(),
+                netns: PathBuf::new(),
+                mac: h.mac,
+                ipv4: None,
+                ipv6: None,
+                mtu: self.node.mtu,
+                offloads: true,
+                kind: PortKind::Host,
+            });
+            io[h.id as usize] = Some(Arc::clone(&h.io));
+        }
+        if let Some(h) = &self.host {
+            ports[h.id as usize] = Some(PodPort {
+                id: h.id,
+                pod: format!("host/{}", h.name),
+                ifname: h.name.clone(),
+                netns: PathBuf::new(),
+                mac: h.mac,
+                ipv4: None,
+                ipv6: None,
+                mtu: self.node.mtu,
+                offloads: true,
+                kind: PortKind::Host,
+            });
+            io[h.id as usize] = Some(Arc::clone(&h.io));
         }
         let mut tables = Tables::new(&self.node.name, gw, self.node.pod_cidrs.clone(), ports);
         tables.generation = self.generation;
@@ -268,6 +312,7 @@ impl SwitchState {
         let saved = SavedState {
             node: self.node.clone(),
             pods: self.ports.values().map(|p| p.spec.clone()).collect(),
+            remote_nodes: self.remote_nodes.clone(),
         };
         let tmp = self.state_file.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&saved)?)
@@ -453,6 +498,92 @@ impl SwitchState {
         })
     }
 
+    fn validate_remote_nodes(&self, nodes: &[RemoteNode], node: &NodeSpec) -> Result<(), ApiError> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut cidrs: Vec<(IpNet, String)> = node
+            .pod_cidrs
+            .iter()
+            .map(|c| (*c, format!("this node ({})", node.name)))
+            .collect();
+        for (i, n) in nodes.iter().enumerate() {
+            let f = |x: &str| format!("nodes[{i}].{x}");
+            if n.name.is_empty() || !names.insert(n.name.clone()) || n.name == node.name {
+                return Err(ApiError::invalid(
+                    f("name"),
+                    format!("{:?} is empty, repeated or this node's own name", n.name),
+                ));
+            }
+            if Some(n.underlay_ipv4) == node.underlay_ipv4
+                || n.underlay_ipv4.is_unspecified()
+                || n.underlay_ipv4.is_multicast()
+                || n.underlay_ipv4.is_broadcast()
+            {
+                return Err(ApiError::invalid(
+                    f("underlay_ipv4"),
+                    format!(
+                        "{} is not a usable unicast address of another node",
+                        n.underlay_ipv4
+                    ),
+                ));
+            }
+            if n.pod_cidrs.is_empty() {
+                return Err(ApiError::invalid(
+                    f("pod_cidrs"),
+                    "needs at least one pod CIDR",
+                ));
+            }
+            for c in &n.pod_cidrs {
+                if let Some((_, owner)) = cidrs
+                    .iter()
+                    .find(|(o, _)| o.contains(&c.network()) || c.contains(&o.network()))
+                {
+                    return Err(ApiError::invalid(
+                        f("pod_cidrs"),
+                        format!("{c} overlaps the pod CIDR of {owner}"),
+                    ));
+                }
+                cidrs.push((*c, format!("node {}", n.name)));
+            }
+            if node.mode == ClusterMode::Vxlan && n.vtep_mac.is_none_or(|m| !m.is_unicast()) {
+                return Err(ApiError::invalid(
+                    f("vtep_mac"),
+                    "VXLAN mode needs each node's unicast VTEP MAC",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the other nodes; in native mode, routes their pod CIDRs
+    /// through their underlay addresses in the node's kernel.
+    fn set_remote_nodes(&mut self, nodes: Vec<RemoteNode>) -> Result<(), ApiError> {
+        self.validate_remote_nodes(&nodes, &self.node)?;
+        if self.node.mode == ClusterMode::Native && self.host.is_some() {
+            let nl = crate::port::netlink::Netlink::current()
+                .map_err(|e| ApiError::internal(error_chain(&e)))?;
+            for n in &nodes {
+                for c in &n.pod_cidrs {
+                    pod::add_route_idempotent(
+                        &nl,
+                        *c,
+                        Some(std::net::IpAddr::V4(n.underlay_ipv4)),
+                        None,
+                    )
+                    .map_err(|e| {
+                        ApiError::internal(format!(
+                            "route {c} via {} (node {}): {}",
+                            n.underlay_ipv4,
+                            n.name,
+                            error_chain(&e)
+                        ))
+                    })?;
+                }
+            }
+        }
+        self.remote_nodes = nodes;
+        Ok(())
+    }
+
     fn port_info(&self, st: &PortState) -> PortInfo {
         PortInfo {
             id: st.id,
@@ -509,16 +640,25 @@ impl SwitchState {
                 Ok(serde_json::Value::Null)
             }
             Request::ReplaceTopology { topology } => {
+                self.validate_remote_nodes(&topology.remote_nodes, &topology.node)?;
                 let applied = self.apply(Some(topology.node), &topology.pods, &[], true)?;
+                self.set_remote_nodes(topology.remote_nodes)?;
+                self.publish();
                 to_json(serde_json::to_value(applied))
             }
             Request::PatchTopology { add, remove } => {
                 let applied = self.apply(None, &add, &remove, false)?;
                 to_json(serde_json::to_value(applied))
             }
+            Request::SetRemoteNodes { nodes } => {
+                self.set_remote_nodes(nodes)?;
+                self.publish();
+                Ok(serde_json::Value::Null)
+            }
             Request::GetTopology => to_json(serde_json::to_value(Topology {
                 node: self.node.clone(),
                 pods: self.ports.values().map(|p| p.spec.clone()).collect(),
+                remote_nodes: self.remote_nodes.clone(),
             })),
             Request::ListPorts => to_json(serde_json::to_value(
                 self.ports
@@ -619,6 +759,8 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     }
     let mut state = SwitchState {
         node,
+        host: None,
+        remote_nodes: Vec::new(),
         ports: BTreeMap::new(),
         slots: Vec::new(),
         generation: 0,
@@ -627,8 +769,27 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         counters,
         state_file,
     };
+    if let Some(name) = state.node.host_interface.clone() {
+        // The node forwards between its pods, the host port and the underlay.
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+            tracing::warn!(error = %e, "cannot enable IPv4 forwarding in the node's namespace");
+        }
+        let (queues, mac) =
+            pod::host_port(&name, config.workers, state.node.mtu, &state.node.pod_cidrs)
+                .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
+        let id = state.alloc_slot(&format!("host/{name}"));
+        state.host = Some(HostPort {
+            id,
+            name,
+            mac,
+            io: Arc::new(PortIo::new(queues)),
+        });
+    }
     // Re-attach to the pods of the previous run.
     if let Some(saved) = saved {
+        if let Err(e) = state.set_remote_nodes(saved.remote_nodes) {
+            tracing::warn!(error = %e, "remote nodes of the previous run not restored");
+        }
         for spec in saved.pods {
             let mac = spec.mac.map(|m| m.0).unwrap_or_default();
             match pod::reattach(&spec.name, &spec.netns, &spec.ifname, mac, config.workers) {
@@ -685,5 +846,8 @@ pub fn node_spec(name: &str, pod_cidr: IpNet, mtu: u32) -> NodeSpec {
         gateway_mac: Mac([0xee; 6]),
         gateway_ipv4: None,
         mtu,
+        host_interface: Some("psw0".to_string()),
+        underlay_ipv4: None,
+        mode: ClusterMode::Native,
     }
 }

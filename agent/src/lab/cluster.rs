@@ -31,8 +31,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use podswitch_switch::control::api::{PodSpec, Request};
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+
+use ipnet::IpNet;
+use podswitch_switch::control::api::{ClusterMode, Mac, PodSpec, RemoteNode, Request};
 use podswitch_switch::control::client;
+use podswitch_switch::port::netlink::Netlink;
 use podswitch_switch::port::netns;
 
 use super::manifest::{self, LabPod, Object};
@@ -43,6 +48,35 @@ pub const LAB_ROOT: &str = "/run/podswitch/lab";
 pub const DEFAULT_LAB: &str = include_str!("../../../configs/labs/default.yaml");
 /// How long a switch may take to answer on its control socket after start.
 const SWITCH_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The underlay router (the nodes' default gateway), on the underlay bridge.
+pub const UNDERLAY_ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// The underlay's side of the link to the outside host.
+pub const OUTSIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The outside host ("the internet"), TEST-NET-3.
+pub const OUTSIDE_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+/// Node `index`'s underlay address: 198.18.0.index (RFC 2544 range).
+pub fn underlay_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, index as u8)
+}
+
+/// A node's VTEP MAC: locally administered, derived from its underlay address.
+pub fn vtep_mac(node: &NodeState) -> Mac {
+    let o = node.underlay_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets();
+    Mac([0x02, 0x56, o[0], o[1], o[2], o[3]])
+}
+
+/// Writes a sysctl under /proc/sys inside a namespace.
+fn set_sysctl(netns_path: &Path, key: &str, value: &str) -> anyhow::Result<()> {
+    let key = key.to_string();
+    let value = value.to_string();
+    netns::run_in(netns_path, move || {
+        std::fs::write(format!("/proc/sys/{key}"), &value)
+            .with_context(|| format!("sysctl {key}={value}"))
+    })??;
+    Ok(())
+}
 
 /// The `kind: Lab` document of a lab file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +111,9 @@ pub struct LabSpec {
     /// Worker threads per switch (0 = one per core).
     #[serde(default)]
     pub workers_per_switch: usize,
+    /// How pod traffic crosses nodes: `native` or `vxlan`.
+    #[serde(default)]
+    pub mode: ClusterMode,
 }
 
 fn one() -> usize {
@@ -96,6 +133,7 @@ impl Default for LabSpec {
             cluster_cidr: default_cluster_cidr(),
             mtu: default_mtu(),
             workers_per_switch: 0,
+            mode: ClusterMode::Native,
         }
     }
 }
@@ -190,6 +228,9 @@ pub struct NodeState {
     pub name: String,
     pub netns: PathBuf,
     pub pod_cidr: Ipv4Net,
+    /// The node's underlay address (its InternalIP), on `eth0` in its netns.
+    #[serde(default)]
+    pub underlay_ip: Option<Ipv4Addr>,
     pub control_socket: PathBuf,
     pub state_dir: PathBuf,
     pub switch_pid: Option<i32>,
@@ -398,11 +439,13 @@ impl Lab {
             };
             std::fs::create_dir_all(self.paths.logs()).context("creating lab log dir")?;
             let result = (|| -> anyhow::Result<()> {
+                self.build_underlay(&st.spec)?;
                 for i in 1..=def.lab.spec.nodes {
                     let node = self.start_node(&st.spec, i)?;
                     st.nodes.push(node);
                     self.paths.save(&st)?;
                 }
+                self.announce_nodes(&st)?;
                 Ok(())
             })();
             if let Err(e) = result {
@@ -453,9 +496,109 @@ impl Lab {
             state_dir,
             switch_pid: None,
             created: now_rfc3339(),
+            underlay_ip: Some(underlay_ip(index)),
         };
+        self.attach_node_to_underlay(&node, index)?;
         node.switch_pid = Some(self.spawn_switch(&node, spec)?);
         Ok(node)
+    }
+
+    /// The underlay: a namespace with a bridge (the nodes' L2 segment,
+    /// 198.18.0.0/24, router .254) that also routes to the outside host's
+    /// namespace (203.0.113.0/24), like a cloud subnet and its gateway.
+    fn build_underlay(&self, spec: &LabSpec) -> anyhow::Result<()> {
+        let u =
+            netns::create(&self.underlay_netns_name()).context("creating the underlay netns")?;
+        let o = netns::create(&self.outside_netns_name()).context("creating the outside netns")?;
+        let un = Netlink::in_netns(&u)?;
+        un.set_lo_up()?;
+        un.create_bridge("br0")?;
+        let br = un.link_index("br0")?.context("br0 vanished")?;
+        un.add_address(br, IpAddr::V4(UNDERLAY_ROUTER), 24)?;
+        un.link_set_up(br)?;
+        let ofd = netns::open(&o)?;
+        un.create_veth_peer_in("outside", "eth0", ofd.as_fd())?;
+        let ol = un.link_index("outside")?.context("outside link vanished")?;
+        un.add_address(ol, IpAddr::V4(OUTSIDE_ROUTER), 24)?;
+        un.link_set_up(ol)?;
+        let on = Netlink::in_netns(&o)?;
+        on.set_lo_up()?;
+        let oe = on.link_index("eth0")?.context("outside eth0 vanished")?;
+        on.add_address(oe, IpAddr::V4(OUTSIDE_HOST), 24)?;
+        on.link_set_up(oe)?;
+        on.add_route(
+            "0.0.0.0/0".parse().expect("valid"),
+            Some(IpAddr::V4(OUTSIDE_ROUTER)),
+            None,
+        )?;
+        set_sysctl(&u, "net/ipv4/ip_forward", "1")?;
+        // In native mode the underlay knows where pod CIDRs live, as a VPC
+        // route table does; in VXLAN mode pod addresses never touch it.
+        if spec.mode == ClusterMode::Native {
+            for i in 1..=spec.nodes {
+                un.add_route(
+                    IpNet::V4(Self::node_cidr(spec, i)?),
+                    Some(IpAddr::V4(underlay_ip(i))),
+                    None,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_node_to_underlay(&self, node: &NodeState, index: usize) -> anyhow::Result<()> {
+        let u = netns::path(&self.underlay_netns_name());
+        let un = Netlink::in_netns(&u)?;
+        let nfd = netns::open(&node.netns)?;
+        let port = format!("n{index}");
+        un.create_veth_peer_in(&port, "eth0", nfd.as_fd())
+            .with_context(|| format!("wiring {} to the underlay", node.name))?;
+        let pi = un.link_index(&port)?.context("underlay port vanished")?;
+        un.link_set_master(pi, un.link_index("br0")?.context("br0 vanished")?)?;
+        un.link_set_up(pi)?;
+        let nn = Netlink::in_netns(&node.netns)?;
+        let e = nn.link_index("eth0")?.context("node eth0 vanished")?;
+        nn.add_address(e, IpAddr::V4(underlay_ip(index)), 24)?;
+        nn.link_set_up(e)?;
+        nn.add_route(
+            "0.0.0.0/0".parse().expect("valid"),
+            Some(IpAddr::V4(UNDERLAY_ROUTER)),
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// The underlay namespace's name.
+    pub fn underlay_netns_name(&self) -> String {
+        format!("{}underlay", self.paths.prefix())
+    }
+
+    /// The outside host's namespace's name.
+    pub fn outside_netns_name(&self) -> String {
+        format!("{}outside", self.paths.prefix())
+    }
+
+    /// Tells every switch about the other nodes.
+    fn announce_nodes(&self, st: &LabState) -> anyhow::Result<()> {
+        for n in &st.nodes {
+            let others: Vec<RemoteNode> = st
+                .nodes
+                .iter()
+                .filter(|o| o.name != n.name)
+                .map(|o| RemoteNode {
+                    name: o.name.clone(),
+                    underlay_ipv4: o.underlay_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    pod_cidrs: vec![IpNet::V4(o.pod_cidr)],
+                    vtep_mac: Some(vtep_mac(o)),
+                })
+                .collect();
+            client::call::<serde_json::Value>(
+                &n.control_socket,
+                &Request::SetRemoteNodes { nodes: others },
+            )
+            .with_context(|| format!("telling {} about the other nodes", n.name))?;
+        }
+        Ok(())
     }
 
     /// Starts (or restarts) a node's switch and waits until it answers.
@@ -477,7 +620,17 @@ impl Lab {
             &spec.mtu.to_string(),
             "--workers",
             &spec.workers_per_switch.to_string(),
+            "--mode",
+            match spec.mode {
+                ClusterMode::Native => "native",
+                ClusterMode::Vxlan => "vxlan",
+            },
         ])
+        .args(
+            node.underlay_ip
+                .map(|ip| vec!["--underlay-ip".to_string(), ip.to_string()])
+                .unwrap_or_default(),
+        )
         .arg("--control-socket")
         .arg(&node.control_socket)
         .arg("--state-dir")
@@ -864,8 +1017,16 @@ impl Lab {
         let mut count = 0;
         let names = netns::list_with_prefix(&self.paths.prefix());
         // Pods first, nodes last: a node's switch may still hold pod taps.
-        let (nodes, pods): (Vec<_>, Vec<_>) = names.into_iter().partition(|n| n.contains("-node-"));
-        for name in pods.into_iter().chain(nodes) {
+        let infra = |n: &String| n.ends_with("underlay") || n.ends_with("outside");
+        let (nodes, pods): (Vec<_>, Vec<_>) = names
+            .into_iter()
+            .filter(|n| !infra(n))
+            .partition(|n| n.contains("-node-"));
+        let rest: Vec<String> = netns::list_with_prefix(&self.paths.prefix())
+            .into_iter()
+            .filter(infra)
+            .collect();
+        for name in pods.into_iter().chain(nodes).chain(rest) {
             procs += kill_netns_processes(&netns::path(&name));
             if netns::delete(&name).is_ok() {
                 count += 1;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodIP, PodSpec,
-    PodStatus,
+    Container, ContainerPort, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, PodIP,
+    PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde_json::json;
@@ -111,6 +111,18 @@ pub fn node_object(n: &NodeState) -> Node {
             ..Default::default()
         }),
         status: Some(NodeStatus {
+            addresses: n.underlay_ip.map(|ip| {
+                vec![
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: ip.to_string(),
+                    },
+                    NodeAddress {
+                        type_: "Hostname".into(),
+                        address: n.name.clone(),
+                    },
+                ]
+            }),
             conditions: Some(vec![NodeCondition {
                 type_: "Ready".into(),
                 status: if node_ready(n) { "True" } else { "False" }.into(),
@@ -230,9 +242,17 @@ pub fn pods_table(st: &LabState, wide: bool) -> String {
 /// `kubectl get nodes [-o wide]`.
 pub fn nodes_table(st: &LabState, wide: bool) -> String {
     let mut rows = vec![if wide {
-        vec!["NAME", "STATUS", "POD-CIDR", "PODS", "SWITCH-PID", "NETNS"]
+        vec![
+            "NAME",
+            "STATUS",
+            "INTERNAL-IP",
+            "POD-CIDR",
+            "PODS",
+            "SWITCH-PID",
+            "NETNS",
+        ]
     } else {
-        vec!["NAME", "STATUS", "POD-CIDR", "PODS"]
+        vec!["NAME", "STATUS", "INTERNAL-IP", "POD-CIDR", "PODS"]
     }
     .into_iter()
     .map(String::from)
@@ -242,6 +262,7 @@ pub fn nodes_table(st: &LabState, wide: bool) -> String {
         let mut r = vec![
             n.name.clone(),
             if node_ready(n) { "Ready" } else { "NotReady" }.to_string(),
+            n.underlay_ip.map(|i| i.to_string()).unwrap_or_default(),
             n.pod_cidr.to_string(),
             pods.to_string(),
         ];

@@ -116,6 +116,36 @@ fn default_mtu() -> u32 {
     1500
 }
 
+fn default_host_interface() -> Option<String> {
+    Some("psw0".to_string())
+}
+
+/// How pod traffic crosses between nodes (chosen per cluster).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// Pod IPs on the wire: the node's kernel routes remote pod CIDRs to
+    /// their node's underlay IP (flannel host-gw, AWS VPC CNI style).
+    #[default]
+    Native,
+    /// VXLAN overlay (RFC 7348), flannel/Calico VXLAN style.
+    Vxlan,
+}
+
+/// Another node of the cluster, as this switch needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteNode {
+    pub name: String,
+    /// The node's underlay (InternalIP) address.
+    pub underlay_ipv4: Ipv4Addr,
+    pub pod_cidrs: Vec<IpNet>,
+    /// The node's VTEP MAC (VXLAN mode), as flannel's
+    /// `flannel.alpha.coreos.com/backend-data` annotation carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<Mac>,
+}
+
 /// The node this switch serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +162,16 @@ pub struct NodeSpec {
     /// Pod MTU.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
+    /// The tap through which the node's own network stack reaches its pods
+    /// (and, in native mode, other nodes and the outside); `null` for none.
+    #[serde(default = "default_host_interface")]
+    pub host_interface: Option<String>,
+    /// The node's underlay address (its InternalIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_ipv4: Option<Ipv4Addr>,
+    /// How pod traffic crosses nodes.
+    #[serde(default)]
+    pub mode: ClusterMode,
 }
 
 impl NodeSpec {
@@ -156,6 +196,9 @@ pub struct Topology {
     pub node: NodeSpec,
     #[serde(default)]
     pub pods: Vec<PodSpec>,
+    /// The other nodes of the cluster.
+    #[serde(default)]
+    pub remote_nodes: Vec<RemoteNode>,
 }
 
 /// Every request of API version 1.
@@ -184,6 +227,9 @@ pub enum Request {
         #[serde(default)]
         remove: Vec<String>,
     },
+    /// Replace the set of other nodes (their pod CIDRs and underlay
+    /// addresses). Result: null.
+    SetRemoteNodes { nodes: Vec<RemoteNode> },
     /// Result: [`Topology`].
     GetTopology,
     /// Result: `[PortInfo]`.
@@ -344,6 +390,11 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct Nodes {
+        nodes: Vec<RemoteNode>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Patch {
         #[serde(default)]
         add: Vec<PodSpec>,
@@ -363,6 +414,9 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
             add: a.add,
             remove: a.remove,
         })?,
+        "set_remote_nodes" => {
+            decode_args::<Nodes>(args).map(|a| Request::SetRemoteNodes { nodes: a.nodes })?
+        }
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,

@@ -14,7 +14,7 @@ use etherparse::{ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType};
 use super::parse::ETH_LEN;
 use super::{drop_packet, Batch, DropReason, Packet, Verdict, L3};
 use crate::metrics::WorkerCounters;
-use crate::tables::Tables;
+use crate::tables::{PortKind, Tables};
 use crate::wire::checksum;
 use crate::wire::vnet_hdr;
 
@@ -47,6 +47,7 @@ impl GatewayStage {
 
 fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     let port_ip = tables.port(p.ingress).and_then(|port| port.ipv4);
+    let from_host = tables.port(p.ingress).map(|port| port.kind) == Some(PortKind::Host);
     let (sender_mac, sender_ip, target_ip) = {
         let arp = ArpPacketSlice::from_slice(&p.frame()[ETH_LEN..])
             .map_err(|_| DropReason::ArpInvalid)?;
@@ -72,12 +73,15 @@ fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     if sender_ip.is_unspecified() || sender_ip == target_ip {
         return Err(DropReason::ArpNotAnswered);
     }
-    // A pod ARPs only for its own IP and MAC.
-    if Some(sender_ip) != port_ip {
-        return Err(DropReason::SourceIpSpoofed);
-    }
-    if tables.port(p.ingress).map(|port| port.mac) != Some(sender_mac) {
-        return Err(DropReason::SourceMacSpoofed);
+    // A pod ARPs only for its own IP and MAC; the node's stack ARPs for
+    // pods from its own addresses.
+    if !from_host {
+        if Some(sender_ip) != port_ip {
+            return Err(DropReason::SourceIpSpoofed);
+        }
+        if tables.port(p.ingress).map(|port| port.mac) != Some(sender_mac) {
+            return Err(DropReason::SourceMacSpoofed);
+        }
     }
     let gw_mac = tables.gateway.mac;
     p.set_vnet(vnet_hdr::Repr::NONE);

@@ -11,7 +11,7 @@ use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4Slice, TcpHeader
 
 use super::{drop_packet, Batch, DropReason, Packet, L3};
 use crate::metrics::WorkerCounters;
-use crate::tables::Tables;
+use crate::tables::{PortKind, Tables};
 use crate::wire::checksum;
 use crate::wire::vnet_hdr::{self, GsoKind, VnetHdr};
 
@@ -53,7 +53,8 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
             Ethernet2HeaderSlice::from_slice(p.frame()).map_err(|_| DropReason::FrameTooShort)?;
         (eth.source(), eth.destination(), eth.ether_type())
     };
-    if src_mac != port.mac {
+    let is_pod = port.kind == PortKind::Pod;
+    if is_pod && src_mac != port.mac {
         return Err(DropReason::SourceMacSpoofed);
     }
     let group = dst[0] & 1 == 1;
@@ -69,7 +70,7 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
             p.meta.l3 = L3::Arp;
             Ok(())
         }
-        EtherType::IPV4 => parse_ipv4(p, port.ipv4, port.mtu),
+        EtherType::IPV4 => parse_ipv4(p, is_pod.then_some(port.ipv4), port.mtu),
         EtherType::IPV6 => {
             p.meta.l3 = L3::Ipv6;
             Err(DropReason::Ipv6NotRouted)
@@ -78,9 +79,11 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     }
 }
 
+/// `own_ip` is `Some(the pod's address)` for pod ports (anti-spoofing) and
+/// `None` for the host port, which sends with any source.
 fn parse_ipv4(
     p: &mut Packet,
-    own_ip: Option<std::net::Ipv4Addr>,
+    own_ip: Option<Option<std::net::Ipv4Addr>>,
     mtu: u32,
 ) -> Result<(), DropReason> {
     let vnet = p.meta.vnet;
@@ -92,8 +95,10 @@ fn parse_ipv4(
         return Err(DropReason::Ipv4ChecksumInvalid);
     }
     let src = h.source_addr();
-    if Some(src) != own_ip {
-        return Err(DropReason::SourceIpSpoofed);
+    if let Some(own) = own_ip {
+        if Some(src) != own {
+            return Err(DropReason::SourceIpSpoofed);
+        }
     }
     let ip_len = h.total_len();
     if !vnet.is_gso() && u32::from(ip_len) > mtu {

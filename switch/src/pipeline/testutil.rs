@@ -34,6 +34,7 @@ pub fn tables() -> Tables {
             ipv6: None,
             mtu,
             offloads: true,
+            kind: crate::tables::PortKind::Pod,
         })
     };
     Tables::new(

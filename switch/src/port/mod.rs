@@ -10,3 +10,4 @@ pub mod netns;
 pub mod pod;
 pub mod raw;
 pub mod tap;
+pub mod underlay;

@@ -269,3 +269,67 @@ pub fn delete(pod: &str, netns: &Path, ifname: &str, mac: [u8; 6]) -> Result<(),
     }
     Ok(())
 }
+
+/// Creates (or, after a restart, re-attaches to) the host port: a
+/// persistent tap `name` in the node's own namespace through which the
+/// node's stack reaches its pods, with a route for each local pod CIDR
+/// through it. The node's stack ARPs for pod addresses on it and the
+/// switch answers (proxy ARP). Returns the queues and the tap's MAC (the
+/// destination MAC of frames the switch hands to the node).
+pub fn host_port(
+    name: &str,
+    queues: usize,
+    mtu: u32,
+    pod_cidrs: &[IpNet],
+) -> Result<(Vec<TapQueue>, [u8; 6]), WiringError> {
+    let who = format!("host port {name}");
+    let nl_err = |step: &'static str| {
+        let who = who.clone();
+        move |source| WiringError::Netlink {
+            pod: who,
+            step,
+            source,
+        }
+    };
+    let queues = tap::open_tap(name, queues).map_err(|source| WiringError::Tap {
+        pod: who.clone(),
+        step: "create or attach tap",
+        source,
+    })?;
+    queues[0]
+        .set_persist(true)
+        .map_err(|source| WiringError::Tap {
+            pod: who.clone(),
+            step: "make tap persistent",
+            source,
+        })?;
+    let nl = Netlink::current().map_err(nl_err("open netlink"))?;
+    let idx = nl
+        .link_index(name)
+        .map_err(nl_err("find the tap"))?
+        .ok_or_else(|| WiringError::Other {
+            pod: who.clone(),
+            what: "tap vanished".into(),
+        })?;
+    nl.link_set_mtu(idx, mtu).map_err(nl_err("set MTU"))?;
+    nl.link_set_up(idx).map_err(nl_err("bring the tap up"))?;
+    for cidr in pod_cidrs {
+        add_route_idempotent(&nl, *cidr, None, Some(idx))
+            .map_err(nl_err("route the pod CIDR through the host port"))?;
+    }
+    let mac = nl.link_mac(idx).map_err(nl_err("read the tap MAC"))?;
+    Ok((queues, mac))
+}
+
+/// Adds a route, accepting one that already exists (after a restart).
+pub fn add_route_idempotent(
+    nl: &Netlink,
+    dst: IpNet,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+) -> Result<(), NetlinkError> {
+    match nl.add_route(dst, gateway, oif) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}

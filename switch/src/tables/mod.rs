@@ -47,6 +47,23 @@ pub struct PodPort {
     /// Whether the port takes partial checksums and GSO superframes as they
     /// are (taps with vnet_hdr and TUNSETOFFLOAD do).
     pub offloads: bool,
+    /// What is behind the port.
+    #[serde(default)]
+    pub kind: PortKind,
+}
+
+/// What is behind a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKind {
+    /// A pod: may send only with its own MAC and addresses.
+    #[default]
+    Pod,
+    /// The node's own network stack (the `psw0` tap in the node's
+    /// namespace): the node's processes, and in native mode traffic routed
+    /// by the node's kernel from and to other nodes and the outside. It
+    /// sends with any source address.
+    Host,
 }
 
 /// Where a destination prefix leads.
@@ -123,6 +140,14 @@ impl Tables {
         for cidr in &pod_cidrs {
             routes.insert(*cidr, RouteTarget::Unassigned);
         }
+        // Everything that is not a local pod goes to the node's stack, which
+        // routes it (other nodes in native mode, the outside).
+        if let Some(host) = ports.iter().flatten().find(|p| p.kind == PortKind::Host) {
+            routes.insert(
+                "0.0.0.0/0".parse().expect("valid"),
+                RouteTarget::Local(host.id),
+            );
+        }
         for p in ports.iter().flatten() {
             if let Some(a) = p.ipv4 {
                 routes.insert(IpNet::from(IpAddr::V4(a)), RouteTarget::Local(p.id));
@@ -191,6 +216,7 @@ mod tests {
             ipv6: None,
             mtu: 1500,
             offloads: true,
+            kind: PortKind::Pod,
         })
     }
 

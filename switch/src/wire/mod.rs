@@ -5,4 +5,6 @@
 //! every tap frame, and the incremental checksum patching (RFC 1624) that
 //! rewrites (TTL, later NAT) need because etherparse slices are read-only.
 pub mod checksum;
+pub mod segment;
 pub mod vnet_hdr;
+pub mod vxlan;
