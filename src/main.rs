@@ -109,6 +109,12 @@ struct SwitchRunArgs {
     /// How pod traffic crosses nodes.
     #[arg(long, value_enum)]
     mode: Option<Mode>,
+    /// VXLAN network identifier.
+    #[arg(long)]
+    vni: Option<u32>,
+    /// VXLAN UDP port (4789, or 8472 like Linux and flannel).
+    #[arg(long)]
+    vxlan_port: Option<u16>,
     /// Enter this network namespace before starting (the node's namespace).
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -172,6 +178,12 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
             Mode::Native => podswitch_switch::control::api::ClusterMode::Native,
             Mode::Vxlan => podswitch_switch::control::api::ClusterMode::Vxlan,
         };
+    }
+    if let Some(v) = args.vni {
+        config.node.vxlan.vni = v;
+    }
+    if let Some(p) = args.vxlan_port {
+        config.node.vxlan.port = p;
     }
     if let Some(w) = args.workers {
         config.workers = w;

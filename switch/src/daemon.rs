@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::api::{
     ApiError, Applied, ClusterMode, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, RemoteNode,
-    Request, Stats, Topology,
+    Request, Stats, Topology, VxlanSpec,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
@@ -52,6 +52,13 @@ struct SavedState {
 }
 
 /// The node's own stack, as a port.
+/// This node's VTEP: the overlay port's id and MAC.
+struct Vtep {
+    id: PortId,
+    mac: Mac,
+    local: Ipv4Addr,
+}
+
 struct HostPort {
     id: PortId,
     name: String,
@@ -71,6 +78,7 @@ struct PortState {
 pub struct SwitchState {
     node: NodeSpec,
     host: Option<HostPort>,
+    vtep: Option<Vtep>,
     remote_nodes: Vec<RemoteNode>,
     ports: BTreeMap<String, PortState>,
     slots: Vec<Option<String>>,
@@ -297,7 +305,43 @@ impl SwitchState {
             });
             io[h.id as usize] = Some(Arc::clone(&h.io));
         }
+        if let Some(v) = &self.vtep {
+            ports[v.id as usize] = Some(PodPort {
+                id: v.id,
+                pod: "overlay/vxlan".into(),
+                ifname: "vxlan".into(),
+                netns: PathBuf::new(),
+                mac: v.mac.0,
+                ipv4: None,
+                ipv6: None,
+                mtu: self.node.mtu,
+                offloads: true,
+                kind: PortKind::Overlay,
+            });
+        }
         let mut tables = Tables::new(&self.node.name, gw, self.node.pod_cidrs.clone(), ports);
+        if let Some(v) = &self.vtep {
+            tables = tables.with_overlay(crate::tables::Overlay {
+                vni: self.node.vxlan.vni,
+                udp_port: self.node.vxlan.port,
+                local_ipv4: v.local,
+                vtep_mac: v.mac.0,
+                port: v.id,
+                nodes: self
+                    .remote_nodes
+                    .iter()
+                    .map(|n| crate::tables::OverlayNode {
+                        name: n.name.clone(),
+                        underlay_ipv4: n.underlay_ipv4,
+                        vtep_mac: n
+                            .vtep_mac
+                            .unwrap_or_else(|| Mac::for_vtep(n.underlay_ipv4))
+                            .0,
+                        pod_cidrs: n.pod_cidrs.clone(),
+                    })
+                    .collect(),
+            });
+        }
         tables.generation = self.generation;
         self.publisher.publish(Snapshot { tables, io });
         for w in &self.wakers {
@@ -741,11 +785,23 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     for id in 0..config.workers {
         let c = Arc::new(WorkerCounters::default());
+        let overlay = match (node.mode, node.underlay_ipv4) {
+            (ClusterMode::Vxlan, Some(local)) => Some(
+                crate::worker::OverlayIo::bind(local, node.vxlan.port).with_context(|| {
+                    format!("binding the VXLAN socket on {local}:{}", node.vxlan.port)
+                })?,
+            ),
+            (ClusterMode::Vxlan, None) => {
+                anyhow::bail!("VXLAN mode needs the node's underlay address (--underlay-ip)")
+            }
+            _ => None,
+        };
         let (worker, waker) = Worker::new(
             id,
             Arc::clone(&publisher),
             Arc::clone(&c),
             Arc::clone(&shutdown),
+            overlay,
         )
         .context("creating worker poller")?;
         wakers.push(waker);
@@ -760,6 +816,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     let mut state = SwitchState {
         node,
         host: None,
+        vtep: None,
         remote_nodes: Vec::new(),
         ports: BTreeMap::new(),
         slots: Vec::new(),
@@ -784,6 +841,15 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             mac,
             io: Arc::new(PortIo::new(queues)),
         });
+    }
+    if let (ClusterMode::Vxlan, Some(local)) = (state.node.mode, state.node.underlay_ipv4) {
+        let id = state.alloc_slot("overlay/vxlan");
+        let mac = state
+            .node
+            .vxlan
+            .vtep_mac
+            .unwrap_or_else(|| Mac::for_vtep(local));
+        state.vtep = Some(Vtep { id, mac, local });
     }
     // Re-attach to the pods of the previous run.
     if let Some(saved) = saved {
@@ -849,5 +915,6 @@ pub fn node_spec(name: &str, pod_cidr: IpNet, mtu: u32) -> NodeSpec {
         host_interface: Some("psw0".to_string()),
         underlay_ipv4: None,
         mode: ClusterMode::Native,
+        vxlan: VxlanSpec::default(),
     }
 }

@@ -53,6 +53,11 @@ pub struct StageCounters {
     pub icmp_errors_sent: Counter,
     /// Packets routed to a local pod.
     pub forwarded_local: Counter,
+    /// Packets routed to another node over the overlay.
+    pub forwarded_overlay: Counter,
+    /// VXLAN datagrams sent and received (after segmentation / before coalescing).
+    pub vxlan_tx: Counter,
+    pub vxlan_rx: Counter,
     /// GSO superframes forwarded whole (no software segmentation).
     pub gso_superframes: Counter,
     /// Partial checksums completed in software for a port without offload.
@@ -146,6 +151,12 @@ pub struct DatapathStats {
     pub icmp_echo_replies: u64,
     pub icmp_errors_sent: u64,
     pub forwarded_local: u64,
+    #[serde(default)]
+    pub forwarded_overlay: u64,
+    #[serde(default)]
+    pub vxlan_tx: u64,
+    #[serde(default)]
+    pub vxlan_rx: u64,
     pub gso_superframes: u64,
     pub csum_completed: u64,
     /// Non-zero drop reasons only.
@@ -166,6 +177,9 @@ impl DatapathStats {
             s.icmp_echo_replies += c.icmp_echo_replies.get();
             s.icmp_errors_sent += c.icmp_errors_sent.get();
             s.forwarded_local += c.forwarded_local.get();
+            s.forwarded_overlay += c.forwarded_overlay.get();
+            s.vxlan_tx += c.vxlan_tx.get();
+            s.vxlan_rx += c.vxlan_rx.get();
             s.gso_superframes += c.gso_superframes.get();
             s.csum_completed += c.csum_completed.get();
         }

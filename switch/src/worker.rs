@@ -26,6 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::metrics::{PortWorkerCounters, WorkerCounters};
 use crate::pipeline::{Batch, DropReason, Pipeline, Verdict};
 use crate::port::tap::TapQueue;
+use crate::port::underlay::UnderlaySocket;
 use crate::tables::{PortId, TablePublisher, Tables};
 
 /// Frames read from one queue before the worker moves to the next.
@@ -67,8 +68,49 @@ impl Snapshot {
     }
 }
 
+/// The token of the worker's underlay (VXLAN) socket.
+pub const OVERLAY_TOKEN: Token = Token(usize::MAX - 1);
+/// Sockets per worker that VXLAN is sent from: the UDP source port is
+/// picked among theirs by the inner flow hash, so a node's flows spread
+/// over underlay ECMP paths (RFC 7348 §5) while each flow keeps one port.
+pub const VXLAN_TX_SOCKETS: usize = 8;
+
+/// A worker's side of the VXLAN overlay: its share of the receive port
+/// (SO_REUSEPORT spreads datagrams over the workers) and its send sockets,
+/// with buffers allocated once.
+pub struct OverlayIo {
+    rx: UnderlaySocket,
+    tx: Vec<UnderlaySocket>,
+    in_buf: Box<[u8]>,
+    /// Unconsumed datagrams of the last GRO read: (offset, end, segment size, source).
+    pending: Option<(usize, usize, usize, std::net::Ipv4Addr)>,
+    out_buf: Box<[u8]>,
+}
+
+impl OverlayIo {
+    /// Binds the receive socket on `local:port` (shared by workers) and
+    /// the send sockets on `local:0`.
+    pub fn bind(local: std::net::Ipv4Addr, port: u16) -> std::io::Result<Self> {
+        let rx = UnderlaySocket::bind(std::net::SocketAddrV4::new(local, port), true)?;
+        let tx = (0..VXLAN_TX_SOCKETS)
+            .map(|_| UnderlaySocket::bind(std::net::SocketAddrV4::new(local, 0), false))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(OverlayIo {
+            rx,
+            tx,
+            in_buf: vec![0u8; 65536].into_boxed_slice(),
+            pending: None,
+            // A 64 KiB superframe cut into MSS-sized segments, each with a
+            // VXLAN header and copies of the inner headers.
+            out_buf: vec![0u8; 3 * 65536].into_boxed_slice(),
+        })
+    }
+}
+
 /// One worker thread's state.
 pub struct Worker {
+    overlay: Option<OverlayIo>,
+    overlay_ready: bool,
     id: usize,
     poll: Poll,
     events: Events,
@@ -91,11 +133,22 @@ impl Worker {
         snapshots: Arc<TablePublisher<Snapshot>>,
         counters: Arc<WorkerCounters>,
         shutdown: Arc<AtomicBool>,
+        overlay: Option<OverlayIo>,
     ) -> std::io::Result<(Self, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE_TOKEN)?);
+        if let Some(ov) = &overlay {
+            poll.registry().register(
+                &mut SourceFd(&ov.rx.as_raw_fd()),
+                OVERLAY_TOKEN,
+                Interest::READABLE,
+            )?;
+        }
+        let overlay_ready = overlay.is_some();
         Ok((
             Worker {
+                overlay,
+                overlay_ready,
                 id,
                 poll,
                 events: Events::with_capacity(256),
@@ -119,7 +172,7 @@ impl Worker {
             if snap.tables.generation != self.generation {
                 self.sync_ports(&snap);
             }
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && !self.overlay_ready {
                 Some(IDLE_POLL)
             } else {
                 Some(Duration::ZERO)
@@ -133,16 +186,21 @@ impl Worker {
             }
             for ev in self.events.iter() {
                 let t = ev.token();
-                if t != WAKE_TOKEN {
+                if t == OVERLAY_TOKEN {
+                    self.overlay_ready = true;
+                } else if t != WAKE_TOKEN {
                     mark_ready(&mut self.ready, &mut self.in_ready, t.0 as PortId);
                 }
             }
-            while !self.ready.is_empty() && !self.shutdown.load(Ordering::Relaxed) {
+            while (!self.ready.is_empty() || self.overlay_ready)
+                && !self.shutdown.load(Ordering::Relaxed)
+            {
                 let snap = self.snapshots.load_full();
                 if snap.tables.generation != self.generation {
                     self.sync_ports(&snap);
                 }
                 self.fill_batch();
+                self.fill_from_overlay(&snap.tables);
                 if self.batch.is_empty() {
                     continue;
                 }
@@ -205,10 +263,142 @@ impl Worker {
         }
     }
 
+    /// Reads VXLAN datagrams (GRO-coalesced) until EAGAIN or the batch is
+    /// full; each valid one becomes a packet on the overlay port.
+    fn fill_from_overlay(&mut self, tables: &Tables) {
+        let Some(ov) = self.overlay.as_mut() else {
+            self.overlay_ready = false;
+            return;
+        };
+        let c = Arc::clone(self.pipeline.counters());
+        let Some(table) = tables.overlay.as_ref() else {
+            // Not (yet) configured: drain and count.
+            while let Ok(Some((n, _, _))) = ov.rx.recv_gro(&mut ov.in_buf) {
+                c.count_drop(DropReason::UnknownNode, n);
+            }
+            self.overlay_ready = false;
+            return;
+        };
+        while !self.batch.is_full() {
+            let (mut off, end, seg, src) = match ov.pending.take() {
+                Some(p) => p,
+                None => match ov.rx.recv_gro(&mut ov.in_buf) {
+                    Ok(Some((n, seg, src))) => (0, n, seg.max(1), *src.ip()),
+                    Ok(None) => {
+                        self.overlay_ready = false;
+                        return;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!(worker = self.id, error = %e, "underlay receive failed");
+                        c.count_drop(DropReason::VxlanInvalid, 0);
+                        continue;
+                    }
+                },
+            };
+            while off < end {
+                let Some(p) = self.batch.next_free() else {
+                    ov.pending = Some((off, end, seg, src));
+                    return;
+                };
+                let dgram = &ov.in_buf[off..(off + seg).min(end)];
+                off += seg;
+                c.stages.vxlan_rx.inc();
+                match crate::pipeline::decap::decap(dgram, src, table) {
+                    Ok(inner) => {
+                        if p.load_frame(table.port, crate::wire::vnet_hdr::Repr::NONE, inner) {
+                            self.batch.commit();
+                        }
+                    }
+                    Err(reason) => c.count_drop(reason, dgram.len()),
+                }
+            }
+        }
+    }
+
+    /// Encapsulates one packet towards `node` and sends it (segmenting a
+    /// TSO superframe once, one VXLAN datagram per segment, in one UDP GSO
+    /// send).
+    fn send_encap(
+        ov: &mut OverlayIo,
+        tables: &Tables,
+        node: u16,
+        p: &crate::pipeline::Packet,
+        c: &WorkerCounters,
+    ) {
+        let (Some(table), len) = (tables.overlay.as_ref(), p.len()) else {
+            return;
+        };
+        let Some(remote) = table.nodes.get(usize::from(node)) else {
+            c.count_drop(DropReason::NoRoute, len);
+            return;
+        };
+        let vx = crate::wire::vxlan::Repr { vni: table.vni };
+        let frame = p.frame();
+        let vnet = p.meta.vnet;
+        let is_tcp = p.meta.proto == 6 && p.meta.l3 == crate::pipeline::L3::Ipv4;
+        let (total, seg_len, segments) = if is_tcp && (vnet.is_gso() || vnet.csum.is_some()) {
+            match crate::wire::segment::segment_tcp_v4(
+                frame,
+                &vnet,
+                crate::wire::vxlan::HEADER_LEN,
+                &mut ov.out_buf,
+                |b| {
+                    vx.emit_into(b);
+                },
+            ) {
+                Ok(s) => (s.total_len, s.segment_len, s.segments),
+                Err(_) => {
+                    c.count_drop(DropReason::SegmentationFailed, len);
+                    return;
+                }
+            }
+        } else if vnet.is_gso() {
+            // UDP segmentation offload is not advertised on pod taps.
+            c.count_drop(DropReason::SegmentationFailed, len);
+            return;
+        } else {
+            let h = crate::wire::vxlan::HEADER_LEN;
+            let n = h + frame.len();
+            if n > ov.out_buf.len() {
+                c.count_drop(DropReason::SegmentationFailed, len);
+                return;
+            }
+            vx.emit_into(&mut ov.out_buf[..h]);
+            ov.out_buf[h..n].copy_from_slice(frame);
+            if let Some((start, offset)) = vnet.csum {
+                crate::wire::checksum::complete_partial(
+                    &mut ov.out_buf[h..n],
+                    usize::from(start),
+                    usize::from(offset),
+                );
+            }
+            (n, n, 1)
+        };
+        let hash = crate::wire::vxlan::inner_flow_hash(frame);
+        let sock = &ov.tx[hash as usize % ov.tx.len()];
+        let dst = std::net::SocketAddrV4::new(remote.underlay_ipv4, table.udp_port);
+        match sock.send_gso(&ov.out_buf[..total], seg_len, dst) {
+            Ok(_) => {
+                c.stages.vxlan_tx.add(segments as u64);
+                c.stages.tx_packets.add(segments as u64);
+                c.stages.tx_bytes.add(total as u64);
+            }
+            Err(_) => c.count_drop(DropReason::UnderlayTxError, len),
+        }
+    }
+
     fn transmit(&mut self, snap: &Snapshot) {
         let c = Arc::clone(self.pipeline.counters());
         for p in self.batch.packets() {
             let out_port = match p.verdict {
+                Verdict::Encap { node } => {
+                    match self.overlay.as_mut() {
+                        Some(ov) => Self::send_encap(ov, &snap.tables, node, p, &c),
+                        None => c.count_drop(DropReason::NoRoute, p.len()),
+                    }
+                    continue;
+                }
                 Verdict::Forward { port } => port,
                 Verdict::Reply => p.ingress,
                 Verdict::Drop(_) | Verdict::Pending => {

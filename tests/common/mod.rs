@@ -49,6 +49,49 @@ pub struct TestLab {
 }
 
 impl TestLab {
+    /// Brings up the default lab with extra `lab up` arguments.
+    pub fn up_with(tag: &str, extra: &[&str]) -> TestLab {
+        let name = format!(
+            "t{}{}-{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::SeqCst),
+            tag
+        );
+        let name: String = name.chars().take(24).collect();
+        let lab = TestLab { name };
+        let mut args = vec!["lab", "up", "--name", &lab.name];
+        args.extend_from_slice(extra);
+        podswitch_ok(&args);
+        lab
+    }
+
+    /// `lab exec --node NODE -- CMD...`
+    pub fn exec_node(&self, node: &str, cmd: &[&str]) -> Output {
+        let mut a = vec!["lab", "--name", &self.name, "exec", "--node", node, "--"];
+        a.extend_from_slice(cmd);
+        podswitch(&a)
+    }
+
+    /// Pods as (name, ip, node), sorted by IP.
+    pub fn pods_with_nodes(&self) -> Vec<(String, String, String)> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.run_ok(&["get", "pods", "-o", "json"])).expect("json");
+        let mut pods: Vec<(String, String, String)> = v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    p["status"]["podIP"].as_str().unwrap().to_string(),
+                    p["spec"]["nodeName"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        pods.sort_by_key(|(_, ip, _)| ip.parse::<std::net::Ipv4Addr>().unwrap());
+        pods
+    }
+
     /// Brings up the default lab (or `file`) under a unique name.
     pub fn up(tag: &str, file: Option<&str>) -> TestLab {
         let name = format!(

@@ -63,8 +63,7 @@ pub fn underlay_ip(index: usize) -> Ipv4Addr {
 
 /// A node's VTEP MAC: locally administered, derived from its underlay address.
 pub fn vtep_mac(node: &NodeState) -> Mac {
-    let o = node.underlay_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets();
-    Mac([0x02, 0x56, o[0], o[1], o[2], o[3]])
+    Mac::for_vtep(node.underlay_ip.unwrap_or(Ipv4Addr::UNSPECIFIED))
 }
 
 /// Writes a sysctl under /proc/sys inside a namespace.
@@ -114,6 +113,36 @@ pub struct LabSpec {
     /// How pod traffic crosses nodes: `native` or `vxlan`.
     #[serde(default)]
     pub mode: ClusterMode,
+    /// VXLAN network identifier.
+    #[serde(default = "one_u32")]
+    pub vni: u32,
+    /// VXLAN UDP port: 4789 (IANA) or 8472 (Linux/flannel).
+    #[serde(default = "default_vxlan_port", rename = "vxlanPort")]
+    pub vxlan_port: u16,
+    /// Pod MTU; default: `mtu` (the underlay's) minus the encapsulation
+    /// overhead (50 bytes for VXLAN over IPv4, 0 in native mode).
+    #[serde(default, rename = "podMTU", skip_serializing_if = "Option::is_none")]
+    pub pod_mtu: Option<u32>,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+/// Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+impl LabSpec {
+    /// The MTU pods get.
+    pub fn effective_pod_mtu(&self) -> u32 {
+        self.pod_mtu.unwrap_or(match self.mode {
+            ClusterMode::Native => self.mtu,
+            ClusterMode::Vxlan => self.mtu - VXLAN_OVERHEAD,
+        })
+    }
 }
 
 fn one() -> usize {
@@ -134,6 +163,9 @@ impl Default for LabSpec {
             mtu: default_mtu(),
             workers_per_switch: 0,
             mode: ClusterMode::Native,
+            vni: 1,
+            vxlan_port: default_vxlan_port(),
+            pod_mtu: None,
         }
     }
 }
@@ -617,7 +649,11 @@ impl Lab {
             "--pod-cidr",
             &node.pod_cidr.to_string(),
             "--mtu",
-            &spec.mtu.to_string(),
+            &spec.effective_pod_mtu().to_string(),
+            "--vni",
+            &spec.vni.to_string(),
+            "--vxlan-port",
+            &spec.vxlan_port.to_string(),
             "--workers",
             &spec.workers_per_switch.to_string(),
             "--mode",

@@ -29,6 +29,13 @@ impl Mac {
         Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]])
     }
 
+    /// The VTEP MAC a node gets when none is given: `02:56` followed by its
+    /// underlay IPv4 address (locally administered, unique per node).
+    pub fn for_vtep(underlay: Ipv4Addr) -> Mac {
+        let o = underlay.octets();
+        Mac([0x02, 0x56, o[0], o[1], o[2], o[3]])
+    }
+
     pub fn is_unicast(&self) -> bool {
         self.0[0] & 1 == 0 && self.0 != [0; 6]
     }
@@ -172,6 +179,42 @@ pub struct NodeSpec {
     /// How pod traffic crosses nodes.
     #[serde(default)]
     pub mode: ClusterMode,
+    /// VXLAN parameters (VXLAN mode).
+    #[serde(default)]
+    pub vxlan: VxlanSpec,
+}
+
+fn default_vni() -> u32 {
+    1
+}
+fn default_vxlan_port() -> u16 {
+    crate::wire::vxlan::UDP_PORT
+}
+
+/// VXLAN parameters, the same on every node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VxlanSpec {
+    /// VXLAN network identifier (flannel uses 1).
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// UDP destination port: 4789 (IANA, RFC 7348) or 8472 (Linux's and
+    /// flannel's default).
+    #[serde(default = "default_vxlan_port")]
+    pub port: u16,
+    /// This node's VTEP MAC; default [`Mac::for_vtep`] of the underlay address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<Mac>,
+}
+
+impl Default for VxlanSpec {
+    fn default() -> Self {
+        VxlanSpec {
+            vni: default_vni(),
+            port: default_vxlan_port(),
+            vtep_mac: None,
+        }
+    }
 }
 
 impl NodeSpec {

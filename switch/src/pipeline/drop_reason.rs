@@ -87,6 +87,12 @@ drop_reasons! {
     DestinationMacNotGateway = 12, Parse, "dst_mac_not_gateway";
     /// IPv6 is not routed yet.
     Ipv6NotRouted = 13, Parse, "ipv6_not_routed";
+    /// VXLAN datagram too short or without the I flag (RFC 7348 §5).
+    VxlanInvalid = 14, Parse, "vxlan_invalid";
+    /// VXLAN datagram with a VNI other than the configured one.
+    VxlanWrongVni = 15, Parse, "vxlan_wrong_vni";
+    /// Overlay or native packet from an address that is not a known node.
+    UnknownNode = 16, Parse, "unknown_node";
     /// ARP packet malformed (lengths, hardware or protocol type).
     ArpInvalid = 20, Gateway, "arp_invalid";
     /// ARP that needs no answer (reply, gratuitous ARP, probe, unknown opcode).
@@ -107,6 +113,10 @@ drop_reasons! {
     OffloadUnsupported = 34, Output, "offload_unsupported";
     /// The destination port has no queue for this worker (being removed).
     PortGone = 40, Output, "port_gone";
+    /// A frame could not be segmented for the overlay (malformed offload state).
+    SegmentationFailed = 43, Output, "segmentation_failed";
+    /// Sending on the underlay socket failed.
+    UnderlayTxError = 44, Output, "underlay_tx_error";
     /// The destination queue is full (write would block).
     TxQueueFull = 41, Output, "tx_queue_full";
     /// Write to the destination port failed.

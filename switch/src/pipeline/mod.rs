@@ -17,6 +17,7 @@
 //! A failure on one packet is a [`Verdict::Drop`] with a [`DropReason`],
 //! never an `Err`.
 
+pub mod decap;
 pub mod drop_reason;
 pub mod gateway;
 pub mod icmp_error;
@@ -52,6 +53,9 @@ pub enum Verdict {
     Forward { port: PortId },
     /// Send back out of the ingress port (the frame was rewritten into a reply).
     Reply,
+    /// Encapsulate (VXLAN) towards this overlay node (index into
+    /// `Tables::overlay.nodes`).
+    Encap { node: u16 },
     /// Dropped and counted.
     Drop(DropReason),
 }
@@ -157,6 +161,20 @@ impl Packet {
     pub fn read_area(&mut self) -> &mut [u8] {
         self.start = HEADROOM;
         &mut self.buf[HEADROOM..]
+    }
+
+    /// Fills the packet with a vnet header from `vnet` and `frame` (the
+    /// inner frame of a decapsulated datagram). Returns false if it does
+    /// not fit.
+    pub fn load_frame(&mut self, ingress: PortId, vnet: vnet_hdr::Repr, frame: &[u8]) -> bool {
+        let s = HEADROOM + vnet_hdr::LEN;
+        if frame.len() > BUF_SIZE - s {
+            return false;
+        }
+        self.buf[s..s + frame.len()].copy_from_slice(frame);
+        self.filled(ingress, vnet_hdr::LEN + frame.len());
+        self.set_vnet(vnet);
+        true
     }
 
     /// Marks `len` bytes of the read area as filled and resets the state.

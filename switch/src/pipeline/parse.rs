@@ -58,7 +58,13 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
         return Err(DropReason::SourceMacSpoofed);
     }
     let group = dst[0] & 1 == 1;
-    if !group && dst != tables.gateway.mac {
+    if port.kind == PortKind::Overlay {
+        // A remote VTEP addresses our VTEP MAC (RFC 7348 §4, flannel's
+        // neighbour entries); nothing else is accepted from the overlay.
+        if dst != port.mac {
+            return Err(DropReason::DestinationMacNotGateway);
+        }
+    } else if !group && dst != tables.gateway.mac {
         return Err(DropReason::DestinationMacNotGateway);
     }
     p.meta.l3_off = ETH_LEN as u16;

@@ -58,6 +58,7 @@ impl RouteStage {
             }
             match tables.routes.lookup(p.meta.dst) {
                 Some(RouteTarget::Local(port)) => self.forward_local(p, port, tables, c, now),
+                Some(RouteTarget::Node(node)) => self.forward_remote(p, node, tables, c, now),
                 Some(RouteTarget::Unassigned) => self.error(
                     p,
                     tables,
@@ -141,6 +142,70 @@ impl RouteStage {
         }
         c.stages.forwarded_local.inc();
         p.verdict = Verdict::Forward { port };
+    }
+
+    /// To a pod on another node over VXLAN: TTL, inner Ethernet rewritten to
+    /// our VTEP MAC -> the remote VTEP MAC (what a kernel vxlan device with
+    /// flannel's neighbour entries expects), MTU checked against the pod MTU
+    /// (already the underlay MTU minus the encapsulation overhead).
+    fn forward_remote(
+        &mut self,
+        p: &mut Packet,
+        node: u16,
+        tables: &Tables,
+        c: &WorkerCounters,
+        now: Instant,
+    ) {
+        let Some(ov) = &tables.overlay else {
+            drop_packet(p, DropReason::NoRoute, c);
+            return;
+        };
+        let Some(remote) = ov.nodes.get(usize::from(node)) else {
+            drop_packet(p, DropReason::NoRoute, c);
+            return;
+        };
+        if p.meta.ttl <= 1 {
+            self.error(
+                p,
+                tables,
+                c,
+                now,
+                Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+                DropReason::TtlExpired,
+            );
+            return;
+        }
+        let m = p.meta;
+        let mtu = tables.port(p.ingress).map(|port| port.mtu).unwrap_or(1450);
+        let wire_len = if m.vnet.is_gso() {
+            u32::from(m.l4_off) - ETH_LEN as u32
+                + u32::from(m.l4_hdr_len)
+                + u32::from(m.vnet.gso_size)
+        } else {
+            u32::from(m.ip_len)
+        };
+        if wire_len > mtu {
+            let mtu = mtu.min(u32::from(u16::MAX)) as u16;
+            self.error(
+                p,
+                tables,
+                c,
+                now,
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: mtu,
+                }),
+                DropReason::FrameOverMtu,
+            );
+            return;
+        }
+        let (dst_mac, src_mac) = (remote.vtep_mac, ov.vtep_mac);
+        let f = p.frame_mut();
+        f[0..6].copy_from_slice(&dst_mac);
+        f[6..12].copy_from_slice(&src_mac);
+        checksum::ipv4_decrement_ttl(&mut f[ETH_LEN..]);
+        p.meta.ttl -= 1;
+        c.stages.forwarded_overlay.inc();
+        p.verdict = Verdict::Encap { node };
     }
 
     /// Drops the packet for `reason` and, where allowed, replaces it with

@@ -46,12 +46,17 @@ pub const MAX_READ_LEN: usize = VNET_HDR_LEN + 14 + 4 + 65_535;
 pub const TAP_OFFLOADS_BASE: u32 =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
 
-/// Offload flags passed to `TUNSETOFFLOAD`: [`TAP_OFFLOADS_BASE`] plus UDP
-/// segmentation (`UDP_SEGMENT` sends arrive as one superframe with
-/// `gso_type` `VIRTIO_NET_HDR_GSO_UDP_L4`). USO needs Linux >= 6.2 and both
-/// USO4 and USO6 together; older kernels refuse it with `EINVAL`, and the
-/// tap then falls back to [`TAP_OFFLOADS_BASE`] (see [`TapQueue::offloads`]).
-pub const TAP_OFFLOADS: u32 = TAP_OFFLOADS_BASE | libc::TUN_F_USO4 | libc::TUN_F_USO6;
+/// Offload flags passed to `TUNSETOFFLOAD`: checksum and TCP segmentation.
+///
+/// UDP segmentation (`TUN_F_USO4|TUN_F_USO6`, Linux >= 6.2, see
+/// [`TAP_OFFLOADS_USO`]) works on this kernel, but the overlay path can
+/// segment only TCP superframes so far, so it is not advertised: a pod's
+/// `UDP_SEGMENT` sends are segmented by its own kernel.
+pub const TAP_OFFLOADS: u32 = TAP_OFFLOADS_BASE;
+
+/// [`TAP_OFFLOADS_BASE`] plus UDP segmentation offload (Linux >= 6.2; older
+/// kernels refuse it with `EINVAL`).
+pub const TAP_OFFLOADS_USO: u32 = TAP_OFFLOADS_BASE | libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
 /// Most queues a multi-queue tap can have (the kernel's `MAX_TAP_QUEUES`).
 pub const MAX_QUEUES: usize = 256;

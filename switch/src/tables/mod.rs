@@ -64,6 +64,9 @@ pub enum PortKind {
     /// by the node's kernel from and to other nodes and the outside. It
     /// sends with any source address.
     Host,
+    /// Frames decapsulated from the VXLAN overlay (sent by other nodes'
+    /// pods, addressed to this node's VTEP MAC).
+    Overlay,
 }
 
 /// Where a destination prefix leads.
@@ -73,6 +76,40 @@ pub enum RouteTarget {
     Local(PortId),
     /// Inside a local pod CIDR but no pod has the address.
     Unassigned,
+    /// A pod CIDR of another node, reached over the VXLAN overlay; the
+    /// index into [`Overlay::nodes`].
+    Node(u16),
+}
+
+/// A remote node as the overlay needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayNode {
+    pub name: String,
+    pub underlay_ipv4: Ipv4Addr,
+    pub vtep_mac: [u8; 6],
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// The VXLAN overlay (RFC 7348) of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    pub vni: u32,
+    pub udp_port: u16,
+    pub local_ipv4: Ipv4Addr,
+    pub vtep_mac: [u8; 6],
+    /// The port id decapsulated frames enter the pipeline on.
+    pub port: PortId,
+    pub nodes: Vec<OverlayNode>,
+}
+
+impl Overlay {
+    /// The node with this underlay address (decap accepts only these).
+    pub fn node_by_ip(&self, ip: Ipv4Addr) -> Option<u16> {
+        self.nodes
+            .iter()
+            .position(|n| n.underlay_ipv4 == ip)
+            .map(|i| i as u16)
+    }
 }
 
 /// Routes: an exact-match table of host routes (every local pod, the
@@ -125,6 +162,8 @@ pub struct Tables {
     /// Indexed by [`PortId`]; `None` for free slots.
     pub ports: Vec<Option<PodPort>>,
     pub routes: RouteTable,
+    /// Set in VXLAN mode.
+    pub overlay: Option<Overlay>,
 }
 
 impl Tables {
@@ -163,7 +202,19 @@ impl Tables {
             pod_cidrs,
             ports,
             routes,
+            overlay: None,
         }
+    }
+
+    /// Adds the VXLAN overlay: each remote node's pod CIDRs route to it.
+    pub fn with_overlay(mut self, overlay: Overlay) -> Self {
+        for (i, n) in overlay.nodes.iter().enumerate() {
+            for c in &n.pod_cidrs {
+                self.routes.insert(*c, RouteTarget::Node(i as u16));
+            }
+        }
+        self.overlay = Some(overlay);
+        self
     }
 
     #[inline]
