@@ -50,6 +50,12 @@ enum LabCommand {
         /// How pod traffic crosses nodes (overrides the lab file).
         #[arg(long, value_enum)]
         mode: Option<LabMode>,
+        /// VXLAN UDP port (overrides the lab file; 8472 is Linux's and flannel's).
+        #[arg(long)]
+        vxlan_port: Option<u16>,
+        /// VXLAN network identifier (overrides the lab file).
+        #[arg(long)]
+        vni: Option<u32>,
     },
     /// Tear the lab down: processes, namespaces, state.
     Down,
@@ -131,7 +137,13 @@ fn lab_named(name: Option<&str>, file_name: Option<&str>) -> anyhow::Result<Lab>
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let name = args.name.as_deref();
     match args.command {
-        LabCommand::Up { file, nodes, mode } => {
+        LabCommand::Up {
+            file,
+            nodes,
+            mode,
+            vxlan_port,
+            vni,
+        } => {
             let mut def = match &file {
                 Some(f) => cluster::parse_lab(
                     &std::fs::read_to_string(f)
@@ -143,6 +155,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             if let Some(n) = nodes {
                 anyhow::ensure!((1..=250).contains(&n), "--nodes must be 1..=250");
                 def.lab.spec.nodes = n;
+            }
+            if let Some(p) = vxlan_port {
+                def.lab.spec.vxlan_port = p;
+            }
+            if let Some(v) = vni {
+                anyhow::ensure!(v <= 0x00ff_ffff, "--vni must fit in 24 bits");
+                def.lab.spec.vni = v;
             }
             if let Some(m) = mode {
                 def.lab.spec.mode = match m {

@@ -146,6 +146,42 @@ fn three_node_cluster(mode: &str) {
             d["vxlan_tx"].as_u64().unwrap() > d["forwarded_overlay"].as_u64().unwrap(),
             "superframes were not segmented: {d}"
         );
+        // Path MTU discovery through the overlay: a pod that believes in a
+        // 1500 MTU is told the overlay's by ICMP fragmentation needed.
+        let out = lab.exec(&a.0, &["ip", "link", "set", "dev", "eth0", "mtu", "1500"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = lab.exec(
+            &a.0,
+            &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &b.1],
+        );
+        assert!(text(&out).contains("mtu = 1450"), "{mode}: {}", text(&out));
+        // ... and TCP then works at the discovered MTU.
+        let sink = lab.spawn_tool(
+            &b.0,
+            &[
+                "tcp-sink",
+                "--listen",
+                "0.0.0.0:5004",
+                "--timeout-secs",
+                "60",
+            ],
+        );
+        let sent = lab.tool(
+            &a.0,
+            &[
+                "tcp-send",
+                "--to",
+                &format!("{}:5004", b.1),
+                "--bytes",
+                "8388608",
+                "--timeout-secs",
+                "60",
+            ],
+        );
+        let got: serde_json::Value =
+            serde_json::from_slice(&sink.wait_with_output().unwrap().stdout).unwrap();
+        assert_eq!(got["crc32"], sent["crc32"]);
+        lab.exec(&a.0, &["ip", "link", "set", "dev", "eth0", "mtu", "1450"]);
         // Pod MTU = underlay MTU - 50.
         // (Through netlink: `lab exec` does not remount /sys like `ip netns exec`.)
         let out = lab.exec(&a.0, &["ip", "-o", "link", "show", "eth0"]);

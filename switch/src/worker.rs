@@ -307,7 +307,15 @@ impl Worker {
                 match crate::pipeline::decap::decap(dgram, src, table) {
                     Ok(inner) => {
                         if p.load_frame(table.port, crate::wire::vnet_hdr::Repr::NONE, inner) {
-                            self.batch.commit();
+                            match crate::pipeline::decap::repair_inner_l4_checksum(p.frame_mut()) {
+                                Ok(repaired) => {
+                                    if repaired {
+                                        c.stages.csum_completed.inc();
+                                    }
+                                    self.batch.commit();
+                                }
+                                Err(reason) => c.count_drop(reason, dgram.len()),
+                            }
                         }
                     }
                     Err(reason) => c.count_drop(reason, dgram.len()),

@@ -93,6 +93,8 @@ drop_reasons! {
     VxlanWrongVni = 15, Parse, "vxlan_wrong_vni";
     /// Overlay or native packet from an address that is not a known node.
     UnknownNode = 16, Parse, "unknown_node";
+    /// Decapsulated TCP/UDP with a checksum that is neither valid nor partial (corrupted).
+    InnerChecksumInvalid = 17, Parse, "inner_checksum_invalid";
     /// ARP packet malformed (lengths, hardware or protocol type).
     ArpInvalid = 20, Gateway, "arp_invalid";
     /// ARP that needs no answer (reply, gratuitous ARP, probe, unknown opcode).

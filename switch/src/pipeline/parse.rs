@@ -17,6 +17,10 @@ use crate::wire::vnet_hdr::{self, GsoKind, VnetHdr};
 
 /// Ethernet II header length.
 pub const ETH_LEN: usize = 14;
+/// Datagrams above this are dropped at ingress whatever the port MTU says
+/// (jumbo frames); smaller ones over the port MTU meet the route stage's
+/// path MTU check.
+pub const MAX_INGRESS_MTU: u32 = 9216;
 
 /// The parse stage (stateless).
 #[derive(Debug, Default)]
@@ -107,7 +111,13 @@ fn parse_ipv4(
         }
     }
     let ip_len = h.total_len();
-    if !vnet.is_gso() && u32::from(ip_len) > mtu {
+    // A datagram over the ingress MTU is not dropped here: the route stage
+    // checks it against the egress path's MTU and answers with ICMP
+    // fragmentation needed (RFC 1191) when DF is set, so path MTU
+    // discovery works; absurd sizes are still refused.
+    // (Only pods: the overlay and the node's stack may hand over frames
+    // that GRO coalesced upstream.)
+    if own_ip.is_some() && !vnet.is_gso() && u32::from(ip_len) > mtu.max(MAX_INGRESS_MTU) {
         return Err(DropReason::FrameOverMtu);
     }
     let proto = h.protocol();
@@ -204,8 +214,9 @@ mod tests {
         let mut f = udp_frame(POD_A, POD_B, 100);
         f[1] = 9; // gso_type 9
         assert_eq!(parse(f), dropped(DropReason::VnetHdrInvalid));
+        // Over the port MTU: left to the route stage's path MTU check.
         let f = udp_frame(POD_A, POD_B, 1600);
-        assert_eq!(parse(f), dropped(DropReason::FrameOverMtu));
+        assert_eq!(parse(f), super::super::Verdict::Pending);
         let mut f = udp_frame(POD_A, POD_B, 10);
         set_ipv4_src(&mut f, [10, 244, 1, 77]);
         assert_eq!(parse(f), dropped(DropReason::SourceIpSpoofed));

@@ -112,7 +112,12 @@ impl RouteStage {
         } else {
             u32::from(m.ip_len)
         };
-        if wire_len > dst.mtu {
+        // Pods get path MTU feedback. Frames from the overlay or the node's
+        // stack may be larger than the pod MTU because the receive path
+        // coalesced them (GRO/LRO upstream); they are delivered whole, as
+        // the kernel delivers a GRO packet, and the pod's stack takes them.
+        let from_pod = tables.port(p.ingress).map(|x| x.kind) == Some(crate::tables::PortKind::Pod);
+        if from_pod && wire_len > dst.mtu {
             if m.dont_fragment || m.vnet.is_gso() {
                 let mtu = dst.mtu.min(u32::from(u16::MAX)) as u16;
                 self.error(
@@ -176,7 +181,9 @@ impl RouteStage {
             return;
         }
         let m = p.meta;
-        let mtu = tables.port(p.ingress).map(|port| port.mtu).unwrap_or(1450);
+        // The overlay's MTU: the underlay's minus the encapsulation, the MTU
+        // the overlay port was given.
+        let mtu = tables.port(ov.port).map(|port| port.mtu).unwrap_or(1450);
         let wire_len = if m.vnet.is_gso() {
             u32::from(m.l4_off) - ETH_LEN as u32
                 + u32::from(m.l4_hdr_len)
