@@ -130,6 +130,21 @@ impl SwitchState {
                 format!("{gw} is not inside a pod CIDR"),
             ));
         }
+        if node.vxlan.vni > crate::wire::vxlan::VNI_MAX {
+            return Err(ApiError::invalid(
+                "node.vxlan.vni",
+                format!("{} does not fit in 24 bits", node.vxlan.vni),
+            ));
+        }
+        if node.vxlan.port == 0 {
+            return Err(ApiError::invalid("node.vxlan.port", "must not be 0"));
+        }
+        if node.mode == ClusterMode::Vxlan && node.underlay_ipv4.is_none() {
+            return Err(ApiError::invalid(
+                "node.underlay_ipv4",
+                "VXLAN mode needs the node's underlay address",
+            ));
+        }
         Ok(())
     }
 

@@ -58,6 +58,8 @@ pub struct StageCounters {
     /// VXLAN datagrams sent and received (after segmentation / before coalescing).
     pub vxlan_tx: Counter,
     pub vxlan_rx: Counter,
+    /// Decapsulated TCP segments merged into a superframe (receive GRO).
+    pub gro_merged: Counter,
     /// GSO superframes forwarded whole (no software segmentation).
     pub gso_superframes: Counter,
     /// Partial checksums completed in software for a port without offload.
@@ -157,6 +159,8 @@ pub struct DatapathStats {
     pub vxlan_tx: u64,
     #[serde(default)]
     pub vxlan_rx: u64,
+    #[serde(default)]
+    pub gro_merged: u64,
     pub gso_superframes: u64,
     pub csum_completed: u64,
     /// Non-zero drop reasons only.
@@ -180,6 +184,7 @@ impl DatapathStats {
             s.forwarded_overlay += c.forwarded_overlay.get();
             s.vxlan_tx += c.vxlan_tx.get();
             s.vxlan_rx += c.vxlan_rx.get();
+            s.gro_merged += c.gro_merged.get();
             s.gso_superframes += c.gso_superframes.get();
             s.csum_completed += c.csum_completed.get();
         }

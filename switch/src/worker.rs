@@ -296,16 +296,37 @@ impl Worker {
                     }
                 },
             };
+            // Coalesce only within this read, starting after what is already in the batch.
+            let first_new = self.batch.len();
             while off < end {
-                let Some(p) = self.batch.next_free() else {
+                if self.batch.is_full() {
                     ov.pending = Some((off, end, seg, src));
                     return;
-                };
+                }
+                let coalescing = self.batch.len() > first_new;
                 let dgram = &ov.in_buf[off..(off + seg).min(end)];
                 off += seg;
                 c.stages.vxlan_rx.inc();
                 match crate::pipeline::decap::decap(dgram, src, table) {
                     Ok(inner) => {
+                        // Receive-side coalescing: append to the previous
+                        // packet of this read when it continues its TCP flow.
+                        if coalescing {
+                            if let Some(prev) = self.batch.packets_mut().last_mut() {
+                                if !crate::pipeline::decap::coalesce_closed(prev)
+                                    && crate::pipeline::decap::inner_checksum_state(inner)
+                                        == crate::pipeline::decap::InnerChecksum::Valid
+                                    && crate::pipeline::decap::try_coalesce(prev, inner)
+                                {
+                                    c.stages.gro_merged.inc();
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(p) = self.batch.next_free() else {
+                            ov.pending = Some((off - seg, end, seg, src));
+                            return;
+                        };
                         if p.load_frame(table.port, crate::wire::vnet_hdr::Repr::NONE, inner) {
                             match crate::pipeline::decap::repair_inner_l4_checksum(p.frame_mut()) {
                                 Ok(repaired) => {

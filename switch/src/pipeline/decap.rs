@@ -39,10 +39,46 @@ pub fn decap<'a>(
 /// valid checksum is left alone; a partial one is completed; anything else
 /// is corruption and dropped. Returns whether the checksum was completed.
 pub fn repair_inner_l4_checksum(frame: &mut [u8]) -> Result<bool, DropReason> {
-    use crate::wire::checksum::{checksum, complete_partial, sum};
+    match inner_checksum_state(frame) {
+        InnerChecksum::Valid | InnerChecksum::NotChecked => Ok(false),
+        InnerChecksum::Partial {
+            l4_start,
+            csum_off,
+            end,
+        } => {
+            if crate::wire::checksum::complete_partial(&mut frame[..end], l4_start, csum_off) {
+                Ok(true)
+            } else {
+                Err(DropReason::InnerChecksumInvalid)
+            }
+        }
+        InnerChecksum::Truncated => Err(DropReason::L4HeaderInvalid),
+        InnerChecksum::Invalid => Err(DropReason::InnerChecksumInvalid),
+    }
+}
+
+/// The state of a decapsulated frame's inner TCP/UDP checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InnerChecksum {
+    /// Not IPv4 TCP/UDP, a fragment, or UDP without a checksum.
+    NotChecked,
+    Valid,
+    /// The folded pseudo-header sum, as a kernel sender leaves it.
+    Partial {
+        l4_start: usize,
+        csum_off: usize,
+        end: usize,
+    },
+    Truncated,
+    Invalid,
+}
+
+/// Reads (without changing anything) the inner checksum's state.
+pub fn inner_checksum_state(frame: &[u8]) -> InnerChecksum {
+    use crate::wire::checksum::sum;
     const ETH: usize = 14;
     if frame.len() < ETH + 20 || frame[12..14] != [0x08, 0x00] {
-        return Ok(false);
+        return InnerChecksum::NotChecked;
     }
     let ip = &frame[ETH..];
     let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -50,16 +86,16 @@ pub fn repair_inner_l4_checksum(frame: &mut [u8]) -> Result<bool, DropReason> {
     let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
     let proto = ip[9];
     if ihl < 20 || total < ihl || ETH + total > frame.len() || frag != 0 {
-        return Ok(false);
+        return InnerChecksum::NotChecked;
     }
     let (csum_off, min_len) = match proto {
         6 => (16, 20),
         17 => (6, 8),
-        _ => return Ok(false),
+        _ => return InnerChecksum::NotChecked,
     };
     let l4_len = total - ihl;
     if l4_len < min_len {
-        return Err(DropReason::L4HeaderInvalid);
+        return InnerChecksum::Truncated;
     }
     let l4_start = ETH + ihl;
     let mut pseudo = sum(&ip[12..20], 0);
@@ -68,18 +104,19 @@ pub fn repair_inner_l4_checksum(frame: &mut [u8]) -> Result<bool, DropReason> {
     let l4 = &frame[l4_start..l4_start + l4_len];
     let field = u16::from_be_bytes([l4[csum_off], l4[csum_off + 1]]);
     if proto == 17 && field == 0 {
-        return Ok(false); // UDP without a checksum (RFC 768).
+        return InnerChecksum::NotChecked; // UDP without a checksum (RFC 768).
     }
-    if checksum(l4) == !(pseudo as u16) || sum(l4, pseudo) as u16 == 0xffff {
-        return Ok(false);
+    if sum(l4, pseudo) as u16 == 0xffff {
+        return InnerChecksum::Valid;
     }
     if field == pseudo as u16 {
-        let end = l4_start + l4_len;
-        if complete_partial(&mut frame[..end], l4_start, csum_off) {
-            return Ok(true);
-        }
+        return InnerChecksum::Partial {
+            l4_start,
+            csum_off,
+            end: l4_start + l4_len,
+        };
     }
-    Err(DropReason::InnerChecksumInvalid)
+    InnerChecksum::Invalid
 }
 
 #[cfg(test)]
@@ -174,5 +211,214 @@ mod tests {
         );
         // Reserved bits are ignored on receipt.
         assert!(decap(&datagram(0xff, 1), node2, &ov).is_ok());
+    }
+}
+
+/// Receive-side coalescing (GRO) of decapsulated TCP segments into one
+/// superframe for the destination tap, as wireguard-go's
+/// `tun/offload_linux.go` (tcpGRO) and Linux's `tcp_gro_receive` do: the
+/// next segment is appended to the packet built so far when it continues
+/// the same flow exactly (same addresses, ports, TOS/TTL/DF, TCP header
+/// length and options, ACK number and window; sequence number right after
+/// the data so far), carries only ACK (PSH allowed on the last), and is
+/// not longer than the first segment; a shorter or PSH segment closes the
+/// superframe. The result is handed to the tap with a GSO TCPV4 vnet
+/// header (gso_size = the first segment's payload) and a partial checksum,
+/// which is how the pod's kernel takes a superframe.
+///
+/// `dst` is the frame built so far (vnet header in front), `seg` the next
+/// inner frame, both with valid (full) checksums. Returns false, changing
+/// nothing, when `seg` cannot be appended.
+pub fn try_coalesce(dst: &mut super::Packet, seg: &[u8]) -> bool {
+    use crate::wire::vnet_hdr::{GsoKind, Repr};
+    const ETH: usize = 14;
+    const IP: usize = 20;
+    let d = dst.frame();
+    // Only plain IPv4 (no options) TCP, no fragments, both sides.
+    let tcp_hdr_len = |f: &[u8]| -> Option<usize> {
+        if f.len() < ETH + IP + 20 || f[12..14] != [0x08, 0x00] || f[ETH] != 0x45 || f[ETH + 9] != 6
+        {
+            return None;
+        }
+        let frag = u16::from_be_bytes([f[ETH + 6], f[ETH + 7]]);
+        if frag & 0x3fff != 0 {
+            return None;
+        }
+        let thl = usize::from(f[ETH + IP + 12] >> 4) * 4;
+        let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]));
+        (thl >= 20 && ETH + total <= f.len() && total >= IP + thl).then_some(thl)
+    };
+    let (Some(dthl), Some(sthl)) = (tcp_hdr_len(d), tcp_hdr_len(seg)) else {
+        return false;
+    };
+    if dthl != sthl {
+        return false;
+    }
+    let hl = ETH + IP + dthl;
+    let d_total = usize::from(u16::from_be_bytes([d[ETH + 2], d[ETH + 3]]));
+    let s_total = usize::from(u16::from_be_bytes([seg[ETH + 2], seg[ETH + 3]]));
+    let d_payload = d_total - IP - dthl;
+    let s_payload = s_total - IP - sthl;
+    if d_payload == 0 || s_payload == 0 || d.len() < ETH + d_total {
+        return false;
+    }
+    let vnet = dst.meta.vnet;
+    let gso_size = if vnet.gso == GsoKind::TcpV4 {
+        usize::from(vnet.gso_size)
+    } else {
+        d_payload
+    };
+    // The superframe so far must be whole segments, the new one no longer.
+    if vnet.gso != GsoKind::None && vnet.gso != GsoKind::TcpV4
+        || !d_payload.is_multiple_of(gso_size)
+        || s_payload > gso_size
+    {
+        return false;
+    }
+    if d_total + s_payload > 65535 - 64 || ETH + d_total + s_payload > dst.frame_capacity() {
+        return false;
+    }
+    // Same flow and IP header fields that must match (TOS, DF, TTL, protocol, addresses).
+    if d[ETH + 1] != seg[ETH + 1]
+        || d[ETH + 6] & 0x40 != seg[ETH + 6] & 0x40
+        || d[ETH + 8] != seg[ETH + 8]
+        || d[ETH + 12..ETH + 20] != seg[ETH + 12..ETH + 20]
+    {
+        return false;
+    }
+    let (dt, st) = (&d[ETH + IP..hl], &seg[ETH + IP..hl]);
+    // Ports, ACK number, window, options; flags: ACK only so far.
+    const ACK: u8 = 0x10;
+    const PSH: u8 = 0x08;
+    if dt[0..4] != st[0..4]
+        || dt[8..12] != st[8..12]
+        || dt[14..16] != st[14..16]
+        || dt[20..] != st[20..]
+        || dt[13] != ACK
+        || (st[13] != ACK && st[13] != ACK | PSH)
+    {
+        return false;
+    }
+    let d_seq = u32::from_be_bytes([dt[4], dt[5], dt[6], dt[7]]);
+    let s_seq = u32::from_be_bytes([st[4], st[5], st[6], st[7]]);
+    if d_seq.wrapping_add(d_payload as u32) != s_seq {
+        return false;
+    }
+    let s_flags = st[13];
+    // Append the payload and fix the headers.
+    let new_total = d_total + s_payload;
+    let area = dst.frame_area();
+    area[ETH + d_total..ETH + new_total].copy_from_slice(&seg[hl..hl + s_payload]);
+    area[ETH + 2..ETH + 4].copy_from_slice(&(new_total as u16).to_be_bytes());
+    area[ETH + 10..ETH + 12].fill(0);
+    let ipc = crate::wire::checksum::checksum(&area[ETH..ETH + IP]);
+    area[ETH + 10..ETH + 12].copy_from_slice(&ipc.to_be_bytes());
+    area[ETH + IP + 13] = s_flags;
+    // Partial checksum: the folded pseudo-header sum over the new length.
+    let tcp_len = (new_total - IP) as u16;
+    let mut pseudo = crate::wire::checksum::sum(&area[ETH + 12..ETH + 20], 0);
+    pseudo = crate::wire::checksum::sum(&[0, 6], pseudo);
+    pseudo = crate::wire::checksum::sum(&tcp_len.to_be_bytes(), pseudo);
+    area[ETH + IP + 16..ETH + IP + 18].copy_from_slice(&(pseudo as u16).to_be_bytes());
+    dst.set_frame_len(ETH + new_total);
+    dst.set_vnet(Repr {
+        csum: Some(((ETH + IP) as u16, 16)),
+        gso: GsoKind::TcpV4,
+        gso_size: gso_size as u16,
+        hdr_len: hl as u16,
+        ecn: false,
+    });
+    true
+}
+
+/// Whether a superframe built by [`try_coalesce`] is closed (its last
+/// segment was short or carried PSH), so nothing more may be appended.
+pub fn coalesce_closed(p: &super::Packet) -> bool {
+    let f = p.frame();
+    f.len() > 14 + 20 + 13 && f[14 + 20 + 13] & 0x08 != 0
+}
+
+#[cfg(test)]
+mod gro_tests {
+    use super::*;
+
+    fn seg(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 244, 9, 2], [10, 244, 1, 2], 63)
+            .tcp(40000, 80, seq, 1000)
+            .ack(77);
+        if psh {
+            b = b.psh();
+        }
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// The pseudo-header bytes of an IPv4/TCP frame.
+    fn pseudo_of(f: &[u8]) -> Vec<u8> {
+        let mut v = f[26..34].to_vec();
+        v.extend_from_slice(&[0, 6]);
+        v.extend_from_slice(&((f.len() - 34) as u16).to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn contiguous_segments_coalesce_into_a_tso_superframe() {
+        let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+        let segs = [
+            seg(1000, &data[..1448], false),
+            seg(2448, &data[1448..2896], false),
+            seg(3896, &data[2896..], true),
+        ];
+        let mut p = super::super::Packet::new();
+        assert!(p.load_frame(0, crate::wire::vnet_hdr::Repr::NONE, &segs[0]));
+        assert!(try_coalesce(&mut p, &segs[1]));
+        assert!(!coalesce_closed(&p));
+        assert!(try_coalesce(&mut p, &segs[2]));
+        assert!(coalesce_closed(&p));
+        // A further segment does not fit after PSH.
+        assert!(!try_coalesce(&mut p, &seg(5000, &[1; 10], false)));
+        let v = p.meta.vnet;
+        assert_eq!(
+            (v.gso, v.gso_size, v.csum),
+            (crate::wire::vnet_hdr::GsoKind::TcpV4, 1448, Some((34, 16)))
+        );
+        // Completing the partial checksum gives a valid datagram with all the data.
+        let mut f = p.frame().to_vec();
+        assert!(crate::wire::checksum::complete_partial(&mut f, 34, 16));
+        let s = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(etherparse::TransportSlice::Tcp(t)) = s.transport else {
+            panic!()
+        };
+        let Some(etherparse::NetSlice::Ipv4(_)) = s.net else {
+            panic!()
+        };
+        assert_eq!(
+            crate::wire::checksum::sum(&f[34..], crate::wire::checksum::sum(&pseudo_of(&f), 0)),
+            0xffff,
+            "valid TCP checksum"
+        );
+        assert_eq!(t.payload(), &data[..]);
+        assert!(t.psh());
+    }
+
+    #[test]
+    fn gaps_other_flows_and_longer_segments_do_not_coalesce() {
+        let mut p = super::super::Packet::new();
+        assert!(p.load_frame(
+            0,
+            crate::wire::vnet_hdr::Repr::NONE,
+            &seg(1000, &[1; 1000], false)
+        ));
+        assert!(!try_coalesce(&mut p, &seg(2500, &[1; 1000], false)), "gap");
+        assert!(
+            !try_coalesce(&mut p, &seg(2000, &[1; 1200], false)),
+            "longer than the first"
+        );
+        let mut other = seg(2000, &[1; 1000], false);
+        other[14 + 20 + 1] ^= 1; // source port
+        assert!(!try_coalesce(&mut p, &other), "other flow");
+        assert!(try_coalesce(&mut p, &seg(2000, &[1; 1000], false)));
     }
 }

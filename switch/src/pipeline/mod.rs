@@ -238,6 +238,11 @@ impl Packet {
         &mut self.buf[s..]
     }
 
+    /// How long a frame this buffer can hold.
+    pub fn frame_capacity(&self) -> usize {
+        BUF_SIZE - self.start - vnet_hdr::LEN
+    }
+
     /// Rewrites the vnet header from `repr`.
     pub fn set_vnet(&mut self, repr: vnet_hdr::Repr) {
         let s = self.start;

@@ -40,6 +40,9 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload over IPv4: 65535 - 20 (IPv4) - 8 (UDP).
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
+/// Socket receive and send buffer size asked for (bytes).
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
 /// A non-blocking UDP socket on the underlay with GSO/GRO where the kernel
 /// has them.
 #[derive(Debug)]
@@ -87,6 +90,16 @@ impl UnderlaySocket {
         // Both are best effort: an old kernel (ENOPROTOOPT) gets plain
         // datagrams.
         let gro = socket::setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
+        // Room for bursts: a single 64 KiB superframe becomes ~45 datagrams
+        // at once, and the default ~208 KiB buffers overflow (drops, then
+        // TCP retransmissions) at multi-Gbit/s. The *Force variants need
+        // CAP_NET_ADMIN (the switch has it); fall back to the capped ones.
+        if socket::setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &SOCKET_BUFFER);
+        }
+        if socket::setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = socket::setsockopt(&fd, sockopt::SndBuf, &SOCKET_BUFFER);
+        }
         let gso = socket::getsockopt(&fd, sockopt::UdpGsoSegment).is_ok();
         let socket = UdpSocket::from(fd);
         let local = match socket.local_addr()? {
