@@ -103,8 +103,10 @@ impl TestLab {
         let name: String = name.chars().take(24).collect();
         let lab = TestLab { name };
         let mut args = vec!["lab", "up", "--name", &lab.name];
-        if let Some(f) = file {
-            args.extend(["-f", f]);
+        match file {
+            Some(f) => args.extend(["-f", f]),
+            // The default lab has two nodes; these tests want one.
+            None => args.extend(["--nodes", "1"]),
         }
         podswitch_ok(&args);
         lab

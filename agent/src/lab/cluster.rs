@@ -1168,7 +1168,7 @@ mod tests {
     fn default_lab_parses() {
         let def = parse_lab(DEFAULT_LAB, "default.yaml").unwrap();
         assert_eq!(def.lab.metadata.name, "default");
-        assert_eq!(def.lab.spec.nodes, 1);
+        assert_eq!(def.lab.spec.nodes, 2);
         let pods = manifest::expand_pods(&def.objects).unwrap();
         assert_eq!(pods.len(), 3);
     }

@@ -269,7 +269,7 @@ pub fn run(lab: &Lab, quick: bool, json_out: Option<&Path>, workers: usize) -> a
         }
         Ok(())
     };
-    eprintln!("[1/4] bringing up the default lab (1 node, 3 pods) ...");
+    eprintln!("[1/4] bringing up the default lab (2 nodes, 3 pods) ...");
     let mut def = cluster::parse_lab(cluster::DEFAULT_LAB, "embedded default lab")?;
     def.lab.metadata.name = lab.paths().name.clone();
     def.lab.spec.workers_per_switch = workers;
@@ -277,10 +277,15 @@ pub fn run(lab: &Lab, quick: bool, json_out: Option<&Path>, workers: usize) -> a
     let pods: Vec<PodState> = st.pods.values().cloned().collect();
     check("connectivity")?;
     eprintln!("[2/4] connectivity matrix ...");
-    let gw = st.nodes[0].pod_cidr.hosts().next().context("no gateway")?;
     let gateway_ping: Vec<(String, bool)> = pods
         .iter()
         .map(|p| {
+            let gw = st
+                .nodes
+                .iter()
+                .find(|n| n.name == p.node)
+                .and_then(|n| n.pod_cidr.hosts().next())
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
             (
                 p.pod.name.clone(),
                 in_netns(&p.netns, move || {
@@ -311,7 +316,17 @@ pub fn run(lab: &Lab, quick: bool, json_out: Option<&Path>, workers: usize) -> a
     let secs = if quick { 1.5 } else { 3.0 };
     let rr_secs = if quick { 1.0 } else { 2.0 };
     eprintln!("[4/4] measuring, {rounds} interleaved rounds (podswitch, kernel bridge, ...) ...");
-    let (a, b) = (&pods[0], &pods[1]);
+    // The same-node comparison needs two pods on one node.
+    let (a, b) = pods
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| {
+            pods[i + 1..]
+                .iter()
+                .find(|b| b.node == a.node)
+                .map(|b| (a, b))
+        })
+        .context("no two pods share a node")?;
     struct Series {
         metric: &'static str,
         unit: &'static str,
@@ -377,7 +392,15 @@ pub fn run(lab: &Lab, quick: bool, json_out: Option<&Path>, workers: usize) -> a
             }
         })
         .collect();
-    let switch = client::call::<Stats>(&st.nodes[0].control_socket, &Request::GetStats).ok();
+    let switch = client::call::<Stats>(
+        &st.nodes
+            .iter()
+            .find(|n| n.name == a.node)
+            .unwrap_or(&st.nodes[0])
+            .control_socket,
+        &Request::GetStats,
+    )
+    .ok();
     drop(kb);
     let report = DemoReport {
         machine: Machine::read(),
@@ -422,7 +445,7 @@ pub fn render(r: &DemoReport) -> String {
         "\npodswitch lab demo - podswitch {} on Linux {}, {} ({} cores)\n\n",
         r.machine.podswitch_version, r.machine.kernel, r.machine.cpu, r.machine.cores
     ));
-    s.push_str("Pods (node-1, one tap each, the switch is their gateway):\n");
+    s.push_str("Pods (one tap each, their node's switch is their gateway):\n");
     for ((name, ip), (_, gw)) in r.pods.iter().zip(&r.gateway_ping) {
         s.push_str(&format!(
             "  {name:<28} {ip:<14} gateway ping {}\n",
