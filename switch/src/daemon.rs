@@ -291,48 +291,18 @@ impl SwitchState {
             io[st.id as usize] = Some(Arc::clone(&st.io));
         }
         if let Some(h) = &self.host {
-            ports[h.id as usize] = Some(PodPort {
-                id: h.id,
-                pod: format!("host/{}", h.name),
-                ifname: h.name.clone(),
-                netns: PathBuf::new(),
-                mac: h.mac,
-                ipv4: None,
-                ipv6: None,
-                mtu: self.node.mtu,
-                offloads: true,
-                kind: PortKind::Host,
-            });
-            io[h.id as usize] = Some(Arc::clone(&h.io));
-        }
-        if let Some(h) = &self.host {
-            ports[h.id as usize] = Some(PodPort {
-                id: h.id,
-                pod: format!("host/{}", h.name),
-                ifname: h.name.clone(),
-                netns: PathBuf::new(),
-                mac: h.mac,
-                ipv4: None,
-                ipv6: None,
-                mtu: self.node.mtu,
-                offloads: true,
-                kind: PortKind::Host,
-            });
+            ports[h.id as usize] = Some(self.node_port(
+                h.id,
+                &format!("host/{}", h.name),
+                &h.name,
+                h.mac,
+                PortKind::Host,
+            ));
             io[h.id as usize] = Some(Arc::clone(&h.io));
         }
         if let Some(v) = &self.vtep {
-            ports[v.id as usize] = Some(PodPort {
-                id: v.id,
-                pod: "overlay/vxlan".into(),
-                ifname: "vxlan".into(),
-                netns: PathBuf::new(),
-                mac: v.mac.0,
-                ipv4: None,
-                ipv6: None,
-                mtu: self.node.mtu,
-                offloads: true,
-                kind: PortKind::Overlay,
-            });
+            ports[v.id as usize] =
+                Some(self.node_port(v.id, "overlay/vxlan", "vxlan", v.mac.0, PortKind::Overlay));
         }
         let mut tables = Tables::new(&self.node.name, gw, self.node.pod_cidrs.clone(), ports);
         if let Some(v) = &self.vtep {
@@ -364,6 +334,29 @@ impl SwitchState {
         }
         if let Err(e) = self.save() {
             tracing::error!(error = %format!("{e:#}"), "cannot save switch state");
+        }
+    }
+
+    /// A port of the node itself (host port, overlay): no address of its own.
+    fn node_port(
+        &self,
+        id: PortId,
+        pod: &str,
+        ifname: &str,
+        mac: [u8; 6],
+        kind: PortKind,
+    ) -> PodPort {
+        PodPort {
+            id,
+            pod: pod.to_string(),
+            ifname: ifname.to_string(),
+            netns: PathBuf::new(),
+            mac,
+            ipv4: None,
+            ipv6: None,
+            mtu: self.node.mtu,
+            offloads: true,
+            kind,
         }
     }
 

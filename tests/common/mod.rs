@@ -94,22 +94,11 @@ impl TestLab {
 
     /// Brings up the default lab (or `file`) under a unique name.
     pub fn up(tag: &str, file: Option<&str>) -> TestLab {
-        let name = format!(
-            "t{}{}-{}",
-            std::process::id() % 100_000,
-            SEQ.fetch_add(1, Ordering::SeqCst),
-            tag
-        );
-        let name: String = name.chars().take(24).collect();
-        let lab = TestLab { name };
-        let mut args = vec!["lab", "up", "--name", &lab.name];
         match file {
-            Some(f) => args.extend(["-f", f]),
+            Some(f) => Self::up_with(tag, &["-f", f]),
             // The default lab has two nodes; these tests want one.
-            None => args.extend(["--nodes", "1"]),
+            None => Self::up_with(tag, &["--nodes", "1"]),
         }
-        podswitch_ok(&args);
-        lab
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

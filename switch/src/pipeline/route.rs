@@ -22,6 +22,16 @@ use crate::metrics::WorkerCounters;
 use crate::tables::{RouteTarget, Tables};
 use crate::wire::checksum;
 
+/// The size each wire packet will have on the next hop: the datagram, or
+/// for a superframe one segment plus its headers.
+fn wire_len(m: &super::Meta) -> u32 {
+    if m.vnet.is_gso() {
+        u32::from(m.l4_off) - ETH_LEN as u32 + u32::from(m.l4_hdr_len) + u32::from(m.vnet.gso_size)
+    } else {
+        u32::from(m.ip_len)
+    }
+}
+
 /// ICMP errors per second per worker, and the burst allowed.
 pub const ICMP_ERROR_RATE: u32 = 1000;
 pub const ICMP_ERROR_BURST: u32 = 200;
@@ -91,27 +101,11 @@ impl RouteStage {
             drop_packet(p, DropReason::HostUnreachable, c);
             return;
         };
-        if p.meta.ttl <= 1 {
-            self.error(
-                p,
-                tables,
-                c,
-                now,
-                Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
-                DropReason::TtlExpired,
-            );
+        if self.ttl_expired(p, tables, c, now) {
             return;
         }
-        // The size each wire packet will have at the destination: the
-        // datagram, or for a superframe one segment plus its headers.
         let m = p.meta;
-        let wire_len = if m.vnet.is_gso() {
-            u32::from(m.l4_off) - ETH_LEN as u32
-                + u32::from(m.l4_hdr_len)
-                + u32::from(m.vnet.gso_size)
-        } else {
-            u32::from(m.ip_len)
-        };
+        let wire_len = wire_len(&m);
         // Pods get path MTU feedback. Frames from the overlay or the node's
         // stack may be larger than the pod MTU because the receive path
         // coalesced them (GRO/LRO upstream); they are delivered whole, as
@@ -169,28 +163,14 @@ impl RouteStage {
             drop_packet(p, DropReason::NoRoute, c);
             return;
         };
-        if p.meta.ttl <= 1 {
-            self.error(
-                p,
-                tables,
-                c,
-                now,
-                Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
-                DropReason::TtlExpired,
-            );
+        if self.ttl_expired(p, tables, c, now) {
             return;
         }
         let m = p.meta;
         // The overlay's MTU: the underlay's minus the encapsulation, the MTU
         // the overlay port was given.
         let mtu = tables.port(ov.port).map(|port| port.mtu).unwrap_or(1450);
-        let wire_len = if m.vnet.is_gso() {
-            u32::from(m.l4_off) - ETH_LEN as u32
-                + u32::from(m.l4_hdr_len)
-                + u32::from(m.vnet.gso_size)
-        } else {
-            u32::from(m.ip_len)
-        };
+        let wire_len = wire_len(&m);
         if wire_len > mtu {
             let mtu = mtu.min(u32::from(u16::MAX)) as u16;
             self.error(
@@ -213,6 +193,28 @@ impl RouteStage {
         p.meta.ttl -= 1;
         c.stages.forwarded_overlay.inc();
         p.verdict = Verdict::Encap { node };
+    }
+
+    /// TTL 1 or 0: answered with ICMP time exceeded (RFC 1812 §5.3.1).
+    fn ttl_expired(
+        &mut self,
+        p: &mut Packet,
+        tables: &Tables,
+        c: &WorkerCounters,
+        now: Instant,
+    ) -> bool {
+        if p.meta.ttl > 1 {
+            return false;
+        }
+        self.error(
+            p,
+            tables,
+            c,
+            now,
+            Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+            DropReason::TtlExpired,
+        );
+        true
     }
 
     /// Drops the packet for `reason` and, where allowed, replaces it with
