@@ -138,6 +138,32 @@ fn three_node_cluster(mode: &str) {
         got["crc32"], sent["crc32"],
         "{mode}: data corrupted across nodes"
     );
+    // The outside host (203.0.113.10) is reachable through the underlay. In
+    // native mode the underlay routes pod CIDRs (as a VPC route table does),
+    // so it answers pods directly; in VXLAN mode replies need egress SNAT
+    // (the services issue).
+    if mode == "native" {
+        let out = lab.exec(&a.0, &["ping", "-c", "1", "-W", "2", "203.0.113.10"]);
+        assert!(out.status.success(), "pod -> outside: {}", text(&out));
+        let out = podswitch(&[
+            "lab",
+            "--name",
+            &lab.name,
+            "exec",
+            "--outside",
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{}/from-outside", b.1),
+        ]);
+        assert!(
+            text(&out).contains("ClientIP=203.0.113.10 "),
+            "outside -> pod: {}",
+            text(&out)
+        );
+    }
     let st = lab.stats("node-1");
     if mode == "vxlan" {
         let d = &st["datapath"];
