@@ -333,6 +333,7 @@ impl Worker {
                                     if repaired {
                                         c.stages.csum_completed.inc();
                                     }
+                                    p.meta.from_node = table.node_by_ip(src);
                                     self.batch.commit();
                                 }
                                 Err(reason) => c.count_drop(reason, dgram.len()),
@@ -429,6 +430,15 @@ impl Worker {
                     continue;
                 }
                 Verdict::Forward { port } => port,
+                // A reply (an ICMP error) to a packet from another node goes
+                // back over the overlay to that node.
+                Verdict::Reply if p.meta.from_node.is_some() => {
+                    match (self.overlay.as_mut(), p.meta.from_node) {
+                        (Some(ov), Some(node)) => Self::send_encap(ov, &snap.tables, node, p, &c),
+                        _ => c.count_drop(DropReason::NoRoute, p.len()),
+                    }
+                    continue;
+                }
                 Verdict::Reply => p.ingress,
                 Verdict::Drop(_) | Verdict::Pending => {
                     if let Some(Some(io)) = snap.io.get(p.ingress as usize) {

@@ -91,6 +91,9 @@ pub struct Meta {
     pub more_fragments: bool,
     pub dont_fragment: bool,
     pub ttl: u8,
+    /// For frames decapsulated from the overlay: the sending node (index
+    /// into `Tables::overlay.nodes`), where replies such as ICMP errors go.
+    pub from_node: Option<u16>,
 }
 
 impl Default for Meta {
@@ -109,6 +112,7 @@ impl Default for Meta {
             more_fragments: false,
             dont_fragment: false,
             ttl: 0,
+            from_node: None,
         }
     }
 }
