@@ -164,6 +164,32 @@ fn three_node_cluster(mode: &str) {
             text(&out)
         );
     }
+    if mode == "native" {
+        // A node that leaves the cluster takes its route with it, and comes
+        // back when it returns.
+        let sock = std::path::PathBuf::from(lab.socket("node-1"));
+        let topo: podswitch_switch::control::api::Topology =
+            podswitch_switch::control::client::call(
+                &sock,
+                &podswitch_switch::control::api::Request::GetTopology,
+            )
+            .unwrap();
+        let all = topo.remote_nodes.clone();
+        let without_3: Vec<_> = all.iter().filter(|n| n.name != "node-3").cloned().collect();
+        let set = |nodes: Vec<podswitch_switch::control::api::RemoteNode>| {
+            let _: serde_json::Value = podswitch_switch::control::client::call(
+                &sock,
+                &podswitch_switch::control::api::Request::SetRemoteNodes { nodes },
+            )
+            .unwrap();
+        };
+        set(without_3);
+        let routes = text(&lab.exec_node("node-1", &["ip", "route"]));
+        assert!(!routes.contains("10.244.3.0/24"), "{routes}");
+        set(all);
+        let routes = text(&lab.exec_node("node-1", &["ip", "route"]));
+        assert!(routes.contains("10.244.3.0/24 via 198.18.0.3"), "{routes}");
+    }
     let st = lab.stats("node-1");
     if mode == "vxlan" {
         let d = &st["datapath"];

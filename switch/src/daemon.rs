@@ -613,6 +613,20 @@ impl SwitchState {
         if self.node.mode == ClusterMode::Native && self.host.is_some() {
             let nl = crate::port::netlink::Netlink::current()
                 .map_err(|e| ApiError::internal(error_chain(&e)))?;
+            // Routes of nodes that left (or moved) go first.
+            for old in &self.remote_nodes {
+                for c in &old.pod_cidrs {
+                    let kept = nodes
+                        .iter()
+                        .any(|n| n.underlay_ipv4 == old.underlay_ipv4 && n.pod_cidrs.contains(c));
+                    if !kept {
+                        if let Err(e) = nl.delete_route(*c, std::net::IpAddr::V4(old.underlay_ipv4))
+                        {
+                            tracing::warn!(error = %error_chain(&e), node = %old.name, "removing a departed node's route");
+                        }
+                    }
+                }
+            }
             for n in &nodes {
                 for c in &n.pod_cidrs {
                     pod::add_route_idempotent(

@@ -502,6 +502,39 @@ impl Netlink {
             .map_err(|e| self.request_error(OP, format!("route {}", dst.trunc()), e))
     }
 
+    /// Delete the route to `dst` via `gateway` (`ip route del DST via GW`).
+    /// A route that does not exist is not an error.
+    ///
+    /// # Errors
+    /// The kernel's rejection other than `ESRCH`.
+    pub fn delete_route(&self, dst: IpNet, gateway: IpAddr) -> Result<(), NetlinkError> {
+        const OP: &str = "delete route";
+        let invalid = |reason: String| NetlinkError::InvalidArgument {
+            op: OP,
+            field: "route",
+            value: format!("{dst} via {gateway}"),
+            reason,
+        };
+        let message = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?
+            .gateway(gateway)
+            .map_err(|e| invalid(e.to_string()))?
+            .build();
+        let request = self.handle.route().del(message).execute();
+        match self.block_on(OP, request)? {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = self.request_error(OP, format!("route {}", dst.trunc()), e);
+                if err.raw_os_error() == Some(libc::ESRCH) {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     /// Add or replace a permanent neighbour entry `ip` -> `mac` on link
     /// `index` (`ip neigh replace IP lladdr MAC dev DEV nud permanent`).
     ///
