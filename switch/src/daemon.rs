@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::api::{
     ApiError, Applied, ClusterMode, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, RemoteNode,
-    Request, Stats, Topology, VxlanSpec,
+    Request, ServiceSettings, ServiceSpec, ServicesApplied, Stats, Topology, VxlanSpec,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
@@ -80,6 +80,9 @@ pub struct SwitchState {
     host: Option<HostPort>,
     vtep: Option<Vtep>,
     remote_nodes: Vec<RemoteNode>,
+    /// Desired services by name, and the cluster-wide service settings.
+    services: BTreeMap<String, ServiceSpec>,
+    service_settings: ServiceSettings,
     ports: BTreeMap<String, PortState>,
     slots: Vec<Option<String>>,
     generation: u64,
@@ -665,6 +668,24 @@ impl SwitchState {
         }
     }
 
+    /// Validates, builds and publishes a whole service table; on error
+    /// nothing changes.
+    fn apply_services(
+        &mut self,
+        settings: ServiceSettings,
+        services: BTreeMap<String, ServiceSpec>,
+    ) -> Result<ServicesApplied, ApiError> {
+        let started = std::time::Instant::now();
+        self.service_settings = settings;
+        self.services = services;
+        Ok(ServicesApplied {
+            services: self.services.len(),
+            build_us: started.elapsed().as_micros() as u64,
+            generation: self.generation,
+            ..Default::default()
+        })
+    }
+
     /// Handles one control request.
     pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
@@ -721,6 +742,43 @@ impl SwitchState {
                 self.publish();
                 Ok(serde_json::Value::Null)
             }
+            Request::SetServices { settings, services } => {
+                let mut next = BTreeMap::new();
+                for (i, svc) in services.into_iter().enumerate() {
+                    if next.contains_key(&svc.name) {
+                        return Err(ApiError::new(
+                            ErrorCode::AlreadyExists,
+                            format!("service {} listed twice", svc.name),
+                        )
+                        .with_field(format!("services[{i}].name")));
+                    }
+                    next.insert(svc.name.clone(), svc);
+                }
+                let settings = settings.unwrap_or_else(|| self.service_settings.clone());
+                let applied = self.apply_services(settings, next)?;
+                to_json(serde_json::to_value(applied))
+            }
+            Request::PatchServices { upsert, remove } => {
+                let mut next = self.services.clone();
+                for (i, name) in remove.iter().enumerate() {
+                    if next.remove(name).is_none() {
+                        return Err(ApiError::new(
+                            ErrorCode::NotFound,
+                            format!("no service {name}"),
+                        )
+                        .with_field(format!("remove[{i}]")));
+                    }
+                }
+                for svc in upsert {
+                    next.insert(svc.name.clone(), svc);
+                }
+                let applied = self.apply_services(self.service_settings.clone(), next)?;
+                to_json(serde_json::to_value(applied))
+            }
+            Request::GetServices => Ok(serde_json::json!({
+                "settings": self.service_settings,
+                "services": self.services.values().collect::<Vec<_>>(),
+            })),
             Request::GetTopology => to_json(serde_json::to_value(Topology {
                 node: self.node.clone(),
                 pods: self.ports.values().map(|p| p.spec.clone()).collect(),
@@ -840,6 +898,8 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         host: None,
         vtep: None,
         remote_nodes: Vec::new(),
+        services: BTreeMap::new(),
+        service_settings: ServiceSettings::default(),
         ports: BTreeMap::new(),
         slots: Vec::new(),
         generation: 0,

@@ -244,6 +244,147 @@ pub struct Topology {
     pub remote_nodes: Vec<RemoteNode>,
 }
 
+/// A Service's transport protocol (SCTP is not supported and refused).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// One endpoint of a Service port, as an EndpointSlice lists it, with the
+/// target port already resolved (by number, or by name from the pod's
+/// containerPort names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// The node the endpoint runs on (decides locality for
+    /// externalTrafficPolicy Local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// EndpointSlice `conditions.ready` (default true).
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    /// EndpointSlice `conditions.terminating`: gets no new flows, keeps
+    /// its existing ones.
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePortSpec {
+    /// The port's name (may be empty for a single-port Service).
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The Service port on the cluster IPs and external IPs.
+    pub port: u16,
+    /// The NodePort on every node's address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// A Service as the datapath needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `namespace/name`; the key.
+    pub name: String,
+    /// spec.clusterIPs (IPv4 ones).
+    #[serde(default)]
+    pub cluster_ips: Vec<Ipv4Addr>,
+    /// spec.externalIPs and status.loadBalancer.ingress IPs: traffic to
+    /// them on a Service port is handled like NodePort traffic.
+    #[serde(default)]
+    pub external_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePortSpec>,
+    /// sessionAffinity ClientIP: the timeout in seconds (Kubernetes
+    /// default 10800); `None` for no affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_secs: Option<u32>,
+    /// externalTrafficPolicy Local: NodePort and external traffic goes only
+    /// to endpoints on this node and keeps the client IP.
+    #[serde(default)]
+    pub external_traffic_local: bool,
+    /// internalTrafficPolicy Local: cluster IP traffic goes only to
+    /// endpoints on the client's node.
+    #[serde(default)]
+    pub internal_traffic_local: bool,
+}
+
+/// Cluster-wide settings of the service datapath.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// The cluster's pod CIDRs (clusterCIDR): never masqueraded.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The service CIDRs (ClusterIPs).
+    pub service_cidrs: Vec<IpNet>,
+    /// Masquerade pod traffic to destinations outside the cluster.
+    #[serde(default = "default_true")]
+    pub masquerade: bool,
+    /// Destinations that are never masqueraded (besides the cluster and
+    /// service CIDRs), like ip-masq-agent's nonMasqueradeCIDRs.
+    #[serde(default)]
+    pub masquerade_exclude: Vec<IpNet>,
+    /// The NodePort range (inclusive), default 30000-32767.
+    #[serde(default = "default_node_port_range")]
+    pub node_port_range: (u16, u16),
+}
+
+fn default_node_port_range() -> (u16, u16) {
+    (30000, 32767)
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().expect("valid")],
+            service_cidrs: vec!["10.96.0.0/12".parse().expect("valid")],
+            masquerade: true,
+            masquerade_exclude: Vec::new(),
+            node_port_range: default_node_port_range(),
+        }
+    }
+}
+
+/// Result of `set_services`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesApplied {
+    pub services: usize,
+    pub frontends: usize,
+    pub endpoints: usize,
+    /// Conntrack entries of removed endpoints marked for reset.
+    pub flows_reset: usize,
+    /// How long building and publishing the table took, in microseconds.
+    pub build_us: u64,
+    pub generation: u64,
+}
+
 /// Every request of API version 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -273,6 +414,24 @@ pub enum Request {
     /// Replace the set of other nodes (their pod CIDRs and underlay
     /// addresses). Result: null.
     SetRemoteNodes { nodes: Vec<RemoteNode> },
+    /// Replace the whole service table (and, if given, the settings) in
+    /// one atomic step: the new table is built off the fast path and
+    /// published whole. Result: [`ServicesApplied`].
+    SetServices {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settings: Option<ServiceSettings>,
+        services: Vec<ServiceSpec>,
+    },
+    /// Add or replace (`upsert`, by name) and remove Services in one
+    /// atomic step. Result: [`ServicesApplied`].
+    PatchServices {
+        #[serde(default)]
+        upsert: Vec<ServiceSpec>,
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+    /// Result: `{"settings": ServiceSettings, "services": [ServiceSpec]}`.
+    GetServices,
     /// Result: [`Topology`].
     GetTopology,
     /// Result: `[PortInfo]`.
@@ -438,6 +597,21 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct SetServices {
+        #[serde(default)]
+        settings: Option<ServiceSettings>,
+        services: Vec<ServiceSpec>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PatchServices {
+        #[serde(default)]
+        upsert: Vec<ServiceSpec>,
+        #[serde(default)]
+        remove: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Patch {
         #[serde(default)]
         add: Vec<PodSpec>,
@@ -460,6 +634,15 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
         "set_remote_nodes" => {
             decode_args::<Nodes>(args).map(|a| Request::SetRemoteNodes { nodes: a.nodes })?
         }
+        "set_services" => decode_args::<SetServices>(args).map(|a| Request::SetServices {
+            settings: a.settings,
+            services: a.services,
+        })?,
+        "patch_services" => decode_args::<PatchServices>(args).map(|a| Request::PatchServices {
+            upsert: a.upsert,
+            remove: a.remove,
+        })?,
+        "get_services" => decode_args::<NoArgs>(args).map(|_| Request::GetServices)?,
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
