@@ -12,6 +12,7 @@
 //! raw sockets that no safe crate wraps.
 #![deny(unsafe_code)]
 
+pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod metrics;
