@@ -18,12 +18,14 @@ use anyhow::Context;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::conntrack::{flow_flags, ConnTrack, ConntrackConfig};
 use crate::control::api::{
     ApiError, Applied, ClusterMode, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, RemoteNode,
     Request, ServiceSettings, ServiceSpec, ServicesApplied, Stats, Topology, VxlanSpec,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
+use crate::tables::services::{NodeView, ServiceTable};
 use crate::tables::{Gateway, PodPort, PortId, PortKind, TablePublisher, Tables};
 use crate::worker::{PortIo, Snapshot, Worker};
 
@@ -40,7 +42,20 @@ pub struct DaemonConfig {
     /// Worker threads (and tap queues per pod); 0 = one per core.
     #[serde(default)]
     pub workers: usize,
+    /// The flow table: its cap and timeouts.
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+    /// Maglev lookup-table size per service frontend (a prime).
+    #[serde(default = "default_maglev_size")]
+    pub maglev_table_size: usize,
 }
+
+fn default_maglev_size() -> usize {
+    crate::tables::maglev::DEFAULT_TABLE_SIZE
+}
+
+/// How often the flow table is swept for expired flows.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// What is saved in `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +98,12 @@ pub struct SwitchState {
     /// Desired services by name, and the cluster-wide service settings.
     services: BTreeMap<String, ServiceSpec>,
     service_settings: ServiceSettings,
+    /// The built service table published with every snapshot.
+    service_table: Arc<ServiceTable>,
+    maglev_size: usize,
+    conntrack: Arc<ConnTrack>,
+    /// Whether NodePort steering is installed on the underlay interface.
+    steered: bool,
     ports: BTreeMap<String, PortState>,
     slots: Vec<Option<String>>,
     generation: u64,
@@ -331,6 +352,7 @@ impl SwitchState {
             });
         }
         tables.generation = self.generation;
+        tables.services = Arc::clone(&self.service_table);
         self.publisher.publish(Snapshot { tables, io });
         for w in &self.wakers {
             let _ = w.wake();
@@ -676,14 +698,70 @@ impl SwitchState {
         services: BTreeMap<String, ServiceSpec>,
     ) -> Result<ServicesApplied, ApiError> {
         let started = std::time::Instant::now();
+        let gateway_ip = self.node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let view = NodeView {
+            name: &self.node.name,
+            node_ip: self.node.underlay_ipv4,
+            gateway_ip,
+            mode: self.node.mode,
+            maglev_size: self.maglev_size,
+        };
+        let table = Arc::new(ServiceTable::build(services.values(), &settings, &view)?);
+        if settings.node_port_range != self.service_settings.node_port_range || !self.steered {
+            self.steer(settings.node_port_range);
+        }
+        self.route_service_cidrs(&settings);
         self.service_settings = settings;
         self.services = services;
+        self.service_table = Arc::clone(&table);
+        self.publish();
+        // Flows whose endpoint is gone are removed: the client's next
+        // segment gets a RST, a UDP client's next datagram a new endpoint.
+        let flows_reset = self.conntrack.remove_where(|f| {
+            if f.flags & flow_flags::DNAT == 0 {
+                return false;
+            }
+            let Some(reply) = f.reply else { return false };
+            match table.frontend(f.orig.dst, f.orig.dport, f.orig.proto) {
+                Some(fr) => !table.has_backend(fr, reply.src, reply.sport),
+                None => true,
+            }
+        });
         Ok(ServicesApplied {
             services: self.services.len(),
+            frontends: table.fronts.len(),
+            endpoints: table.endpoint_count(),
+            flows_reset,
             build_us: started.elapsed().as_micros() as u64,
             generation: self.generation,
-            ..Default::default()
         })
+    }
+
+    /// Routes the service CIDRs from the node's stack into the switch, so
+    /// host-network clients reach cluster IPs.
+    fn route_service_cidrs(&self, settings: &ServiceSettings) {
+        let Some(host) = &self.host else { return };
+        for cidr in &settings.service_cidrs {
+            if let Err(e) = pod::add_host_route(&host.name, *cidr) {
+                tracing::warn!(error = %error_chain(&e), %cidr, "cannot route the service CIDR to the host port");
+            }
+        }
+    }
+
+    /// Installs NodePort and masquerade steering on the underlay interface.
+    fn steer(&mut self, node_ports: (u16, u16)) {
+        let (Some(host), Some(node_ip)) = (&self.host, self.node.underlay_ipv4) else {
+            return;
+        };
+        match pod::steer_to_host_port(&host.name, node_ip, node_ports) {
+            Ok(n) => {
+                tracing::info!(filters = n, %node_ip, "NodePort and masquerade traffic steered into the switch");
+                self.steered = true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "NodePort steering not installed; NodePorts and masquerade replies will not reach the switch")
+            }
+        }
     }
 
     /// Handles one control request.
@@ -856,13 +934,19 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     };
     let publisher = Arc::new(TablePublisher::new(Snapshot::empty(Tables::new(
         &node.name,
-        gw,
+        gw.clone(),
         node.pod_cidrs.clone(),
         Vec::new(),
     ))));
     let mut wakers = Vec::new();
     let mut counters = Vec::new();
     let mut handles = Vec::new();
+    let conntrack = Arc::new(ConnTrack::new(config.conntrack, config.workers));
+    tracing::info!(
+        max_flows = conntrack.capacity(),
+        memory_mib = conntrack.memory_bytes() >> 20,
+        "conntrack table allocated"
+    );
     for id in 0..config.workers {
         let c = Arc::new(WorkerCounters::default());
         let overlay = match (node.mode, node.underlay_ipv4) {
@@ -882,6 +966,8 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             Arc::clone(&c),
             Arc::clone(&shutdown),
             overlay,
+            Arc::clone(&conntrack),
+            config.workers,
         )
         .context("creating worker poller")?;
         wakers.push(waker);
@@ -900,6 +986,10 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         remote_nodes: Vec::new(),
         services: BTreeMap::new(),
         service_settings: ServiceSettings::default(),
+        service_table: Arc::new(ServiceTable::empty(gw.ipv4)),
+        maglev_size: config.maglev_table_size,
+        conntrack: Arc::clone(&conntrack),
+        steered: false,
         ports: BTreeMap::new(),
         slots: Vec::new(),
         generation: 0,
@@ -964,8 +1054,17 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             .context("installing signal handler")?;
     }
     tracing::info!(node = %config.node.name, workers = config.workers, socket = %config.control_socket.display(), "switch running");
+    // The flow table's sweeper runs here, off the workers.
+    let mut last_sweep = std::time::Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        if last_sweep.elapsed() >= SWEEP_INTERVAL {
+            last_sweep = std::time::Instant::now();
+            let r = conntrack.sweep(last_sweep);
+            if r.expired + r.evicted > 0 {
+                tracing::debug!(?r, flows = conntrack.len(), "conntrack sweep");
+            }
+        }
     }
     tracing::info!("shutting down; pod taps persist");
     if let Ok(st) = state.lock() {

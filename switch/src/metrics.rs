@@ -64,6 +64,14 @@ pub struct StageCounters {
     pub gso_superframes: Counter,
     /// Partial checksums completed in software for a port without offload.
     pub csum_completed: Counter,
+    /// Flows created in the conntrack table by this worker.
+    pub ct_created: Counter,
+    /// New service flows that followed a session-affinity record.
+    pub lb_affinity_hits: Counter,
+    /// TCP resets sent for segments of flows that no longer exist.
+    pub tcp_resets_sent: Counter,
+    /// ICMP errors about tracked flows translated (RELATED).
+    pub icmp_related_translated: Counter,
 }
 
 /// All counters of one worker.

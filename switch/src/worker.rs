@@ -134,6 +134,8 @@ impl Worker {
         counters: Arc<WorkerCounters>,
         shutdown: Arc<AtomicBool>,
         overlay: Option<OverlayIo>,
+        conntrack: Arc<crate::conntrack::ConnTrack>,
+        workers: usize,
     ) -> std::io::Result<(Self, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE_TOKEN)?);
@@ -157,7 +159,7 @@ impl Worker {
                 generation: u64::MAX,
                 ready: VecDeque::with_capacity(256),
                 in_ready: Vec::new(),
-                pipeline: Pipeline::new(counters),
+                pipeline: Pipeline::with_conntrack(counters, conntrack, id, workers),
                 batch: Batch::default(),
                 shutdown,
             },

@@ -390,6 +390,7 @@ impl ConnTrack {
 
     /// Adds a flow; `reply` is `None` for records indexed one way only
     /// (session affinity). Returns `None` when the table is full.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         orig: FlowKey,
@@ -400,15 +401,39 @@ impl ConnTrack {
         timeout: u32,
         aux: u32,
     ) -> Option<u32> {
+        self.insert_inner(
+            orig,
+            reply.unwrap_or(orig),
+            reply.is_some(),
+            state,
+            flags,
+            now,
+            timeout,
+            aux,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_inner(
+        &self,
+        orig: FlowKey,
+        reply: FlowKey,
+        link_reply: bool,
+        state: FlowState,
+        flags: u8,
+        now: u32,
+        timeout: u32,
+        aux: u32,
+    ) -> Option<u32> {
         let idx = self.free.pop()?;
         let e = &self.entries[idx as usize];
-        let flags = if reply.is_none() {
-            flags | flow_flags::ORIG_ONLY
-        } else {
+        let flags = if link_reply {
             flags
+        } else {
+            flags | flow_flags::ORIG_ONLY
         };
-        for (dir, k) in [(0, Some(orig)), (1, reply)] {
-            let w = k.unwrap_or(orig).words();
+        for (dir, k) in [(0, orig), (1, reply)] {
+            let w = k.words();
             e.key[dir][0].store(w[0], Ordering::Relaxed);
             e.key[dir][1].store(w[1], Ordering::Relaxed);
         }
@@ -417,13 +442,26 @@ impl ConnTrack {
         e.timeout.store(timeout, Ordering::Relaxed);
         e.aux.store(aux, Ordering::Relaxed);
         self.link(idx, 0, &orig);
-        if let Some(r) = reply {
-            self.link(idx, 1, &r);
+        if link_reply {
+            self.link(idx, 1, &reply);
         }
         // Visible (to lookups and to the sweeper) only once fully linked:
         // the control side never sees a half-inserted slot.
         e.state.store(state as u8, Ordering::Release);
         Some(idx)
+    }
+
+    /// Adds a record indexed by `key` only, carrying `payload` (a session
+    /// affinity record: the client and frontend as key, the chosen backend
+    /// as payload) with a fixed idle timeout.
+    pub fn insert_record(
+        &self,
+        key: FlowKey,
+        payload: FlowKey,
+        now: u32,
+        timeout: u32,
+    ) -> Option<u32> {
+        self.insert_inner(key, payload, false, FlowState::Affinity, 0, now, timeout, 0)
     }
 
     /// Pushes slot `idx`'s direction `dir` on its chain (lock-free).
@@ -548,7 +586,7 @@ impl ConnTrack {
         if crowded {
             let target = self.capacity() / 4 * 3;
             let excess = self.len().saturating_sub(gone.len()).saturating_sub(target);
-            candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
             for &(_, i) in candidates.iter().take(excess) {
                 self.remove_locked(&mut gone, i);
                 report.evicted += 1;
@@ -587,9 +625,7 @@ impl ConnTrack {
             rc.pending.push((seen, gone));
         }
         self.release(&mut rc);
-        self.counters
-            .removed
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.removed.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
@@ -684,7 +720,15 @@ mod tests {
         let ct = table(16);
         for i in 0..16 {
             assert!(ct
-                .insert(key(i), Some(key(i + 100).reversed()), FlowState::Unreplied, 0, 0, 0, 0)
+                .insert(
+                    key(i),
+                    Some(key(i + 100).reversed()),
+                    FlowState::Unreplied,
+                    0,
+                    0,
+                    0,
+                    0
+                )
                 .is_some());
         }
         assert!(ct
@@ -739,8 +783,16 @@ mod tests {
         let ct = table(16);
         let ids: Vec<u32> = (0..16)
             .map(|i| {
-                ct.insert(key(i), Some(key(i + 1000)), FlowState::Established, 0, 0, 0, 0)
-                    .unwrap()
+                ct.insert(
+                    key(i),
+                    Some(key(i + 1000)),
+                    FlowState::Established,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+                .unwrap()
             })
             .collect();
         let removed = ct.remove_where(|f| f.index % 2 == 0);

@@ -231,7 +231,15 @@ mod tests {
         ]);
         assert_eq!(
             states,
-            [SynRecv, Established, Established, FinWait, CloseWait, LastAck, TimeWait]
+            [
+                SynRecv,
+                Established,
+                Established,
+                FinWait,
+                CloseWait,
+                LastAck,
+                TimeWait
+            ]
         );
     }
 

@@ -12,6 +12,7 @@ use serde::Serialize;
 pub enum Stage {
     Parse,
     Gateway,
+    Conntrack,
     Route,
     Output,
 }
@@ -21,6 +22,7 @@ impl Stage {
         match self {
             Stage::Parse => "parse",
             Stage::Gateway => "gateway",
+            Stage::Conntrack => "conntrack",
             Stage::Route => "route",
             Stage::Output => "output",
         }
@@ -105,6 +107,14 @@ drop_reasons! {
     NonUnicastDestination = 23, Gateway, "non_unicast_destination";
     /// TTL expired in transit (ICMP time exceeded sent).
     TtlExpired = 30, Route, "ttl_expired";
+    /// The conntrack table is at its cap: a new flow was refused.
+    ConntrackFull = 50, Conntrack, "conntrack_full";
+    /// No free source port for a masqueraded or source-translated flow.
+    NatPortsExhausted = 51, Conntrack, "nat_ports_exhausted";
+    /// A service with no ready endpoints (answered with ICMP port unreachable).
+    ServiceNoEndpoints = 52, Conntrack, "service_no_endpoints";
+    /// A TCP segment to a service that opens no flow and belongs to none (answered with a RST).
+    ServiceNoFlow = 53, Conntrack, "service_no_flow";
     /// No route to the destination (ICMP net unreachable sent).
     NoRoute = 31, Route, "no_route";
     /// Address in a local pod CIDR without a pod (ICMP host unreachable sent).

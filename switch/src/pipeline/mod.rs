@@ -5,22 +5,23 @@
 //! (VPP's vector idea) and skipping packets an earlier stage has decided:
 //!
 //! ```text
-//!  parse ──> gateway ──> route ──> output
-//!  vnet_hdr   proxy ARP   LPM        offload fix-ups for the
-//!  eth/ip/l4  ICMP echo   TTL, MACs  destination port
-//!  anti-spoof             ICMP errors
+//!  parse ──> gateway ──> conntrack ──> route ──> output
+//!  vnet_hdr   proxy ARP   services      LPM        offload fix-ups for the
+//!  eth/ip/l4  ICMP echo   (Maglev), NAT TTL, MACs  destination port
+//!  anti-spoof             masquerade    ICMP errors
 //! ```
 //!
-//! Conntrack, NAT, load balancing and encapsulation slot in between route
-//! and output later. Only the worker (`crate::worker`) touches file
+//! Encapsulation happens in the worker's output for `Encap` verdicts. Only the worker (`crate::worker`) touches file
 //! descriptors; everything here is deterministic and testable in memory.
 //! A failure on one packet is a [`Verdict::Drop`] with a [`DropReason`],
 //! never an `Err`.
 
+pub mod conntrack;
 pub mod decap;
 pub mod drop_reason;
 pub mod gateway;
 pub mod icmp_error;
+pub mod nat;
 pub mod output;
 pub mod parse;
 pub mod route;
@@ -349,16 +350,30 @@ impl Batch {
 pub struct Pipeline {
     pub parse: parse::ParseStage,
     pub gateway: gateway::GatewayStage,
+    pub conntrack: conntrack::ConntrackStage,
     pub route: route::RouteStage,
     pub output: output::OutputStage,
     counters: std::sync::Arc<WorkerCounters>,
 }
 
 impl Pipeline {
+    /// A pipeline with a conntrack table of its own (tests, benches).
     pub fn new(counters: std::sync::Arc<WorkerCounters>) -> Self {
+        let ct = crate::conntrack::ConnTrack::new(Default::default(), 1);
+        Self::with_conntrack(counters, std::sync::Arc::new(ct), 0, 1)
+    }
+
+    /// Worker `worker` of `workers`, sharing the flow table `ct`.
+    pub fn with_conntrack(
+        counters: std::sync::Arc<WorkerCounters>,
+        ct: std::sync::Arc<crate::conntrack::ConnTrack>,
+        worker: usize,
+        workers: usize,
+    ) -> Self {
         Pipeline {
             parse: parse::ParseStage,
             gateway: gateway::GatewayStage,
+            conntrack: conntrack::ConntrackStage::new(ct, worker, workers),
             route: route::RouteStage::new(),
             output: output::OutputStage,
             counters,
@@ -376,6 +391,7 @@ impl Pipeline {
         c.stages.batches.inc();
         self.parse.process(batch, tables, c);
         self.gateway.process(batch, tables, c);
+        self.conntrack.process(batch, tables, c, now);
         self.route.process(batch, tables, c, now);
         self.output.process(batch, tables, c);
     }

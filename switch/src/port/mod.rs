@@ -9,5 +9,6 @@ pub mod netlink;
 pub mod netns;
 pub mod pod;
 pub mod raw;
+pub mod steer;
 pub mod tap;
 pub mod underlay;

@@ -554,6 +554,115 @@ impl Netlink {
             .map_err(|e| self.request_error(OP, format!("{ip} on link {index}"), e))
     }
 
+    /// Add the ingress qdisc (`tc qdisc replace dev DEV ingress`) so
+    /// filters can be attached to the link's receive path.
+    ///
+    /// # Errors
+    /// The kernel's rejection other than `EEXIST`.
+    pub fn add_ingress_qdisc(&self, index: u32) -> Result<(), NetlinkError> {
+        const OP: &str = "add ingress qdisc";
+        let request = self.handle.qdisc().add(index as i32).ingress().execute();
+        match self.block_on(OP, request)? {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = self.request_error(OP, format!("link {index}"), e);
+                if err.raw_os_error() == Some(libc::EEXIST) {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Add a u32 filter on link `index`'s ingress that redirects IPv4
+    /// packets matching every `(offset, value, mask)` key (offsets from the
+    /// IP header, big-endian 32-bit words) to the egress of link `to`
+    /// (`tc filter add dev DEV parent ffff: protocol ip prio PRIO u32
+    /// match ... action mirred egress redirect dev TO`).
+    ///
+    /// # Errors
+    /// The kernel's rejection.
+    pub fn add_redirect_filter(
+        &self,
+        index: u32,
+        priority: u16,
+        keys: &[(i32, u32, u32)],
+        to: u32,
+    ) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::tc::{
+            TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
+            TcActionOption, TcActionType, TcFilterU32Option, TcMirror, TcMirrorActionType,
+            TcU32Key, TcU32Selector, TcU32SelectorFlags,
+        };
+        const OP: &str = "add redirect filter";
+        let mut sel = TcU32Selector::default();
+        sel.flags = TcU32SelectorFlags::Terminal;
+        sel.nkeys = keys.len() as u8;
+        sel.keys = keys
+            .iter()
+            .map(|&(off, val, mask)| {
+                let mut k = TcU32Key::default();
+                k.off = off;
+                k.val = val & mask;
+                k.mask = mask;
+                k
+            })
+            .collect();
+        let mut mirror = TcMirror::default();
+        mirror.generic = TcActionGeneric::default();
+        mirror.generic.action = TcActionType::Stolen;
+        mirror.eaction = TcMirrorActionType::EgressRedir;
+        mirror.ifindex = to;
+        let mut action = TcAction::default();
+        action.attributes = vec![
+            TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+                mirror,
+            ))]),
+        ];
+        let options = [
+            TcFilterU32Option::Selector(sel),
+            TcFilterU32Option::Action(vec![action]),
+        ];
+        let request = self
+            .handle
+            .traffic_filter(index as i32)
+            .add()
+            .ingress()
+            .priority(priority)
+            .protocol(libc::ETH_P_IP as u16)
+            .u32(&options)
+            .map_err(|e| self.request_error(OP, format!("link {index}"), e))?
+            .execute();
+        self.block_on(OP, request)?
+            .map_err(|e| self.request_error(OP, format!("link {index}"), e))
+    }
+
+    /// The index of the link holding IPv4 address `ip`, if any.
+    ///
+    /// # Errors
+    /// The kernel's rejection of the address dump.
+    pub fn link_with_address(&self, ip: std::net::Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        const OP: &str = "find address";
+        let request = self.handle.address().get().execute();
+        let found = self.block_on(OP, async move {
+            let mut addrs = std::pin::pin!(request);
+            while let Some(a) = addrs.try_next().await? {
+                for attr in &a.attributes {
+                    if let AddressAttribute::Address(IpAddr::V4(v4)) = attr {
+                        if *v4 == ip {
+                            return Ok(Some(a.header.index));
+                        }
+                    }
+                }
+            }
+            Ok::<_, rtnetlink::Error>(None)
+        })?;
+        found.map_err(|e| self.request_error(OP, format!("address {ip}"), e))
+    }
+
     /// Set the loopback device `lo` up, which a fresh namespace needs before
     /// anything can talk to 127.0.0.1.
     ///

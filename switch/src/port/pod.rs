@@ -318,7 +318,67 @@ pub fn host_port(
             .map_err(nl_err("route the pod CIDR through the host port"))?;
     }
     let mac = nl.link_mac(idx).map_err(nl_err("read the tap MAC"))?;
+    // The switch sends traffic translated to the node's own address (NodePort
+    // replies, masqueraded pod traffic) into the node's stack through this
+    // port, to be routed out: the kernel must accept a local source here.
+    for (knob, value) in [("accept_local", "1"), ("rp_filter", "0")] {
+        let path = format!("/proc/sys/net/ipv4/conf/{name}/{knob}");
+        if let Err(e) = std::fs::write(&path, value) {
+            tracing::warn!(error = %e, %path, "cannot set sysctl");
+        }
+    }
+    // rp_filter takes the stricter of "all" and the interface.
+    let all = "/proc/sys/net/ipv4/conf/all/rp_filter";
+    if std::fs::read_to_string(all).is_ok_and(|v| v.trim() == "1") {
+        tracing::info!(
+            "strict rp_filter in the node namespace relaxed to loose (2) for the host port"
+        );
+        let _ = std::fs::write(all, "2");
+    }
     Ok((queues, mac))
+}
+
+/// Routes `cidr` from the node's stack into the host port `name`.
+///
+/// # Errors
+/// The link is missing or the kernel refused the route.
+pub fn add_host_route(name: &str, cidr: IpNet) -> Result<(), NetlinkError> {
+    let nl = Netlink::current()?;
+    let idx = nl
+        .link_index(name)?
+        .ok_or_else(|| NetlinkError::LinkNotFound {
+            op: "route via host port",
+            name: name.to_owned(),
+            netns: nl.netns().clone(),
+        })?;
+    add_route_idempotent(&nl, cidr, None, Some(idx))
+}
+
+/// Steers NodePort and masquerade-reply traffic from the interface holding
+/// `node_ip` into the host port `name` (see [`super::steer`]).
+///
+/// # Errors
+/// A message naming the failed step.
+pub fn steer_to_host_port(
+    name: &str,
+    node_ip: std::net::Ipv4Addr,
+    node_ports: (u16, u16),
+) -> Result<usize, String> {
+    let nl = Netlink::current().map_err(|e| format!("open netlink: {e}"))?;
+    let idx = nl
+        .link_index(name)
+        .map_err(|e| format!("find {name}: {e}"))?
+        .ok_or_else(|| format!("no link {name}"))?;
+    super::steer::install(&nl, node_ip, idx, node_ports).map_err(|e| {
+        let mut s = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    })
 }
 
 /// Adds a route, accepting one that already exists (after a restart).

@@ -7,6 +7,9 @@
 //! Addresses are `IpAddr`-generic and routes are kept per family, so IPv6
 //! slots in beside IPv4 without a change of shape.
 
+pub mod maglev;
+pub mod services;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,6 +167,8 @@ pub struct Tables {
     pub routes: RouteTable,
     /// Set in VXLAN mode.
     pub overlay: Option<Overlay>,
+    /// Services: frontends, backends, masquerade settings.
+    pub services: Arc<services::ServiceTable>,
 }
 
 impl Tables {
@@ -195,6 +200,7 @@ impl Tables {
                 routes.insert(IpNet::from(IpAddr::V6(a)), RouteTarget::Local(p.id));
             }
         }
+        let services = Arc::new(services::ServiceTable::empty(gateway.ipv4));
         Tables {
             generation: 0,
             node: node.to_string(),
@@ -203,6 +209,7 @@ impl Tables {
             ports,
             routes,
             overlay: None,
+            services,
         }
     }
 

@@ -1,0 +1,587 @@
+//! Stage 3, conntrack: service load balancing and address translation,
+//! decided per flow and remembered in the shared flow table.
+//!
+//! For each IPv4 packet that may concern a translation (to a service
+//! frontend, from a service endpoint, to one of this node's translation
+//! addresses, or from a pod to outside the cluster):
+//! - a packet of a known flow is translated as the flow says (DNAT for the
+//!   original direction, the reverse for replies) and advances the flow's
+//!   state (the TCP state machine, UDP replied);
+//! - the first packet to a frontend picks a backend (session affinity,
+//!   else Maglev over the eligible endpoints), adds source translation when
+//!   the reply must come back through this node (hairpin, NodePort to a
+//!   remote endpoint under the Cluster policy), and creates the flow;
+//! - the first packet from a pod to outside the cluster is masqueraded to
+//!   the node's address with a port picked at random among this worker's
+//!   share of [`SNAT_PORTS`] (random-fully; no two workers share a port);
+//! - an ICMP error about a tracked flow (RELATED) is translated, outer and
+//!   quoted headers both;
+//! - a frontend without endpoints answers ICMP port unreachable, and a TCP
+//!   segment that opens nothing (no SYN) and belongs to no flow gets a RST
+//!   (its endpoint is gone), never a black hole.
+//!
+//! Pod-to-pod traffic that involves no service is not tracked at all: it
+//! costs two hash-set probes here and nothing else.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+
+use super::icmp_error::{error_allowed, rewrite_as_error, RateLimit};
+use super::nat::{self, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+use super::{drop_packet, Batch, DropReason, Packet, L3};
+use crate::conntrack::{
+    flow_flags, state::tcp_next, tcp_flags, ConnTrack, Dir, FlowKey, FlowRef, FlowState,
+};
+use crate::control::api::ClusterMode;
+use crate::metrics::WorkerCounters;
+use crate::tables::services::{ServiceTable, AFFINITY_PROTO, SNAT_PORTS};
+use crate::tables::{PortKind, Tables};
+
+/// Free ports tried before a new masqueraded flow is refused.
+const PORT_TRIES: usize = 64;
+
+/// The conntrack stage of one worker.
+#[derive(Debug)]
+pub struct ConntrackStage {
+    ct: Arc<ConnTrack>,
+    worker: usize,
+    workers: usize,
+    rng: u64,
+    icmp_limit: RateLimit,
+}
+
+/// The flow hash Maglev picks with: the same on every worker, so a
+/// retransmitted SYN that lands elsewhere picks the same backend.
+#[inline]
+fn flow_hash(k: &FlowKey) -> u64 {
+    let a = (u64::from(u32::from(k.src)) << 32) | u64::from(u32::from(k.dst));
+    let b = (u64::from(k.sport) << 24) | (u64::from(k.dport) << 8) | u64::from(k.proto);
+    let mut h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    h ^ (h >> 29)
+}
+
+impl ConntrackStage {
+    pub fn new(ct: Arc<ConnTrack>, worker: usize, workers: usize) -> Self {
+        ConntrackStage {
+            ct,
+            worker,
+            workers: workers.max(1),
+            rng: 0x2545_F491_4F6C_DD1D ^ ((worker as u64 + 1) << 17),
+            icmp_limit: RateLimit::new(
+                super::route::ICMP_ERROR_RATE,
+                super::route::ICMP_ERROR_BURST,
+            ),
+        }
+    }
+
+    pub fn table(&self) -> &Arc<ConnTrack> {
+        &self.ct
+    }
+
+    pub fn process(
+        &mut self,
+        batch: &mut Batch,
+        tables: &Tables,
+        c: &WorkerCounters,
+        now: Instant,
+    ) {
+        let svc = &*tables.services;
+        if !svc.active() {
+            return;
+        }
+        let now_s = self.ct.clock(now);
+        self.ct.enter(self.worker);
+        for p in batch.packets_mut() {
+            if p.pending() && p.meta.l3 == L3::Ipv4 && p.meta.first_fragment {
+                self.one(p, tables, svc, c, now_s, now);
+            }
+        }
+        self.ct.exit(self.worker);
+    }
+
+    #[inline]
+    fn one(
+        &mut self,
+        p: &mut Packet,
+        tables: &Tables,
+        svc: &ServiceTable,
+        c: &WorkerCounters,
+        now_s: u32,
+        now: Instant,
+    ) {
+        let proto = p.meta.proto;
+        if proto == 1 {
+            let t = p
+                .frame()
+                .get(usize::from(p.meta.l4_off))
+                .copied()
+                .unwrap_or(255);
+            if nat::is_icmp_error(t) {
+                self.related(p, c);
+                return;
+            }
+        }
+        let Some(key) = nat::packet_tuple(p) else {
+            return;
+        };
+        let to_frontend = svc.is_frontend_ip(key.dst);
+        let maybe_reply = svc.is_endpoint(key.src, key.sport, proto) || svc.is_nat_address(key.dst);
+        let from_pod = tables.port(p.ingress).map(|x| x.kind) == Some(PortKind::Pod);
+        let masquerade = from_pod && !to_frontend && svc.masquerades(key.dst);
+        if !(to_frontend || maybe_reply || masquerade) {
+            return;
+        }
+        if let Some(r) = self.ct.lookup(&key) {
+            self.established(p, r, &key, now_s);
+            return;
+        }
+        if to_frontend {
+            if let Some(f) = svc.frontend(key.dst, key.dport, proto) {
+                self.new_service_flow(p, tables, svc, f, &key, c, now_s, now);
+                return;
+            }
+        }
+        if masquerade {
+            self.new_masquerade_flow(p, svc, &key, c, now_s);
+        }
+    }
+
+    /// A packet of a known flow: translate it and advance the flow's state.
+    #[inline]
+    fn established(&mut self, p: &mut Packet, r: FlowRef, key: &FlowKey, now_s: u32) {
+        let e = self.ct.entry(r.index);
+        let other = match r.dir {
+            Dir::Orig => Dir::Reply,
+            Dir::Reply => Dir::Orig,
+        };
+        let to = e.key(other).reversed();
+        if to != *key {
+            nat::rewrite(p, &to);
+        }
+        let state = e.state();
+        let (next, flags) = match key.proto {
+            6 => {
+                let fl = p
+                    .frame()
+                    .get(usize::from(p.meta.l4_off) + 13)
+                    .copied()
+                    .unwrap_or(0);
+                tcp_next(state, e.flags(), r.dir, fl)
+            }
+            _ if r.dir == Dir::Reply && state == FlowState::Unreplied => {
+                (FlowState::Replied, e.flags())
+            }
+            _ => (state, e.flags()),
+        };
+        e.set_state(next, flags);
+        e.touch(now_s);
+    }
+
+    /// The first packet to a frontend.
+    #[allow(clippy::too_many_arguments)]
+    fn new_service_flow(
+        &mut self,
+        p: &mut Packet,
+        tables: &Tables,
+        svc: &ServiceTable,
+        f: u32,
+        key: &FlowKey,
+        c: &WorkerCounters,
+        now_s: u32,
+        now: Instant,
+    ) {
+        let fr = &svc.fronts[f as usize];
+        if key.proto == 6 {
+            let fl = p
+                .frame()
+                .get(usize::from(p.meta.l4_off) + 13)
+                .copied()
+                .unwrap_or(0);
+            if fl & tcp_flags::SYN == 0 || fl & tcp_flags::ACK != 0 {
+                // Mid-connection segment of no flow: its endpoint is gone
+                // (or it never existed). Reset it, as the endpoint would.
+                c.count_drop(DropReason::ServiceNoFlow, p.len());
+                if !(self.icmp_limit.allow(now) && nat::rewrite_as_rst(p, &tables.gateway)) {
+                    p.verdict = super::Verdict::Drop(DropReason::ServiceNoFlow);
+                } else {
+                    c.stages.tcp_resets_sent.inc();
+                }
+                return;
+            }
+        }
+        // Session affinity first, then Maglev.
+        let affinity_key = (fr.affinity_secs > 0).then(|| {
+            FlowKey::new(
+                key.src,
+                u16::from(key.proto),
+                fr.ip,
+                fr.port,
+                AFFINITY_PROTO,
+            )
+        });
+        let mut backend = None;
+        if let Some(ak) = &affinity_key {
+            if let Some(r) = self.ct.lookup(ak) {
+                let e = self.ct.entry(r.index);
+                let stored = e.key(Dir::Reply);
+                backend = fr.eligible.iter().copied().find(|&b| {
+                    let b = &svc.backends[b as usize];
+                    b.ip == stored.src && b.port == stored.sport
+                });
+                if backend.is_some() {
+                    e.touch(now_s);
+                    c.stages.lb_affinity_hits.inc();
+                }
+            }
+        }
+        let backend = backend.or_else(|| {
+            fr.maglev
+                .lookup(flow_hash(key))
+                .and_then(|i| fr.eligible.get(usize::from(i)).copied())
+        });
+        let Some(b) = backend else {
+            // No endpoints: reject, as kube-proxy does.
+            c.count_drop(DropReason::ServiceNoEndpoints, p.len());
+            if !(error_allowed(p)
+                && self.icmp_limit.allow(now)
+                && rewrite_as_error(
+                    p,
+                    &tables.gateway,
+                    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+                ))
+            {
+                p.verdict = super::Verdict::Drop(DropReason::ServiceNoEndpoints);
+            } else {
+                c.stages.icmp_errors_sent.inc();
+            }
+            return;
+        };
+        let be = svc.backends[b as usize];
+        let hairpin = be.ip == key.src;
+        let remote_external = fr.kind.is_external() && !fr.local_only && !be.local;
+        let snat_ip = if hairpin {
+            Some(svc.gateway_ip)
+        } else if remote_external {
+            Some(match (svc.mode, svc.node_ip) {
+                (ClusterMode::Native, Some(ip)) => ip,
+                _ => svc.gateway_ip,
+            })
+        } else {
+            None
+        };
+        let (src, sport, mut flags) = match snat_ip {
+            Some(ip) => match self.alloc_port(ip, be.ip, be.port, key.proto) {
+                Some(port) => (ip, port, flow_flags::DNAT | flow_flags::SNAT),
+                None => {
+                    drop_packet(p, DropReason::NatPortsExhausted, c);
+                    return;
+                }
+            },
+            None => (key.src, key.sport, flow_flags::DNAT),
+        };
+        let reply = FlowKey::new(be.ip, be.port, src, sport, key.proto);
+        let state = if key.proto == 6 {
+            FlowState::SynSent
+        } else {
+            FlowState::Unreplied
+        };
+        flags &= !flow_flags::ORIG_ONLY;
+        if self
+            .ct
+            .insert(*key, Some(reply), state, flags, now_s, 0, f)
+            .is_none()
+        {
+            drop_packet(p, DropReason::ConntrackFull, c);
+            return;
+        }
+        c.stages.ct_created.inc();
+        if let Some(ak) = affinity_key {
+            if self.ct.lookup(&ak).is_none() {
+                let stored = FlowKey::new(be.ip, be.port, fr.ip, fr.port, AFFINITY_PROTO);
+                let _ = self.ct.insert_record(ak, stored, now_s, fr.affinity_secs);
+            }
+        }
+        nat::rewrite(p, &reply.reversed());
+    }
+
+    /// The first packet from a pod to outside the cluster.
+    fn new_masquerade_flow(
+        &mut self,
+        p: &mut Packet,
+        svc: &ServiceTable,
+        key: &FlowKey,
+        c: &WorkerCounters,
+        now_s: u32,
+    ) {
+        let Some(node_ip) = svc.node_ip else {
+            return;
+        };
+        // ICMP echo: the identifier plays the source port.
+        let (rport, is_echo) = match (key.proto, p.frame().get(usize::from(p.meta.l4_off))) {
+            (1, Some(&ICMP_ECHO_REQUEST)) => (0, true),
+            (1, _) => return,
+            _ => (key.dport, false),
+        };
+        let Some(port) = self.alloc_port(node_ip, key.dst, rport, key.proto) else {
+            drop_packet(p, DropReason::NatPortsExhausted, c);
+            return;
+        };
+        let reply = if is_echo {
+            FlowKey::new(key.dst, 0, node_ip, port, 1)
+        } else {
+            FlowKey::new(key.dst, key.dport, node_ip, port, key.proto)
+        };
+        let state = if key.proto == 6 {
+            FlowState::SynSent
+        } else {
+            FlowState::Unreplied
+        };
+        if self
+            .ct
+            .insert(
+                *key,
+                Some(reply),
+                state,
+                flow_flags::SNAT,
+                now_s,
+                0,
+                u32::MAX,
+            )
+            .is_none()
+        {
+            drop_packet(p, DropReason::ConntrackFull, c);
+            return;
+        }
+        c.stages.ct_created.inc();
+        nat::rewrite(p, &reply.reversed());
+        let _ = ICMP_ECHO_REPLY;
+    }
+
+    /// A port on `local` for a flow with the remote end `remote:rport`,
+    /// not used by any flow: tried at random among this worker's ports.
+    fn alloc_port(
+        &mut self,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+        rport: u16,
+        proto: u8,
+    ) -> Option<u16> {
+        let n = (SNAT_PORTS.len() / self.workers) as u64;
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let start = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % n;
+        for i in 0..PORT_TRIES as u64 {
+            let slot = (start + i * 7919) % n;
+            let port = SNAT_PORTS.start as u64 + slot * self.workers as u64 + self.worker as u64;
+            let port = port as u16;
+            let probe = FlowKey::new(remote, rport, local, port, proto);
+            if self.ct.lookup(&probe).is_none() {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// An ICMP error: if it quotes a packet of a tracked flow, translate it
+    /// the way the flow's packets in its direction are translated.
+    fn related(&mut self, p: &mut Packet, c: &WorkerCounters) {
+        let Some((quoted, _, _)) = nat::quoted_tuple(p) else {
+            return;
+        };
+        let from = quoted.reversed();
+        let Some(r) = self.ct.lookup(&from) else {
+            return;
+        };
+        let e = self.ct.entry(r.index);
+        let other = match r.dir {
+            Dir::Orig => Dir::Reply,
+            Dir::Reply => Dir::Orig,
+        };
+        let to = e.key(other).reversed();
+        if to != from && nat::rewrite_related(p, &from, &to) {
+            c.stages.icmp_related_translated.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{Batch, Pipeline, Verdict};
+    use super::*;
+    use crate::control::api::{
+        EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
+    };
+    use crate::tables::services::NodeView;
+    use etherparse::PacketBuilder;
+
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+
+    fn svc_tables(endpoints: &[([u8; 4], bool)], affinity: Option<u32>) -> Tables {
+        let mut t = tables();
+        let spec = ServiceSpec {
+            name: "default/web".into(),
+            cluster_ips: vec![VIP.into()],
+            external_ips: vec![],
+            ports: vec![ServicePortSpec {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+                node_port: None,
+                endpoints: endpoints
+                    .iter()
+                    .map(|(ip, term)| EndpointSpec {
+                        ip: (*ip).into(),
+                        port: 80,
+                        node: Some("n1".into()),
+                        ready: !term,
+                        terminating: *term,
+                    })
+                    .collect(),
+            }],
+            affinity_timeout_secs: affinity,
+            external_traffic_local: false,
+            internal_traffic_local: false,
+        };
+        let node = NodeView {
+            name: "n1",
+            node_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            gateway_ip: t.gateway.ipv4,
+            mode: ClusterMode::Native,
+            maglev_size: 251,
+        };
+        t.services =
+            Arc::new(ServiceTable::build([&spec], &ServiceSettings::default(), &node).unwrap());
+        t
+    }
+
+    fn syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC)
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1, 65535)
+            .syn();
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, &[]).unwrap();
+        f
+    }
+
+    fn run(pl: &mut Pipeline, t: &Tables, ingress: u32, f: &[u8]) -> (Verdict, Vec<u8>) {
+        let mut b = Batch::new(1);
+        b.push_bytes(ingress, f);
+        pl.process(&mut b, t, Instant::now());
+        let p = &b.packets()[0];
+        (p.verdict, p.data().to_vec())
+    }
+
+    fn tuple(out: &[u8]) -> FlowKey {
+        let f = &out[VNET..];
+        nat::tuple_at(f, 14, 34, f[14 + 9]).unwrap()
+    }
+
+    #[test]
+    fn cluster_ip_dnat_keeps_client_ip_and_reply_is_reversed() {
+        let t = svc_tables(&[(POD_B, false)], None);
+        let mut pl = Pipeline::new(counters());
+        let (v, out) = run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080));
+        assert_eq!(v, Verdict::Forward { port: 1 });
+        let k = tuple(&out);
+        assert_eq!((k.src, k.sport), (POD_A.into(), 40000));
+        assert_eq!((k.dst, k.dport), (POD_B.into(), 80));
+        // The SYN+ACK from B goes back from the VIP.
+        let b = PacketBuilder::ethernet2(mac_of(POD_B), GW_MAC)
+            .ipv4(POD_B, POD_A, 64)
+            .tcp(80, 40000, 9, 65535)
+            .syn()
+            .ack(2);
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, &[]).unwrap();
+        let (v, out) = run(&mut pl, &t, 1, &f);
+        assert_eq!(v, Verdict::Forward { port: 0 });
+        let k = tuple(&out);
+        assert_eq!((k.src, k.sport), (VIP.into(), 8080));
+        let ct = pl.conntrack.table();
+        let flows = ct.list(10, |_| true);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].state, FlowState::SynRecv);
+    }
+
+    #[test]
+    fn no_endpoints_answers_port_unreachable_and_stray_segment_gets_rst() {
+        let t = svc_tables(&[], None);
+        let mut pl = Pipeline::new(counters());
+        let (v, out) = run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080));
+        assert_eq!(v, Verdict::Reply);
+        assert_eq!(out[VNET + 34], 3, "ICMP unreachable");
+        assert_eq!(out[VNET + 35], 3, "port unreachable");
+        // An ACK of no flow to a service with endpoints: RST.
+        let t = svc_tables(&[(POD_B, false)], None);
+        let b = PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC)
+            .ipv4(POD_A, VIP, 64)
+            .tcp(40001, 8080, 5, 65535)
+            .ack(99);
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, b"data").unwrap();
+        let (v, out) = run(&mut pl, &t, 0, &f);
+        assert_eq!(v, Verdict::Reply);
+        let k = tuple(&out);
+        assert_eq!(
+            (k.src, k.sport, k.dst, k.dport),
+            (VIP.into(), 8080, POD_A.into(), 40001)
+        );
+        assert_eq!(out[VNET + 34 + 13] & 0x04, 0x04, "RST");
+        assert_eq!(
+            &out[VNET + 34 + 4..VNET + 34 + 8],
+            &99u32.to_be_bytes(),
+            "seq = their ack"
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_get_no_new_flows() {
+        let t = svc_tables(&[(POD_B, true), (POD_C, false)], None);
+        let mut pl = Pipeline::new(counters());
+        for port in 40000..40050 {
+            let (_, out) = run(&mut pl, &t, 0, &syn(POD_A, port, VIP, 8080));
+            assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_C));
+        }
+    }
+
+    #[test]
+    fn affinity_pins_a_client_to_one_backend() {
+        let t = svc_tables(&[(POD_B, false), (POD_C, false)], Some(10800));
+        let mut pl = Pipeline::new(counters());
+        let first = tuple(&run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080)).1).dst;
+        for port in 40001..40040 {
+            assert_eq!(
+                tuple(&run(&mut pl, &t, 0, &syn(POD_A, port, VIP, 8080)).1).dst,
+                first
+            );
+        }
+        // Without affinity both backends are used.
+        let t = svc_tables(&[(POD_B, false), (POD_C, false)], None);
+        let mut pl = Pipeline::new(counters());
+        let seen: std::collections::HashSet<_> = (40000..40040)
+            .map(|port| tuple(&run(&mut pl, &t, 0, &syn(POD_A, port, VIP, 8080)).1).dst)
+            .collect();
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn hairpin_is_source_translated_to_the_gateway() {
+        let t = svc_tables(&[(POD_A, false)], None);
+        let mut pl = Pipeline::new(counters());
+        let (v, out) = run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080));
+        assert_eq!(v, Verdict::Forward { port: 0 });
+        let k = tuple(&out);
+        assert_eq!(k.dst, Ipv4Addr::from(POD_A));
+        assert_eq!(k.src, t.gateway.ipv4);
+        assert!(SNAT_PORTS.contains(&u32::from(k.sport)));
+    }
+}

@@ -1,0 +1,442 @@
+//! Address and port translation in place: the header rewrites the
+//! conntrack stage decides, with checksums patched incrementally (RFC 1624)
+//! and partial (offloaded) checksums kept partial, so TSO superframes are
+//! translated whole.
+//!
+//! Also the replies a translator owes: a TCP RST for a segment of a flow
+//! that does not exist (its endpoint is gone), and the translation of ICMP
+//! errors about a tracked flow (RELATED), outer and quoted headers both.
+
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+
+use super::parse::ETH_LEN;
+use super::{Packet, Verdict};
+use crate::conntrack::FlowKey;
+use crate::tables::Gateway;
+use crate::wire::{checksum, vnet_hdr};
+
+/// ICMP echo request and reply types.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+
+/// Whether an ICMP type is an error that quotes a packet (RELATED).
+#[inline]
+pub fn is_icmp_error(t: u8) -> bool {
+    matches!(t, 3 | 4 | 11 | 12)
+}
+
+/// The offset of the L4 checksum within the L4 header.
+#[inline]
+fn csum_offset(proto: u8) -> Option<usize> {
+    match proto {
+        6 => Some(16),
+        17 => Some(6),
+        1 => Some(2),
+        _ => None,
+    }
+}
+
+#[inline]
+fn rd16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn wr16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+fn rd_ip(b: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
+}
+
+/// The tuple of an IPv4 packet whose IP header starts at `l3` and L4 at
+/// `l4` in `f`; `None` for protocols and ICMP types that are not tracked.
+#[inline]
+pub fn tuple_at(f: &[u8], l3: usize, l4: usize, proto: u8) -> Option<FlowKey> {
+    let src = rd_ip(f, l3 + 12);
+    let dst = rd_ip(f, l3 + 16);
+    match proto {
+        6 | 17 if f.len() >= l4 + 4 => {
+            Some(FlowKey::new(src, rd16(f, l4), dst, rd16(f, l4 + 2), proto))
+        }
+        1 if f.len() >= l4 + 8 => match f[l4] {
+            ICMP_ECHO_REQUEST => Some(FlowKey::new(src, rd16(f, l4 + 4), dst, 0, 1)),
+            ICMP_ECHO_REPLY => Some(FlowKey::new(src, 0, dst, rd16(f, l4 + 4), 1)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The tuple of a parsed packet.
+#[inline]
+pub fn packet_tuple(p: &Packet) -> Option<FlowKey> {
+    let m = &p.meta;
+    tuple_at(
+        p.frame(),
+        usize::from(m.l3_off),
+        usize::from(m.l4_off),
+        m.proto,
+    )
+}
+
+/// Checksum update for a field that is part of the pseudo-header (an
+/// address): a full checksum changes as RFC 1624 says; a partial one (the
+/// field holds the uncomplemented pseudo-header sum, NEEDS_CSUM) changes
+/// the other way round.
+#[inline]
+fn update_pseudo(check: u16, old: u32, new: u32, partial: bool) -> u16 {
+    if partial {
+        !checksum::update_u32(!check, old, new)
+    } else {
+        checksum::update_u32(check, old, new)
+    }
+}
+
+/// Rewrites the addresses and ports of the IPv4 packet at `l3`/`l4` in `f`
+/// to those of `to`, patching the IP header checksum and the L4 checksum
+/// (`partial`: the L4 checksum is NEEDS_CSUM; `l4_csum`: whether to touch
+/// it at all: a quoted packet inside an ICMP error may be truncated).
+fn rewrite_at(
+    f: &mut [u8],
+    l3: usize,
+    l4: usize,
+    proto: u8,
+    to: &FlowKey,
+    partial: bool,
+    l4_csum: bool,
+) {
+    let old_src = u32::from(rd_ip(f, l3 + 12));
+    let old_dst = u32::from(rd_ip(f, l3 + 16));
+    let (new_src, new_dst) = (u32::from(to.src), u32::from(to.dst));
+    let mut ip_check = rd16(f, l3 + 10);
+    let cs = csum_offset(proto)
+        .map(|o| l4 + o)
+        .filter(|&c| l4_csum && f.len() >= c + 2);
+    // UDP checksum 0 means "none" (RFC 768): leave it so.
+    let cs = cs.filter(|&c| proto != 17 || rd16(f, c) != 0);
+    let mut l4_check = cs.map(|c| rd16(f, c)).unwrap_or(0);
+    if old_src != new_src {
+        ip_check = checksum::update_u32(ip_check, old_src, new_src);
+        if proto != 1 {
+            l4_check = update_pseudo(l4_check, old_src, new_src, partial);
+        }
+        f[l3 + 12..l3 + 16].copy_from_slice(&to.src.octets());
+    }
+    if old_dst != new_dst {
+        ip_check = checksum::update_u32(ip_check, old_dst, new_dst);
+        if proto != 1 {
+            l4_check = update_pseudo(l4_check, old_dst, new_dst, partial);
+        }
+        f[l3 + 16..l3 + 20].copy_from_slice(&to.dst.octets());
+    }
+    wr16(f, l3 + 10, ip_check);
+    match proto {
+        6 | 17 => {
+            for (at, new) in [(l4, to.sport), (l4 + 2, to.dport)] {
+                let old = rd16(f, at);
+                if old != new {
+                    if !partial {
+                        l4_check = checksum::update_u16(l4_check, old, new);
+                    }
+                    wr16(f, at, new);
+                }
+            }
+        }
+        1 => {
+            let id = if f[l4] == ICMP_ECHO_REQUEST {
+                to.sport
+            } else {
+                to.dport
+            };
+            let old = rd16(f, l4 + 4);
+            if old != id {
+                if !partial {
+                    l4_check = checksum::update_u16(l4_check, old, id);
+                }
+                wr16(f, l4 + 4, id);
+            }
+        }
+        _ => {}
+    }
+    if let Some(c) = cs {
+        if proto == 17 && l4_check == 0 && !partial {
+            l4_check = 0xffff;
+        }
+        wr16(f, c, l4_check);
+    }
+}
+
+/// Rewrites a parsed packet's tuple to `to` and updates its metadata.
+#[inline]
+pub fn rewrite(p: &mut Packet, to: &FlowKey) {
+    let m = p.meta;
+    let partial = m.vnet.csum.is_some();
+    let (l3, l4) = (usize::from(m.l3_off), usize::from(m.l4_off));
+    rewrite_at(p.frame_mut(), l3, l4, m.proto, to, partial, true);
+    p.meta.src = to.src.into();
+    p.meta.dst = to.dst.into();
+}
+
+/// The tuple of the packet quoted by an ICMP error (the packet as it was
+/// sent, in the direction opposite to the error), with the quoted L3/L4
+/// offsets within the frame.
+pub fn quoted_tuple(p: &Packet) -> Option<(FlowKey, usize, usize)> {
+    let f = p.frame();
+    let inner = usize::from(p.meta.l4_off) + 8;
+    let vihl = *f.get(inner)?;
+    if vihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < 20 || f.len() < inner + ihl + 8 {
+        return None;
+    }
+    let proto = f[inner + 9];
+    let l4 = inner + ihl;
+    tuple_at(f, inner, l4, proto).map(|k| (k, inner, l4))
+}
+
+/// Translates an ICMP error about a tracked flow: the outer destination
+/// (and source, if the error came from the flow's own peer) and the quoted
+/// packet both move to the translated view, then the ICMP checksum is
+/// recomputed (an error is small and never offloaded).
+///
+/// `to` is the translated tuple for packets going the error's way;
+/// `from` is the tuple the error's direction had before translation.
+pub fn rewrite_related(p: &mut Packet, from: &FlowKey, to: &FlowKey) -> bool {
+    let Some((_, inner, inner_l4)) = quoted_tuple(p) else {
+        return false;
+    };
+    let m = p.meta;
+    let (l3, l4) = (usize::from(m.l3_off), usize::from(m.l4_off));
+    let end = (l3 + usize::from(m.ip_len)).min(p.frame().len());
+    let f = p.frame_mut();
+    let inner_proto = f[inner + 9];
+    // The quoted packet went the other way: its tuple becomes the reverse
+    // of the translated one.
+    rewrite_at(
+        f,
+        inner,
+        inner_l4,
+        inner_proto,
+        &to.reversed(),
+        false,
+        false,
+    );
+    // Outer header: the destination always (it is the flow's peer); the
+    // source only if the error was sent by the flow's endpoint itself.
+    let outer_src = rd_ip(f, l3 + 12);
+    let new_src = if outer_src == from.src {
+        to.src
+    } else {
+        outer_src
+    };
+    let outer = FlowKey::new(new_src, 0, to.dst, 0, 1);
+    let mut ip_check = rd16(f, l3 + 10);
+    for (off, new) in [(12, outer.src), (16, outer.dst)] {
+        let old = u32::from(rd_ip(f, l3 + off));
+        ip_check = checksum::update_u32(ip_check, old, u32::from(new));
+        f[l3 + off..l3 + off + 4].copy_from_slice(&new.octets());
+    }
+    wr16(f, l3 + 10, ip_check);
+    // ICMP checksum over the whole message.
+    wr16(f, l4 + 2, 0);
+    let c = checksum::checksum(&f[l4..end]);
+    wr16(f, l4 + 2, c);
+    p.meta.src = outer.src.into();
+    p.meta.dst = outer.dst.into();
+    true
+}
+
+/// Replaces a TCP segment with the RST its destination would send
+/// (RFC 9293 §3.10.7.1: for a segment with ACK, `seq = SEG.ACK`; else
+/// `seq = 0, ack = SEG.SEQ + SEG.LEN`), from `src` (what the client
+/// addressed) back to the client, out of the ingress port.
+pub fn rewrite_as_rst(p: &mut Packet, gw: &Gateway) -> bool {
+    let m = p.meta;
+    if m.proto != 6 {
+        return false;
+    }
+    let f = p.frame();
+    let (l3, l4) = (usize::from(m.l3_off), usize::from(m.l4_off));
+    if f.len() < l4 + 20 {
+        return false;
+    }
+    let mut dst_mac = [0u8; 6];
+    dst_mac.copy_from_slice(&f[6..12]);
+    let (src, dst) = (rd_ip(f, l3 + 12), rd_ip(f, l3 + 16));
+    let (sport, dport) = (rd16(f, l4), rd16(f, l4 + 2));
+    let seq = u32::from_be_bytes([f[l4 + 4], f[l4 + 5], f[l4 + 6], f[l4 + 7]]);
+    let ack = u32::from_be_bytes([f[l4 + 8], f[l4 + 9], f[l4 + 10], f[l4 + 11]]);
+    let flags = f[l4 + 13];
+    if flags & 0x04 != 0 {
+        return false; // never answer a RST
+    }
+    let payload = usize::from(m.ip_len)
+        .saturating_sub(l4 - l3)
+        .saturating_sub(usize::from(m.l4_hdr_len));
+    let seg_len = payload as u32 + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
+    let mut b = PacketBuilder::ethernet2(gw.mac, dst_mac)
+        .ipv4(dst.octets(), src.octets(), 64)
+        .tcp(dport, sport, if flags & 0x10 != 0 { ack } else { 0 }, 0)
+        .rst();
+    if flags & 0x10 == 0 {
+        b = b.ack(seq.wrapping_add(seg_len));
+    }
+    let needed = b.size(0);
+    let area = p.frame_area();
+    if area.len() < needed {
+        return false;
+    }
+    let mut out: &mut [u8] = &mut area[..needed];
+    if b.write(&mut out, &[]).is_err() {
+        return false;
+    }
+    p.set_frame_len(needed);
+    p.set_vnet(vnet_hdr::Repr::NONE);
+    p.meta.l3_off = ETH_LEN as u16;
+    p.verdict = Verdict::Reply;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    fn udp(src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [0xee; 6])
+            .ipv4(src, dst, 64)
+            .udp(sp, dp);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn tcp(src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [0xee; 6])
+            .ipv4(src, dst, 64)
+            .tcp(sp, dp, 1000, 65535)
+            .ack(77);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn verify(frame: &[u8]) -> (FlowKey, bool) {
+        let s = SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &s.net else {
+            panic!()
+        };
+        assert_eq!(checksum::checksum(ip.header().slice()), 0, "ip checksum");
+        let h = ip.header();
+        let (src, dst) = (h.source_addr(), h.destination_addr());
+        let l4_ok = match &s.transport {
+            Some(TransportSlice::Udp(u)) => {
+                u.to_header()
+                    .calc_checksum_ipv4_raw(src.octets(), dst.octets(), u.payload())
+                    .unwrap()
+                    == u.checksum()
+            }
+            Some(TransportSlice::Tcp(t)) => {
+                t.to_header()
+                    .calc_checksum_ipv4_raw(src.octets(), dst.octets(), t.payload())
+                    .unwrap()
+                    == t.checksum()
+            }
+            _ => true,
+        };
+        (tuple_at(frame, 14, 34, h.protocol().0).unwrap(), l4_ok)
+    }
+
+    #[test]
+    fn dnat_and_snat_keep_checksums_valid() {
+        for mut f in [
+            udp([10, 244, 1, 2], 40000, [10, 96, 0, 10], 53, b"query"),
+            tcp(
+                [10, 244, 1, 2],
+                40000,
+                [10, 96, 0, 10],
+                8080,
+                b"GET / HTTP/1.1\r\n",
+            ),
+        ] {
+            let proto = f[14 + 9];
+            let to = FlowKey::new(
+                Ipv4Addr::new(198, 18, 0, 1),
+                61441,
+                Ipv4Addr::new(10, 244, 2, 7),
+                80,
+                proto,
+            );
+            rewrite_at(&mut f, 14, 34, proto, &to, false, true);
+            let (k, ok) = verify(&f);
+            assert_eq!(k, to);
+            assert!(ok, "l4 checksum after rewrite (proto {proto})");
+        }
+    }
+
+    #[test]
+    fn partial_checksum_stays_a_valid_pseudo_header_sum() {
+        // A NEEDS_CSUM segment: the field holds the pseudo-header sum.
+        let mut f = tcp([10, 244, 1, 2], 40000, [10, 96, 0, 10], 8080, &[7u8; 100]);
+        let pseudo = |f: &[u8]| {
+            let mut ph = Vec::new();
+            ph.extend_from_slice(&f[26..34]);
+            ph.extend_from_slice(&[0, 6]);
+            ph.extend_from_slice(&((f.len() - 34) as u16).to_be_bytes());
+            checksum::sum(&ph, 0) as u16
+        };
+        let p0 = pseudo(&f);
+        f[34 + 16..34 + 18].copy_from_slice(&p0.to_be_bytes());
+        let to = FlowKey::new(
+            Ipv4Addr::new(10, 244, 1, 2),
+            40000,
+            Ipv4Addr::new(10, 244, 2, 9),
+            80,
+            6,
+        );
+        rewrite_at(&mut f, 14, 34, 6, &to, true, true);
+        assert_eq!(rd16(&f, 34 + 16), pseudo(&f));
+        // Completing it gives a valid checksum.
+        assert!(checksum::complete_partial(&mut f, 34, 16));
+        assert!(verify(&f).1);
+    }
+
+    #[test]
+    fn udp_without_checksum_keeps_zero() {
+        let mut f = udp([10, 244, 1, 2], 40000, [10, 96, 0, 10], 53, b"q");
+        wr16(&mut f, 34 + 6, 0);
+        let to = FlowKey::new(
+            Ipv4Addr::new(10, 244, 1, 2),
+            40000,
+            Ipv4Addr::new(10, 244, 3, 3),
+            5353,
+            17,
+        );
+        rewrite_at(&mut f, 14, 34, 17, &to, false, true);
+        assert_eq!(rd16(&f, 34 + 6), 0);
+        assert_eq!(tuple_at(&f, 14, 34, 17), Some(to));
+    }
+
+    #[test]
+    fn icmp_echo_id_is_the_port() {
+        let b = PacketBuilder::ethernet2([2; 6], [0xee; 6])
+            .ipv4([10, 244, 1, 2], [203, 0, 113, 10], 64)
+            .icmpv4_echo_request(0x1234, 1);
+        let mut f = Vec::new();
+        b.write(&mut f, b"ping").unwrap();
+        let k = tuple_at(&f, 14, 34, 1).unwrap();
+        assert_eq!((k.sport, k.dport), (0x1234, 0));
+        let to = FlowKey::new(Ipv4Addr::new(198, 18, 0, 1), 61500, k.dst, 0, 1);
+        rewrite_at(&mut f, 14, 34, 1, &to, false, true);
+        assert_eq!(tuple_at(&f, 14, 34, 1), Some(to));
+        assert_eq!(checksum::checksum(&f[34..]), 0, "icmp checksum");
+        assert_eq!(checksum::checksum(&f[14..34]), 0);
+    }
+}

@@ -1,0 +1,350 @@
+//! The service table: frontends (cluster IP, NodePort, external IP, each
+//! with a port and protocol) and their backends, with one Maglev lookup
+//! table per frontend. Built from [`ServiceSpec`]s on the control thread,
+//! off the fast path, and published whole with the rest of the tables.
+
+use std::net::Ipv4Addr;
+use std::ops::Range;
+
+use ipnet::{IpNet, Ipv4Net};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::maglev::{self, Maglev};
+use crate::control::api::{ApiError, ClusterMode, ServiceSettings, ServiceSpec};
+
+/// The pseudo-protocol of session-affinity records in the flow table.
+pub const AFFINITY_PROTO: u8 = 253;
+
+/// The ports masqueraded flows get (4096 ports: 61440-65535, above the
+/// kernel's default ephemeral range 32768-60999 so the node's own sockets
+/// never collide with them, and one u32 match wide for the steering
+/// filter). Each worker takes the ports congruent to its index.
+pub const SNAT_PORTS: Range<u32> = 61440..65536;
+
+/// What kind of address a frontend listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    /// externalIPs and LoadBalancer ingress IPs.
+    External,
+}
+
+impl FrontendKind {
+    /// NodePort and external traffic: externalTrafficPolicy applies.
+    pub fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+}
+
+/// One endpoint of one frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// On this node.
+    pub local: bool,
+    pub ready: bool,
+    pub terminating: bool,
+}
+
+/// An address:port/protocol that load-balances to backends.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    /// Index into [`ServiceTable::names`].
+    pub service: u32,
+    pub kind: FrontendKind,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    /// All backends (new flows and existing ones), in `ServiceTable::backends`.
+    pub backends: Range<u32>,
+    /// The backends new flows may go to (ready; local only under a Local
+    /// traffic policy), as indices into `ServiceTable::backends`.
+    pub eligible: Vec<u32>,
+    /// Picks among `eligible`.
+    pub maglev: Maglev,
+    /// sessionAffinity ClientIP timeout; 0 = none.
+    pub affinity_secs: u32,
+    /// Traffic policy Local for this frontend's kind.
+    pub local_only: bool,
+}
+
+/// The whole service table.
+#[derive(Debug, Clone)]
+pub struct ServiceTable {
+    /// `namespace/name` by service index.
+    pub names: Vec<String>,
+    pub fronts: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+    by_key: FxHashMap<u64, u32>,
+    frontend_ips: FxHashSet<u32>,
+    endpoints: FxHashSet<u64>,
+    no_masquerade: Vec<Ipv4Net>,
+    pub masquerade: bool,
+    /// This node's underlay address (NodePorts, masquerade).
+    pub node_ip: Option<Ipv4Addr>,
+    /// The pods' gateway: the source address of hairpin traffic, and of
+    /// NodePort traffic to other nodes in VXLAN mode.
+    pub gateway_ip: Ipv4Addr,
+    pub mode: ClusterMode,
+    pub maglev_size: usize,
+}
+
+#[inline]
+fn pack(ip: Ipv4Addr, port: u16, proto: u8) -> u64 {
+    (u64::from(u32::from(ip)) << 24) | (u64::from(port) << 8) | u64::from(proto)
+}
+
+/// A stable identity of a backend for Maglev (so a backend keeps its slots
+/// whatever the order endpoints are listed in).
+fn backend_key(ip: Ipv4Addr, port: u16) -> u64 {
+    let x = (u64::from(u32::from(ip)) << 16) | u64::from(port);
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Where this node stands, for building its view of the services.
+#[derive(Debug, Clone)]
+pub struct NodeView<'a> {
+    pub name: &'a str,
+    pub node_ip: Option<Ipv4Addr>,
+    pub gateway_ip: Ipv4Addr,
+    pub mode: ClusterMode,
+    pub maglev_size: usize,
+}
+
+impl ServiceTable {
+    /// An empty table (no services; masquerade off).
+    pub fn empty(gateway_ip: Ipv4Addr) -> Self {
+        ServiceTable {
+            names: Vec::new(),
+            fronts: Vec::new(),
+            backends: Vec::new(),
+            by_key: FxHashMap::default(),
+            frontend_ips: FxHashSet::default(),
+            endpoints: FxHashSet::default(),
+            no_masquerade: Vec::new(),
+            masquerade: false,
+            node_ip: None,
+            gateway_ip,
+            mode: ClusterMode::Native,
+            maglev_size: maglev::DEFAULT_TABLE_SIZE,
+        }
+    }
+
+    /// Validates and builds; on error names the offending field
+    /// (`services[i].ports[j].node_port`, ...) and builds nothing.
+    pub fn build<'s>(
+        services: impl IntoIterator<Item = &'s ServiceSpec>,
+        settings: &ServiceSettings,
+        node: &NodeView<'_>,
+    ) -> Result<ServiceTable, ApiError> {
+        if !maglev::is_prime(node.maglev_size) {
+            return Err(ApiError::invalid(
+                "maglev_table_size",
+                format!("{} is not a prime", node.maglev_size),
+            ));
+        }
+        let (lo, hi) = settings.node_port_range;
+        if lo == 0 || lo > hi {
+            return Err(ApiError::invalid(
+                "settings.node_port_range",
+                format!("{lo}-{hi} is not a range of ports"),
+            ));
+        }
+        let mut t = ServiceTable::empty(node.gateway_ip);
+        t.masquerade = settings.masquerade;
+        t.node_ip = node.node_ip;
+        t.mode = node.mode;
+        t.maglev_size = node.maglev_size;
+        for net in settings
+            .cluster_cidrs
+            .iter()
+            .chain(&settings.service_cidrs)
+            .chain(&settings.masquerade_exclude)
+        {
+            if let IpNet::V4(n) = net {
+                t.no_masquerade.push(n.trunc());
+            }
+        }
+        // The node's own addresses are reached directly.
+        t.no_masquerade
+            .extend(node.node_ip.map(Ipv4Net::from));
+        t.no_masquerade.push(Ipv4Net::from(node.gateway_ip));
+
+        for (si, svc) in services.into_iter().enumerate() {
+            let at = |f: &str| format!("services[{si}].{f}");
+            if svc.name.is_empty() {
+                return Err(ApiError::invalid(at("name"), "must not be empty"));
+            }
+            for (k, ip) in svc.cluster_ips.iter().enumerate() {
+                let inside = settings
+                    .service_cidrs
+                    .iter()
+                    .any(|c| c.contains(&std::net::IpAddr::V4(*ip)));
+                if !inside {
+                    return Err(ApiError::invalid(
+                        at(&format!("cluster_ips[{k}]")),
+                        format!("{ip} is outside the service CIDRs"),
+                    ));
+                }
+            }
+            let service = t.names.len() as u32;
+            t.names.push(svc.name.clone());
+            for (pi, port) in svc.ports.iter().enumerate() {
+                let pat = |f: &str| at(&format!("ports[{pi}].{f}"));
+                if port.port == 0 {
+                    return Err(ApiError::invalid(pat("port"), "must be 1-65535"));
+                }
+                let proto = port.protocol.number();
+                let start = t.backends.len() as u32;
+                for (ei, ep) in port.endpoints.iter().enumerate() {
+                    if ep.port == 0 {
+                        return Err(ApiError::invalid(
+                            pat(&format!("endpoints[{ei}].port")),
+                            "must be 1-65535",
+                        ));
+                    }
+                    t.backends.push(Backend {
+                        ip: ep.ip,
+                        port: ep.port,
+                        local: ep.node.as_deref() == Some(node.name),
+                        ready: ep.ready && !ep.terminating,
+                        terminating: ep.terminating,
+                    });
+                    t.endpoints.insert(pack(ep.ip, ep.port, proto));
+                }
+                let backends = start..t.backends.len() as u32;
+                let mut frontends: Vec<(FrontendKind, Ipv4Addr, u16, String)> = Vec::new();
+                for ip in &svc.cluster_ips {
+                    frontends.push((FrontendKind::ClusterIp, *ip, port.port, pat("port")));
+                }
+                for ip in &svc.external_ips {
+                    frontends.push((FrontendKind::External, *ip, port.port, at("external_ips")));
+                }
+                if let Some(np) = port.node_port {
+                    if np < lo || np > hi {
+                        return Err(ApiError::invalid(
+                            pat("node_port"),
+                            format!("{np} is outside the NodePort range {lo}-{hi}"),
+                        ));
+                    }
+                    if let Some(ip) = node.node_ip {
+                        frontends.push((FrontendKind::NodePort, ip, np, pat("node_port")));
+                    }
+                }
+                for (kind, ip, fport, field) in frontends {
+                    let local_only = if kind.is_external() {
+                        svc.external_traffic_local
+                    } else {
+                        svc.internal_traffic_local
+                    };
+                    let eligible: Vec<u32> = backends
+                        .clone()
+                        .filter(|&b| {
+                            let b = &t.backends[b as usize];
+                            b.ready && (!local_only || b.local)
+                        })
+                        .collect();
+                    let keys: Vec<u64> = eligible
+                        .iter()
+                        .map(|&b| {
+                            let b = &t.backends[b as usize];
+                            backend_key(b.ip, b.port)
+                        })
+                        .collect();
+                    let maglev = Maglev::build(&keys, node.maglev_size)
+                        .map_err(|e| ApiError::invalid(pat("endpoints"), e.to_string()))?;
+                    let key = pack(ip, fport, proto);
+                    if t.by_key.contains_key(&key) {
+                        return Err(ApiError::invalid(
+                            field,
+                            format!(
+                                "{ip}:{fport}/{:?} is already a frontend of another service",
+                                port.protocol
+                            ),
+                        ));
+                    }
+                    t.by_key.insert(key, t.fronts.len() as u32);
+                    t.frontend_ips.insert(u32::from(ip));
+                    t.fronts.push(Frontend {
+                        service,
+                        kind,
+                        ip,
+                        port: fport,
+                        proto,
+                        backends: backends.clone(),
+                        eligible,
+                        maglev,
+                        affinity_secs: svc.affinity_timeout_secs.unwrap_or(0),
+                        local_only,
+                    });
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Whether the stage has anything to do at all.
+    #[inline]
+    pub fn active(&self) -> bool {
+        !self.fronts.is_empty() || (self.masquerade && self.node_ip.is_some())
+    }
+
+    /// The frontend a packet to `ip:port/proto` hits.
+    #[inline]
+    pub fn frontend(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<u32> {
+        if self.by_key.is_empty() {
+            return None;
+        }
+        self.by_key.get(&pack(ip, port, proto)).copied()
+    }
+
+    /// Whether any frontend listens on `ip` (one probe before the
+    /// per-port lookup; most packets are not to a service).
+    #[inline]
+    pub fn is_frontend_ip(&self, ip: Ipv4Addr) -> bool {
+        !self.frontend_ips.is_empty() && self.frontend_ips.contains(&u32::from(ip))
+    }
+
+    /// Whether `ip:port/proto` is some service's endpoint (so a packet from
+    /// it may be a reply to translate back).
+    #[inline]
+    pub fn is_endpoint(&self, ip: Ipv4Addr, port: u16, proto: u8) -> bool {
+        !self.endpoints.is_empty() && self.endpoints.contains(&pack(ip, port, proto))
+    }
+
+    /// Whether `ip` is one of this node's own translation addresses (a
+    /// packet to it may be a reply to a source-translated flow).
+    #[inline]
+    pub fn is_nat_address(&self, ip: Ipv4Addr) -> bool {
+        Some(ip) == self.node_ip || ip == self.gateway_ip
+    }
+
+    /// Whether pod traffic to `dst` leaves with the node's address.
+    #[inline]
+    pub fn masquerades(&self, dst: Ipv4Addr) -> bool {
+        self.masquerade
+            && self.node_ip.is_some()
+            && !self.no_masquerade.iter().any(|n| n.contains(&dst))
+    }
+
+    /// Whether backend `ip:port` of frontend `f` still exists (ready or
+    /// terminating); flows to a backend that does not are reset.
+    pub fn has_backend(&self, f: u32, ip: Ipv4Addr, port: u16) -> bool {
+        self.fronts.get(f as usize).is_some_and(|fr| {
+            self.backends[fr.backends.start as usize..fr.backends.end as usize]
+                .iter()
+                .any(|b| b.ip == ip && b.port == port)
+        })
+    }
+
+    /// Endpoints in the table (counted once per frontend port).
+    pub fn endpoint_count(&self) -> usize {
+        self.backends.len()
+    }
+}
