@@ -115,6 +115,12 @@ struct SwitchRunArgs {
     /// VXLAN UDP port (4789, or 8472 like Linux and flannel).
     #[arg(long)]
     vxlan_port: Option<u16>,
+    /// Conntrack table cap (flows); memory is fixed at start (80 bytes per flow).
+    #[arg(long)]
+    conntrack_max: Option<usize>,
+    /// Maglev lookup-table size per service frontend (a prime: 16381, 65537, ...).
+    #[arg(long)]
+    maglev_table_size: Option<usize>,
     /// Enter this network namespace before starting (the node's namespace).
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -158,6 +164,8 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
             control_socket: PathBuf::from(format!("/run/podswitch/{node}.sock")),
             state_dir: daemon::default_state_dir(&node),
             workers: 0,
+            conntrack: Default::default(),
+            maglev_table_size: podswitch_switch::tables::maglev::DEFAULT_TABLE_SIZE,
         });
     }
     let mut config = config.context("no configuration")?;
@@ -187,6 +195,16 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
     }
     if let Some(w) = args.workers {
         config.workers = w;
+    }
+    if let Some(n) = args.conntrack_max {
+        config.conntrack.max_flows = n;
+    }
+    if let Some(m) = args.maglev_table_size {
+        anyhow::ensure!(
+            podswitch_switch::tables::maglev::is_prime(m),
+            "--maglev-table-size {m} is not a prime"
+        );
+        config.maglev_table_size = m;
     }
     if let Some(s) = args.control_socket {
         config.control_socket = s;

@@ -100,6 +100,21 @@ enum ToolCommand {
         #[arg(long, default_value = "/")]
         path: String,
     },
+    /// N HTTP GETs, each on a new TCP connection; reports successes,
+    /// failures (with the first errors), and which pods answered
+    /// (`From=`) and whom they saw (`ClientIP=`).
+    HttpLoad {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 60)]
+        count: u32,
+        /// Pause between requests.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Stop early after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        max_secs: f64,
+    },
     /// Write malformed frames to an interface (AF_PACKET).
     Inject {
         #[arg(long, default_value = "eth0")]
@@ -170,6 +185,17 @@ pub fn run(args: ToolArgs) -> anyhow::Result<()> {
             ttl,
             Duration::from_secs(timeout_secs),
         )?),
+        ToolCommand::HttpLoad {
+            to,
+            count,
+            interval_ms,
+            max_secs,
+        } => print(&http_load(
+            to,
+            count,
+            Duration::from_millis(interval_ms),
+            Duration::from_secs_f64(max_secs),
+        )),
         ToolCommand::HttpGet { to, host, path } => {
             let (status, body) = probe::http_get(to, &host, &path, Duration::from_secs(10))?;
             print(&serde_json::json!({"status": status, "body": body}))
@@ -190,4 +216,56 @@ pub fn run(args: ToolArgs) -> anyhow::Result<()> {
             )?)
         }
     }
+}
+
+/// The value of `key=` in an echo workload's answer line.
+fn field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+fn http_load(to: SocketAddr, count: u32, interval: Duration, max: Duration) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    let mut from = std::collections::BTreeMap::<String, u32>::new();
+    let mut client_ips = std::collections::BTreeMap::<String, u32>::new();
+    let (mut ok, mut failed, mut errors) = (0u32, 0u32, Vec::new());
+    for i in 0..count {
+        if started.elapsed() > max {
+            break;
+        }
+        match probe::http_get(to, "podswitch", "/load", Duration::from_secs(5)) {
+            Ok((200, body)) => {
+                ok += 1;
+                *from
+                    .entry(field(&body, "From").unwrap_or("?").to_string())
+                    .or_default() += 1;
+                *client_ips
+                    .entry(field(&body, "ClientIP").unwrap_or("?").to_string())
+                    .or_default() += 1;
+            }
+            Ok((status, _)) => {
+                failed += 1;
+                if errors.len() < 5 {
+                    errors.push(format!("request {i}: HTTP {status}"));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if errors.len() < 5 {
+                    errors.push(format!("request {i}: {e:#}"));
+                }
+            }
+        }
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
+    }
+    serde_json::json!({
+        "ok": ok,
+        "failed": failed,
+        "errors": errors,
+        "from": from,
+        "client_ips": client_ips,
+        "secs": started.elapsed().as_secs_f64(),
+    })
 }

@@ -710,9 +710,9 @@ impl SwitchState {
         if settings.node_port_range != self.service_settings.node_port_range || !self.steered {
             self.steer(settings.node_port_range);
         }
-        self.route_service_cidrs(&settings);
         self.service_settings = settings;
         self.services = services;
+        self.route_service_cidrs(&self.service_settings);
         self.service_table = Arc::clone(&table);
         self.publish();
         // Flows whose endpoint is gone are removed: the client's next
@@ -741,7 +741,20 @@ impl SwitchState {
     /// host-network clients reach cluster IPs.
     fn route_service_cidrs(&self, settings: &ServiceSettings) {
         let Some(host) = &self.host else { return };
-        for cidr in &settings.service_cidrs {
+        // External and load-balancer IPs arrive at the node routed to it
+        // (not addressed to it): the node's stack hands them to the switch.
+        let external = self
+            .services
+            .values()
+            .flat_map(|s| s.external_ips.iter())
+            .map(|ip| IpNet::from(std::net::IpAddr::V4(*ip)));
+        let cidrs: Vec<IpNet> = settings
+            .service_cidrs
+            .iter()
+            .copied()
+            .chain(external)
+            .collect();
+        for cidr in &cidrs {
             if let Err(e) = pod::add_host_route(&host.name, *cidr) {
                 tracing::warn!(error = %error_chain(&e), %cidr, "cannot route the service CIDR to the host port");
             }

@@ -1,4 +1,4 @@
-//! Stage 3, conntrack: service load balancing and address translation,
+//! Stage 2, conntrack: service load balancing and address translation,
 //! decided per flow and remembered in the shared flow table.
 //!
 //! For each IPv4 packet that may concern a translation (to a service
@@ -133,7 +133,15 @@ impl ConntrackStage {
         let maybe_reply = svc.is_endpoint(key.src, key.sport, proto) || svc.is_nat_address(key.dst);
         let from_pod = tables.port(p.ingress).map(|x| x.kind) == Some(PortKind::Pod);
         let masquerade = from_pod && !to_frontend && svc.masquerades(key.dst);
-        if !(to_frontend || maybe_reply || masquerade) {
+        // A connection from outside the cluster to a pod is tracked (without
+        // translation) so that the pod's replies are recognised as replies
+        // and not masqueraded, as Linux's conntrack does.
+        let inbound = !from_pod
+            && !to_frontend
+            && !maybe_reply
+            && svc.masquerades(key.src)
+            && !svc.masquerades(key.dst);
+        if !(to_frontend || maybe_reply || masquerade || inbound) {
             return;
         }
         if let Some(r) = self.ct.lookup(&key) {
@@ -148,6 +156,35 @@ impl ConntrackStage {
         }
         if masquerade {
             self.new_masquerade_flow(p, svc, &key, c, now_s);
+        } else if inbound {
+            self.new_inbound_flow(p, &key, c, now_s);
+        }
+    }
+
+    /// The first packet of a connection from outside the cluster to a pod:
+    /// remembered untranslated.
+    fn new_inbound_flow(&mut self, p: &mut Packet, key: &FlowKey, c: &WorkerCounters, now_s: u32) {
+        let state = match key.proto {
+            6 => {
+                let fl = p
+                    .frame()
+                    .get(usize::from(p.meta.l4_off) + 13)
+                    .copied()
+                    .unwrap_or(0);
+                if fl & tcp_flags::SYN == 0 || fl & tcp_flags::ACK != 0 {
+                    return; // mid-stream: nothing to learn
+                }
+                FlowState::SynSent
+            }
+            1 if p.frame().get(usize::from(p.meta.l4_off)) != Some(&ICMP_ECHO_REQUEST) => return,
+            _ => FlowState::Unreplied,
+        };
+        if self
+            .ct
+            .insert(*key, Some(key.reversed()), state, 0, now_s, 0, u32::MAX)
+            .is_some()
+        {
+            c.stages.ct_created.inc();
         }
     }
 

@@ -1,4 +1,4 @@
-//! Stage 2, gateway: what the switch answers itself as the pods' gateway.
+//! Stage 3, gateway: what the switch answers itself as the pods' gateway.
 //!
 //! - Proxy ARP: every ARP request from a pod for any address other than its
 //!   own is answered with the gateway MAC, so pods send everything to the

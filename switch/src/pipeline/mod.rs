@@ -5,10 +5,10 @@
 //! (VPP's vector idea) and skipping packets an earlier stage has decided:
 //!
 //! ```text
-//!  parse ──> gateway ──> conntrack ──> route ──> output
-//!  vnet_hdr   proxy ARP   services      LPM        offload fix-ups for the
-//!  eth/ip/l4  ICMP echo   (Maglev), NAT TTL, MACs  destination port
-//!  anti-spoof             masquerade    ICMP errors
+//!  parse ──> conntrack ──> gateway ──> route ──> output
+//!  vnet_hdr   services      proxy ARP   LPM        offload fix-ups for the
+//!  eth/ip/l4  (Maglev), NAT ICMP echo   TTL, MACs  destination port
+//!  anti-spoof masquerade                ICMP errors
 //! ```
 //!
 //! Encapsulation happens in the worker's output for `Encap` verdicts. Only the worker (`crate::worker`) touches file
@@ -390,8 +390,11 @@ impl Pipeline {
         let c = &*self.counters;
         c.stages.batches.inc();
         self.parse.process(batch, tables, c);
-        self.gateway.process(batch, tables, c);
+        // Conntrack before the gateway: replies to flows translated to the
+        // gateway's address (hairpin, NodePort in VXLAN mode) are addressed
+        // to it and must be translated back, not answered.
         self.conntrack.process(batch, tables, c, now);
+        self.gateway.process(batch, tables, c);
         self.route.process(batch, tables, c, now);
         self.output.process(batch, tables, c);
     }

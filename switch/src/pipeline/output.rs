@@ -1,4 +1,4 @@
-//! Stage 4, output: makes each forwarded frame acceptable to its
+//! Stage 5, output: makes each forwarded frame acceptable to its
 //! destination port.
 //!
 //! Taps opened with vnet_hdr and TUNSETOFFLOAD take partial checksums and

@@ -68,7 +68,9 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
         if dst != port.mac {
             return Err(DropReason::DestinationMacNotGateway);
         }
-    } else if !group && dst != tables.gateway.mac {
+    } else if !group && dst != tables.gateway.mac && port.kind != PortKind::Host {
+        // The node's stack also hands over frames it received itself
+        // (NodePort steering keeps the underlay's Ethernet header).
         return Err(DropReason::DestinationMacNotGateway);
     }
     p.meta.l3_off = ETH_LEN as u16;

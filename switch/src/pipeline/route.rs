@@ -1,4 +1,4 @@
-//! Stage 3, route: longest-prefix match on the destination, TTL, MAC
+//! Stage 4, route: longest-prefix match on the destination, TTL, MAC
 //! rewrite, and the ICMP errors a router owes its senders.
 //!
 //! - A local pod: TTL decremented (RFC 1812 §5.3.1, checksum patched per

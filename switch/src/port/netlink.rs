@@ -631,7 +631,8 @@ impl Netlink {
             .add()
             .ingress()
             .priority(priority)
-            .protocol(libc::ETH_P_IP as u16)
+            // The protocol goes in network byte order (tc: `htons(ETH_P_IP)`).
+            .protocol((libc::ETH_P_IP as u16).to_be())
             .u32(&options)
             .map_err(|e| self.request_error(OP, format!("link {index}"), e))?
             .execute();

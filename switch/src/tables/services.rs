@@ -172,8 +172,7 @@ impl ServiceTable {
             }
         }
         // The node's own addresses are reached directly.
-        t.no_masquerade
-            .extend(node.node_ip.map(Ipv4Net::from));
+        t.no_masquerade.extend(node.node_ip.map(Ipv4Net::from));
         t.no_masquerade.push(Ipv4Net::from(node.gateway_ip));
 
         for (si, svc) in services.into_iter().enumerate() {

@@ -1,0 +1,319 @@
+//! Services through the switch, with real clients and servers, kube-proxy's
+//! semantics as the reference.
+//!
+//! ```text
+//!   outside 203.0.113.10 ── underlay router 198.18.0.254 ──┬───────────────┐
+//!                                                    node-1 .1         node-2 .2
+//!                                                    client            api x3, alt
+//! ```
+//!
+//! Every `api` replica runs on node-2 and the client on node-1, so each
+//! ClusterIP request is translated on node-1 and crosses nodes; NodePorts
+//! are tried on both nodes, with and without local endpoints.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/svc-datapath.yaml"
+);
+
+/// A process killed when dropped.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Svc {
+    lab: TestLab,
+    pods: Vec<(String, String, String)>,
+}
+
+impl Svc {
+    fn up(mode: &str) -> Svc {
+        let lab = TestLab::up_with(&format!("svc{mode}"), &["--nodes", "2", "--mode", mode]);
+        lab.run_ok(&["apply", "-f", FIXTURE]);
+        let pods = lab.pods_with_nodes();
+        Svc { lab, pods }
+    }
+
+    fn pod(&self, prefix: &str) -> &(String, String, String) {
+        self.pods
+            .iter()
+            .find(|p| p.0.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no pod {prefix}*: {:?}", self.pods))
+    }
+
+    fn cluster_ip(&self, svc: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.lab.run_ok(&["get", "svc", "-o", "json"])).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["metadata"]["name"] == svc)
+            .unwrap_or_else(|| panic!("no service {svc}: {v}"))["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `tool http-load` from a pod.
+    fn load(&self, pod: &str, to: &str, count: u32) -> serde_json::Value {
+        let count = count.to_string();
+        self.lab
+            .tool(pod, &["http-load", "--to", to, "--count", &count])
+    }
+
+    /// curl from the outside host.
+    fn outside_get(&self, url: &str) -> Result<String, String> {
+        let out = podswitch(&[
+            "lab",
+            "--name",
+            &self.lab.name,
+            "exec",
+            "--outside",
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    fn underlay_netns(&self) -> String {
+        netns_matching(&format!("psw-{}-underlay", self.lab.name))
+            .into_iter()
+            .next()
+            .expect("underlay netns")
+    }
+}
+
+fn from_counts(r: &serde_json::Value) -> BTreeMap<String, u64> {
+    r["from"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+fn cluster_ip_and_policies(mode: &str) {
+    if !require_root() {
+        return;
+    }
+    let s = Svc::up(mode);
+    let client = s.pod("client").clone();
+    assert_eq!(client.2, "node-1");
+    let apis: Vec<_> = s
+        .pods
+        .iter()
+        .filter(|p| p.0.starts_with("api-"))
+        .cloned()
+        .collect();
+    assert_eq!(apis.len(), 3);
+    assert!(apis.iter().all(|p| p.2 == "node-2"), "{apis:?}");
+
+    // ClusterIP 8080 -> targetPort 80: 60 new connections from another
+    // node reach all three replicas, each seeing the client's own IP.
+    let vip = s.cluster_ip("api");
+    let r = s.load(&client.0, &format!("{vip}:8080"), 60);
+    assert_eq!(r["ok"], 60, "{mode}: {r}");
+    let from = from_counts(&r);
+    for api in &apis {
+        let n = from.get(&api.0).copied().unwrap_or(0);
+        assert!(n >= 10, "{mode}: {} answered {n} of 60: {from:?}", api.0);
+    }
+    assert_eq!(
+        r["client_ips"],
+        serde_json::json!({ &client.1: 60 }),
+        "{mode}: client IP must be kept"
+    );
+
+    // Named target ports, resolved per pod: `http` is 80 on the api pods
+    // and 8081 on alt; all four answer behind one service port.
+    let front = s.cluster_ip("front");
+    let r = s.load(&client.0, &format!("{front}:80"), 80);
+    assert_eq!(r["ok"], 80, "{mode}: {r}");
+    assert!(from_counts(&r).contains_key("alt"), "{mode}: {r}");
+    assert_eq!(from_counts(&r).len(), 4, "{mode}: {r}");
+    // ...and the UDP port of the same service (dns -> 5353 on api pods).
+    let u = s.lab.tool(
+        &client.0,
+        &["udp-echo", "--to", &format!("{front}:53"), "--count", "20"],
+    );
+    assert_eq!(u["received"], 20, "{mode}: UDP via named port: {u}");
+
+    // Session affinity pins the client to one replica.
+    let sticky = s.cluster_ip("api-sticky");
+    let r = s.load(&client.0, &format!("{sticky}:8080"), 20);
+    assert_eq!(r["ok"], 20);
+    assert_eq!(from_counts(&r).len(), 1, "{mode}: affinity: {r}");
+
+    // Hairpin: alt reaches its own service and lands on itself.
+    let alt = s.pod("alt").clone();
+    let hp = s.cluster_ip("alt-self");
+    let r = s.load(&alt.0, &format!("{hp}:9090"), 5);
+    assert_eq!(r["ok"], 5, "{mode}: hairpin: {r}");
+    assert_eq!(from_counts(&r).get("alt"), Some(&5));
+
+    // NodePort, policy Cluster: both nodes answer; node-1 has no local
+    // endpoint and source-translates, node-2 keeps the client IP.
+    for node_ip in ["198.18.0.1", "198.18.0.2"] {
+        let body = s
+            .outside_get(&format!("http://{node_ip}:30080/np"))
+            .unwrap_or_else(|e| panic!("{mode}: NodePort on {node_ip}: {e}"));
+        assert!(body.contains("From=api-"), "{body}");
+    }
+    // NodePort, policy Local: node-2 answers with the client IP kept;
+    // node-1, without local endpoints, does not answer.
+    let body = s
+        .outside_get("http://198.18.0.2:30081/local")
+        .unwrap_or_else(|e| panic!("{mode}: Local NodePort on node-2: {e}"));
+    assert!(body.contains("ClientIP=203.0.113.10 "), "{mode}: {body}");
+    assert!(
+        s.outside_get("http://198.18.0.1:30081/local").is_err(),
+        "{mode}: node-1 has no local endpoint and must not answer"
+    );
+
+    // An external IP routed to node-2 (as a load balancer would) on the
+    // service port behaves like the NodePort.
+    let un = s.underlay_netns();
+    for args in [
+        vec![
+            "ip",
+            "-n",
+            &un,
+            "route",
+            "replace",
+            "203.0.113.100/32",
+            "via",
+            "198.18.0.2",
+        ],
+        vec![
+            "ip",
+            "netns",
+            "exec",
+            &un,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.outside.proxy_arp=1",
+        ],
+    ] {
+        let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    }
+    let body = s
+        .outside_get("http://203.0.113.100:80/lb")
+        .unwrap_or_else(|e| panic!("{mode}: external IP: {e}"));
+    assert!(body.contains("From=api-"), "{body}");
+
+    // Egress: the outside host sees the node's address, not the pod's.
+    let outside_ns = netns_matching(&format!("psw-{}-outside", s.lab.name))
+        .into_iter()
+        .next()
+        .expect("outside netns");
+    let _server = Guard(
+        Command::new(exe())
+            .args([
+                "lab",
+                "pod-run",
+                "--pod",
+                "outside",
+                "--netns",
+                &format!("/run/netns/{outside_ns}"),
+                "--tcp",
+                "8000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut last = serde_json::Value::Null;
+    let ready = wait_until(Duration::from_secs(5), || {
+        last = s.load(&client.0, "203.0.113.10:8000", 1);
+        last["ok"] == 1
+    });
+    assert!(ready, "{mode}: egress to the outside: {last}");
+    assert_eq!(
+        last["client_ips"],
+        serde_json::json!({"198.18.0.1": 1}),
+        "{mode}: egress must leave with node-1's address"
+    );
+    // A ping is masqueraded too.
+    let out = s
+        .lab
+        .exec(&client.0, &["ping", "-c", "2", "-W", "2", "203.0.113.10"]);
+    assert!(out.status.success(), "{mode}: ping outside: {:?}", out);
+
+    // Terminating then removed endpoints during a steady stream of new
+    // connections: scale api from 3 to 2 (grace period 3 s) while the
+    // client keeps asking; not one request may fail.
+    let mut stream = Command::new(exe())
+        .args([
+            "lab",
+            "--name",
+            &s.lab.name,
+            "exec",
+            &client.0,
+            "--",
+            exe().to_str().unwrap(),
+            "tool",
+            "http-load",
+            "--to",
+            &format!("{vip}:8080"),
+            "--count",
+            "100000",
+            "--interval-ms",
+            "5",
+            "--max-secs",
+            "9",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scaled =
+        std::fs::read_to_string(FIXTURE)
+            .unwrap()
+            .replacen("replicas: 3", "replicas: 2", 1);
+    let path = std::env::temp_dir().join(format!("{}-scaled.yaml", s.lab.name));
+    std::fs::write(&path, scaled).unwrap();
+    s.lab.run_ok(&["apply", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let out = stream.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["failed"], 0,
+        "{mode}: requests failed while endpoints drained: {r}"
+    );
+    assert!(r["ok"].as_u64().unwrap() > 200, "{mode}: {r}");
+    let left = s.lab.pods_with_nodes();
+    assert_eq!(left.iter().filter(|p| p.0.starts_with("api-")).count(), 2);
+}
+
+#[test]
+fn services_native_mode() {
+    cluster_ip_and_policies("native");
+}
+
+#[test]
+fn services_vxlan_mode() {
+    cluster_ip_and_policies("vxlan");
+}
