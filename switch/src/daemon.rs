@@ -706,7 +706,12 @@ impl SwitchState {
             mode: self.node.mode,
             maglev_size: self.maglev_size,
         };
-        let table = Arc::new(ServiceTable::build(services.values(), &settings, &view)?);
+        let table = Arc::new(ServiceTable::rebuild(
+            services.values(),
+            &settings,
+            &view,
+            Some(&self.service_table),
+        )?);
         if settings.node_port_range != self.service_settings.node_port_range || !self.steered {
             self.steer(settings.node_port_range);
         }

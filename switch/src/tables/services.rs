@@ -2,9 +2,22 @@
 //! with a port and protocol) and their backends, with one Maglev lookup
 //! table per frontend. Built from [`ServiceSpec`]s on the control thread,
 //! off the fast path, and published whole with the rest of the tables.
+//!
+//! Maglev table sizes: the smallest of [`MAGLEV_SIZES`] that gives every
+//! eligible endpoint at least 100 slots (the paper's M >= 100 N, under 1%
+//! imbalance), capped by the configured size (default 16381). A 5-endpoint
+//! service thus costs 2 KiB rather than 32 KiB, which is what lets 10k
+//! services fit in 20 MiB. Within one size Maglev's minimal-disruption
+//! promise holds; an endpoint count that crosses a size boundary reshuffles
+//! that service's *new* flows (established ones keep their endpoint through
+//! conntrack). Lookup tables are shared by every frontend with the same
+//! eligible endpoints (cluster IP, NodePort, external IPs of one port) and
+//! carried over from the previous table when unchanged, so an update costs
+//! only the services it changes.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -20,6 +33,23 @@ pub const AFFINITY_PROTO: u8 = 253;
 /// never collide with them, and one u32 match wide for the steering
 /// filter). Each worker takes the ports congruent to its index.
 pub const SNAT_PORTS: Range<u32> = 61440..65536;
+
+/// The Maglev table sizes used (primes, each about four times the last).
+pub const MAGLEV_SIZES: [usize; 6] = [251, 1021, 4093, 16381, 65537, 262_147];
+
+/// The Maglev table size for `n` eligible endpoints under `cap`.
+pub fn maglev_size_for(n: usize, cap: usize) -> usize {
+    MAGLEV_SIZES
+        .iter()
+        .copied()
+        .find(|&m| m >= n.saturating_mul(100))
+        .unwrap_or(cap)
+        .min(cap)
+        .max(n.min(cap))
+}
+
+/// Lookup tables by (size, eligible endpoint keys), for sharing and reuse.
+type MaglevCache = FxHashMap<(usize, Vec<u64>), Arc<Maglev>>;
 
 /// What kind of address a frontend listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -63,8 +93,8 @@ pub struct Frontend {
     /// The backends new flows may go to (ready; local only under a Local
     /// traffic policy), as indices into `ServiceTable::backends`.
     pub eligible: Vec<u32>,
-    /// Picks among `eligible`.
-    pub maglev: Maglev,
+    /// Picks among `eligible` (shared between frontends and tables).
+    pub maglev: Arc<Maglev>,
     /// sessionAffinity ClientIP timeout; 0 = none.
     pub affinity_secs: u32,
     /// Traffic policy Local for this frontend's kind.
@@ -90,6 +120,7 @@ pub struct ServiceTable {
     pub gateway_ip: Ipv4Addr,
     pub mode: ClusterMode,
     pub maglev_size: usize,
+    maglev_cache: MaglevCache,
 }
 
 #[inline]
@@ -133,6 +164,7 @@ impl ServiceTable {
             gateway_ip,
             mode: ClusterMode::Native,
             maglev_size: maglev::DEFAULT_TABLE_SIZE,
+            maglev_cache: MaglevCache::default(),
         }
     }
 
@@ -143,6 +175,19 @@ impl ServiceTable {
         settings: &ServiceSettings,
         node: &NodeView<'_>,
     ) -> Result<ServiceTable, ApiError> {
+        Self::rebuild(services, settings, node, None)
+    }
+
+    /// Like [`ServiceTable::build`], reusing `previous`'s lookup tables
+    /// where the eligible endpoints did not change.
+    pub fn rebuild<'s>(
+        services: impl IntoIterator<Item = &'s ServiceSpec>,
+        settings: &ServiceSettings,
+        node: &NodeView<'_>,
+        previous: Option<&ServiceTable>,
+    ) -> Result<ServiceTable, ApiError> {
+        let empty = MaglevCache::default();
+        let old_cache = previous.map(|p| &p.maglev_cache).unwrap_or(&empty);
         if !maglev::is_prime(node.maglev_size) {
             return Err(ApiError::invalid(
                 "maglev_table_size",
@@ -256,8 +301,20 @@ impl ServiceTable {
                             backend_key(b.ip, b.port)
                         })
                         .collect();
-                    let maglev = Maglev::build(&keys, node.maglev_size)
-                        .map_err(|e| ApiError::invalid(pat("endpoints"), e.to_string()))?;
+                    let size = maglev_size_for(keys.len(), node.maglev_size);
+                    let cache_key = (size, keys);
+                    let maglev = match t
+                        .maglev_cache
+                        .get(&cache_key)
+                        .or_else(|| old_cache.get(&cache_key))
+                    {
+                        Some(m) => Arc::clone(m),
+                        None => Arc::new(
+                            Maglev::build(&cache_key.1, size)
+                                .map_err(|e| ApiError::invalid(pat("endpoints"), e.to_string()))?,
+                        ),
+                    };
+                    t.maglev_cache.insert(cache_key, Arc::clone(&maglev));
                     let key = pack(ip, fport, proto);
                     if t.by_key.contains_key(&key) {
                         return Err(ApiError::invalid(
