@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
-use podswitch_switch::control::api::{Hello, PortInfo, Request, Stats, Topology};
+use podswitch_switch::control::api::{
+    Hello, PortInfo, Protocol, Request, ServiceSettings, ServiceSpec, Stats, Topology,
+};
 use podswitch_switch::control::client;
 
 #[derive(clap::Args, Debug)]
@@ -39,6 +41,115 @@ enum CtlCommand {
     Stats,
     /// The switch's current topology (node and pods).
     Topology,
+    /// The Services the switch holds: frontends and endpoints.
+    Services,
+}
+
+/// The result of `get_services`.
+#[derive(Debug, serde::Deserialize)]
+struct ServicesResult {
+    settings: ServiceSettings,
+    services: Vec<ServiceSpec>,
+}
+
+fn protocol_str(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+/// One line per Service port: its frontends (ClusterIPs, external IPs,
+/// NodePort), options, and endpoints with their conditions.
+fn services_table(r: &ServicesResult) -> String {
+    let cidrs = |v: &[ipnet::IpNet]| {
+        v.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut out = format!(
+        "service CIDRs {}  cluster CIDRs {}  NodePorts {}-{}  masquerade {}\n\n",
+        cidrs(&r.settings.service_cidrs),
+        cidrs(&r.settings.cluster_cidrs),
+        r.settings.node_port_range.0,
+        r.settings.node_port_range.1,
+        if r.settings.masquerade { "on" } else { "off" }
+    );
+    let mut rows: Vec<[String; 5]> = vec![[
+        "SERVICE".into(),
+        "PORT".into(),
+        "FRONTENDS".into(),
+        "OPTIONS".into(),
+        "ENDPOINTS".into(),
+    ]];
+    for s in &r.services {
+        let mut options = Vec::new();
+        if let Some(t) = s.affinity_timeout_secs {
+            options.push(format!("affinity={t}s"));
+        }
+        if s.external_traffic_local {
+            options.push("external=Local".to_string());
+        }
+        if s.internal_traffic_local {
+            options.push("internal=Local".to_string());
+        }
+        let options = if options.is_empty() {
+            "-".to_string()
+        } else {
+            options.join(",")
+        };
+        for p in &s.ports {
+            let proto = protocol_str(p.protocol);
+            let mut frontends: Vec<String> = s
+                .cluster_ips
+                .iter()
+                .chain(&s.external_ips)
+                .map(|ip| format!("{ip}:{}", p.port))
+                .collect();
+            if let Some(n) = p.node_port {
+                frontends.push(format!("*:{n}"));
+            }
+            let endpoints: Vec<String> = p
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let state = match (e.ready, e.terminating) {
+                        (true, _) => "ready",
+                        (false, true) => "terminating",
+                        (false, false) => "not-ready",
+                    };
+                    format!("{}:{}({state})", e.ip, e.port)
+                })
+                .collect();
+            rows.push([
+                s.name.clone(),
+                if p.name.is_empty() {
+                    format!("{}/{proto}", p.port)
+                } else {
+                    format!("{}:{}/{proto}", p.name, p.port)
+                },
+                frontends.join(","),
+                options.clone(),
+                if endpoints.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    endpoints.join(",")
+                },
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        for (c, w) in widths.iter().enumerate() {
+            out.push_str(&format!("{:<w$}   ", r[c]));
+        }
+        out.push_str(&r[4]);
+        out.push('\n');
+    }
+    out
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -124,6 +235,15 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                         r.description
                     );
                 }
+            }
+        }
+        CtlCommand::Services => {
+            if json {
+                let v: serde_json::Value = client::call(&args.socket, &Request::GetServices)?;
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let r: ServicesResult = client::call(&args.socket, &Request::GetServices)?;
+                out!("{}", services_table(&r));
             }
         }
         CtlCommand::Topology => {

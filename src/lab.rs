@@ -36,6 +36,27 @@ enum Resource {
     Nodes,
     Node,
     No,
+    Services,
+    Service,
+    Svc,
+    #[value(name = "endpointslices")]
+    EndpointSlices,
+    #[value(name = "endpointslice")]
+    EndpointSlice,
+}
+
+/// What `lab delete KIND NAME...` deletes.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DeleteKind {
+    Pod,
+    Pods,
+    Po,
+    Deployment,
+    Deployments,
+    Deploy,
+    Service,
+    Services,
+    Svc,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,12 +85,30 @@ enum LabCommand {
         #[arg(short = 'f', long)]
         file: PathBuf,
     },
-    /// Delete what the manifests name.
+    /// Delete what the manifests name (-f), or objects by kind and name.
+    /// Pods are deleted gracefully: their Service endpoints turn
+    /// terminating and they keep running for their grace period
+    /// (terminationGracePeriodSeconds, default 2 s in the lab, at most
+    /// 30 s); the command returns when they are gone.
     Delete {
-        #[arg(short = 'f', long)]
-        file: PathBuf,
+        #[arg(
+            short = 'f',
+            long,
+            required_unless_present = "kind",
+            conflicts_with = "kind"
+        )]
+        file: Option<PathBuf>,
+        /// pod, deployment or service.
+        #[arg(value_enum, requires = "names")]
+        kind: Option<DeleteKind>,
+        /// Names (`name` or `namespace/name`).
+        names: Vec<String>,
+        /// Seconds pods get to drain instead of their own grace period
+        /// (0: at once).
+        #[arg(long, value_name = "SECONDS")]
+        grace_period: Option<u32>,
     },
-    /// List pods or nodes.
+    /// List pods, nodes, services or endpointslices.
     Get {
         #[arg(value_enum)]
         resource: Resource,
@@ -134,6 +173,42 @@ fn lab_named(name: Option<&str>, file_name: Option<&str>) -> anyhow::Result<Lab>
     )
 }
 
+/// A bare object of `kind` named `name` (`namespace/name` or `name` in
+/// `default`): all `Lab::delete` needs to find what to delete.
+fn named_object(kind: DeleteKind, name: &str) -> anyhow::Result<manifest::Object> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let (namespace, name) = name.split_once('/').unwrap_or(("default", name));
+    anyhow::ensure!(
+        !namespace.is_empty() && !name.is_empty(),
+        "{name:?}: expected NAME or NAMESPACE/NAME"
+    );
+    let metadata = ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace.to_string()),
+        ..Default::default()
+    };
+    Ok(match kind {
+        DeleteKind::Pod | DeleteKind::Pods | DeleteKind::Po => {
+            manifest::Object::Pod(Box::new(k8s_openapi::api::core::v1::Pod {
+                metadata,
+                ..Default::default()
+            }))
+        }
+        DeleteKind::Deployment | DeleteKind::Deployments | DeleteKind::Deploy => {
+            manifest::Object::Deployment(Box::new(k8s_openapi::api::apps::v1::Deployment {
+                metadata,
+                ..Default::default()
+            }))
+        }
+        DeleteKind::Service | DeleteKind::Services | DeleteKind::Svc => {
+            manifest::Object::Service(Box::new(k8s_openapi::api::core::v1::Service {
+                metadata,
+                ..Default::default()
+            }))
+        }
+    })
+}
+
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let name = args.name.as_deref();
     match args.command {
@@ -192,12 +267,17 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         LabCommand::Apply { file } => {
             let lab = lab_named(name, None)?;
             let objects = manifest::load_path(&file)?;
-            let r = lab.apply(&objects)?;
+            let r = lab
+                .apply(&objects)
+                .with_context(|| format!("applying {}", file.display()))?;
             for p in &r.created {
                 outln!("pod/{p} created");
             }
             for p in &r.unchanged {
                 outln!("pod/{p} unchanged");
+            }
+            for p in &r.deleted {
+                outln!("pod/{p} deleted");
             }
             for o in objects
                 .iter()
@@ -206,10 +286,22 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 outln!("{}/{} configured", o.kind().to_lowercase(), o.name());
             }
         }
-        LabCommand::Delete { file } => {
+        LabCommand::Delete {
+            file,
+            kind,
+            names,
+            grace_period,
+        } => {
             let lab = lab_named(name, None)?;
-            let objects = manifest::load_path(&file)?;
-            for p in lab.delete(&objects)? {
+            let objects = match (file, kind) {
+                (Some(file), _) => manifest::load_path(&file)?,
+                (None, Some(kind)) => names
+                    .iter()
+                    .map(|n| named_object(kind, n))
+                    .collect::<anyhow::Result<_>>()?,
+                (None, None) => anyhow::bail!("lab delete needs -f FILE or KIND NAME..."),
+            };
+            for p in lab.delete(&objects, grace_period)? {
                 outln!("pod/{p} deleted");
             }
             for o in objects
@@ -224,27 +316,31 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             let st = lab
                 .state()?
                 .with_context(|| format!("lab {} is not up", lab.paths().name))?;
-            let pods = matches!(resource, Resource::Pods | Resource::Pod | Resource::Po);
-            match output {
-                Some(GetOutput::Json) => outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&if pods {
-                        view::pods_json(&st)
-                    } else {
-                        view::nodes_json(&st)
-                    })?
-                ),
-                o => {
-                    let wide = o == Some(GetOutput::Wide);
-                    out!(
-                        "{}",
-                        if pods {
-                            view::pods_table(&st, wide)
-                        } else {
-                            view::nodes_table(&st, wide)
-                        }
-                    );
-                }
+            let wide = output == Some(GetOutput::Wide);
+            if output == Some(GetOutput::Json) {
+                let list = match resource {
+                    Resource::Pods | Resource::Pod | Resource::Po => view::pods_json(&st),
+                    Resource::Nodes | Resource::Node | Resource::No => view::nodes_json(&st),
+                    Resource::Services | Resource::Service | Resource::Svc => {
+                        view::services_json(&st)
+                    }
+                    Resource::EndpointSlices | Resource::EndpointSlice => {
+                        view::endpoint_slices_json(&st)
+                    }
+                };
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let text = match resource {
+                    Resource::Pods | Resource::Pod | Resource::Po => view::pods_table(&st, wide),
+                    Resource::Nodes | Resource::Node | Resource::No => view::nodes_table(&st, wide),
+                    Resource::Services | Resource::Service | Resource::Svc => {
+                        view::services_table(&st, wide)
+                    }
+                    Resource::EndpointSlices | Resource::EndpointSlice => {
+                        view::endpoint_slices_table(&st)
+                    }
+                };
+                out!("{text}");
             }
         }
         LabCommand::Exec {

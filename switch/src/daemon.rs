@@ -18,7 +18,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::conntrack::{flow_flags, ConnTrack, ConntrackConfig};
+use crate::conntrack::{ConnTrack, ConntrackConfig};
 use crate::control::api::{
     ApiError, Applied, ClusterMode, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, RemoteNode,
     Request, ServiceSettings, ServiceSpec, ServicesApplied, Stats, Topology, VxlanSpec,
@@ -722,16 +722,7 @@ impl SwitchState {
         self.publish();
         // Flows whose endpoint is gone are removed: the client's next
         // segment gets a RST, a UDP client's next datagram a new endpoint.
-        let flows_reset = self.conntrack.remove_where(|f| {
-            if f.flags & flow_flags::DNAT == 0 {
-                return false;
-            }
-            let Some(reply) = f.reply else { return false };
-            match table.frontend(f.orig.dst, f.orig.dport, f.orig.proto) {
-                Some(fr) => !table.has_backend(fr, reply.src, reply.sport),
-                None => true,
-            }
-        });
+        let flows_reset = self.conntrack.remove_where(|f| table.flow_is_stale(f));
         Ok(ServicesApplied {
             services: self.services.len(),
             frontends: table.fronts.len(),

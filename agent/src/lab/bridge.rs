@@ -36,13 +36,13 @@ pub const BRIDGE_NAME: &str = "cni0";
 /// The pod end of each veth.
 pub const POD_IFNAME: &str = "eth0";
 /// How long [`KernelBridgeLab::down`] waits for killed processes to exit.
-const KILL_WAIT: Duration = Duration::from_secs(2);
+pub(super) const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// A named network namespace this lab created.
 #[derive(Debug)]
-struct OwnedNetns {
-    name: String,
-    path: PathBuf,
+pub(super) struct OwnedNetns {
+    pub(super) name: String,
+    pub(super) path: PathBuf,
 }
 
 /// One pod of the lab.
@@ -280,7 +280,7 @@ fn plan_addresses(cidr: Ipv4Net, pods: usize) -> anyhow::Result<AddressPlan> {
 }
 
 /// Index of link `name`, which the lab has just created.
-fn link_index(nl: &Netlink, name: &str) -> anyhow::Result<u32> {
+pub(super) fn link_index(nl: &Netlink, name: &str) -> anyhow::Result<u32> {
     nl.link_index(name)?.with_context(|| {
         format!(
             "link {name:?} missing right after creating it in {}",
@@ -291,7 +291,7 @@ fn link_index(nl: &Netlink, name: &str) -> anyhow::Result<u32> {
 
 /// Sends SIGKILL to every process whose network namespace is `path`,
 /// except this one (never in a lab namespace, but never killed either).
-fn kill_processes_in(path: &Path) {
+pub(super) fn kill_processes_in(path: &Path) {
     let own = std::process::id() as i32;
     for pid in netns::pids_in(path).into_iter().filter(|&pid| pid != own) {
         match kill(Pid::from_raw(pid), Signal::SIGKILL) {
@@ -303,7 +303,7 @@ fn kill_processes_in(path: &Path) {
 
 /// Waits, bounded by `limit`, until no process is left in `path`, so the
 /// namespace is really released once its name is deleted.
-fn wait_processes_gone(path: &Path, limit: Duration) {
+pub(super) fn wait_processes_gone(path: &Path, limit: Duration) {
     let own = std::process::id() as i32;
     let deadline = Instant::now() + limit;
     loop {

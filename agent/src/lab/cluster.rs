@@ -35,12 +35,13 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use ipnet::IpNet;
-use podswitch_switch::control::api::{ClusterMode, Mac, PodSpec, RemoteNode, Request};
+use podswitch_switch::control::api::{ClusterMode, Mac, PodSpec, RemoteNode, Request, ServiceSpec};
 use podswitch_switch::control::client;
 use podswitch_switch::port::netlink::Netlink;
 use podswitch_switch::port::netns;
 
 use super::manifest::{self, LabPod, Object};
+use super::services::{self, LabService, PodInfo, ServiceError, ServiceRequest};
 
 /// Where lab state lives.
 pub const LAB_ROOT: &str = "/run/podswitch/lab";
@@ -278,12 +279,28 @@ pub struct PodState {
     pub netns: PathBuf,
     pub workload_pid: Option<i32>,
     pub created: String,
+    /// Set while the pod is being deleted: it drains (its endpoints are
+    /// terminating, its workload still runs) until the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<PodDeletion>,
 }
 
 impl PodState {
     pub fn key(&self) -> String {
         format!("{}/{}", self.pod.namespace, self.pod.name)
     }
+}
+
+/// A pod's graceful deletion, as Kubernetes records it in
+/// `metadata.deletionTimestamp` and `deletionGracePeriodSeconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodDeletion {
+    /// When the deletion was asked for (RFC 3339).
+    pub requested: String,
+    /// The grace period it got, in seconds.
+    pub grace_period_seconds: u32,
+    /// When the pod is removed, in milliseconds since the Unix epoch.
+    pub deadline_unix_ms: u64,
 }
 
 /// The whole lab state file.
@@ -294,9 +311,45 @@ pub struct LabState {
     pub nodes: Vec<NodeState>,
     /// By `namespace/name`.
     pub pods: BTreeMap<String, PodState>,
-    /// Applied objects other than pods (Services, Deployments), by `kind/namespace/name`.
+    /// Applied objects other than Pods and Services (Deployments), by
+    /// `kind/namespace/name`.
     #[serde(default)]
     pub objects: BTreeMap<String, serde_json::Value>,
+    /// Services with their allocated ClusterIPs and NodePorts, by
+    /// `namespace/name`.
+    #[serde(default)]
+    pub services: BTreeMap<String, LabService>,
+}
+
+impl LabState {
+    /// Every pod as the endpoints controller sees it.
+    pub fn pod_infos(&self) -> Vec<PodInfo<'_>> {
+        self.pods
+            .values()
+            .map(|p| PodInfo {
+                pod: &p.pod,
+                ip: p.ip,
+                node: &p.node,
+                running: p.workload_pid.is_some_and(pid_alive),
+                terminating: p.deletion.is_some(),
+            })
+            .collect()
+    }
+
+    /// The service table every node's switch gets: the Services with their
+    /// endpoints as they are now.
+    pub fn service_specs(&self) -> Vec<ServiceSpec> {
+        services::switch_specs(self.services.values(), &self.pod_infos())
+    }
+
+    /// A Service by `name` or `namespace/name`.
+    pub fn service(&self, name: &str) -> Option<&LabService> {
+        if name.contains('/') {
+            self.services.get(name)
+        } else {
+            self.services.get(&format!("default/{name}"))
+        }
+    }
 }
 
 /// Paths of one lab.
@@ -354,11 +407,19 @@ impl LabPaths {
     }
 }
 
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(unix_ms() / 1000)
+}
+
+/// `secs` since the Unix epoch as RFC 3339 UTC (`2025-01-31T12:00:00Z`).
+pub fn rfc3339(secs: u64) -> String {
     let days = secs / 86400;
     let rem = secs % 86400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -468,6 +529,7 @@ impl Lab {
                 nodes: Vec::new(),
                 pods: BTreeMap::new(),
                 objects: BTreeMap::new(),
+                services: BTreeMap::new(),
             };
             std::fs::create_dir_all(self.paths.logs()).context("creating lab log dir")?;
             let result = (|| -> anyhow::Result<()> {
@@ -478,6 +540,8 @@ impl Lab {
                     self.paths.save(&st)?;
                 }
                 self.announce_nodes(&st)?;
+                // The settings (cluster and service CIDRs) before any Service.
+                self.push_services(&st)?;
                 Ok(())
             })();
             if let Err(e) = result {
@@ -735,6 +799,9 @@ impl Lab {
         let pid = self.spawn_switch(&st.nodes[idx], &st.spec.clone())?;
         st.nodes[idx].switch_pid = Some(pid);
         self.paths.save(&st)?;
+        // The switch restores its pods from its own state; the Services are
+        // the control plane's to give it again, as kube-proxy resyncs.
+        self.push_services_to(&st, std::slice::from_ref(&st.nodes[idx]))?;
         Ok(pid)
     }
 
@@ -742,15 +809,40 @@ impl Lab {
         format!("{}{}-{}", self.paths.prefix(), pod.namespace, pod.name)
     }
 
-    /// Applies manifests: creates pods that do not exist, re-creates pods
-    /// whose spec changed, records other objects. Validation and address
-    /// allocation happen before any change; a failure while creating rolls
-    /// back the pods this call created.
+    /// Applies manifests as `kubectl apply` does against a control plane:
+    /// Services get (or keep) their ClusterIP and NodePorts; pods that do
+    /// not exist are created, pods whose spec changed are re-created, and
+    /// pods a Deployment no longer has (scaled down, or replaced by a new
+    /// template) are deleted gracefully; every switch then gets the new
+    /// service table. Validation, Service allocation and pod placement
+    /// happen before any change, so a bad object changes nothing; a failure
+    /// while creating rolls back the pods this call created. Returns once
+    /// the deleted pods are gone (after their grace period).
     pub fn apply(&self, objects: &[Object]) -> anyhow::Result<ApplyReport> {
         let _lock = self.paths.lock()?;
         let mut st = self.require_state()?;
+        self.reap_expired(&mut st)?;
         let pods = manifest::expand_pods(objects)?;
+        let next_services = plan_services(&st, objects)?;
         let mut report = ApplyReport::default();
+        // Pods the applied Deployments no longer have.
+        let wanted: BTreeSet<String> = pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        let scaled_down: Vec<String> = st
+            .pods
+            .values()
+            .filter(|p| p.deletion.is_none() && !wanted.contains(&p.key()))
+            .filter(|p| {
+                objects.iter().any(|o| {
+                    matches!(o, Object::Deployment(_))
+                        && o.namespace() == p.pod.namespace
+                        && p.pod.owner.as_deref() == Some(o.name())
+                })
+            })
+            .map(|p| p.key())
+            .collect();
         // Plan: placement and addresses for new pods.
         let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = st
             .nodes
@@ -768,10 +860,12 @@ impl Lab {
         for pod in pods {
             let key = format!("{}/{}", pod.namespace, pod.name);
             if let Some(cur) = st.pods.get(&key) {
-                if cur.pod == pod {
+                if cur.pod == pod && cur.deletion.is_none() {
                     report.unchanged.push(key);
                     continue;
                 }
+                // Kubernetes refuses most pod updates; the lab replaces the
+                // pod at once (a terminating one too: its name is wanted).
                 recreate.push(key.clone());
             }
             let node = match &pod.node_name {
@@ -837,6 +931,10 @@ impl Lab {
                         }
                     }
                     self.paths.save(&st)?;
+                    if !recreate.is_empty() {
+                        // The re-created pods' old endpoints are gone.
+                        let _ = self.push_services(&st);
+                    }
                     return Err(e.context(format!(
                         "creating pod {key} (rolled back the {} pod(s) this apply created)",
                         created.len()
@@ -845,15 +943,148 @@ impl Lab {
             }
         }
         for o in objects {
-            if !matches!(o, Object::Pod(_)) {
+            if matches!(o, Object::Deployment(_)) {
                 let v = object_json(o)?;
                 st.objects
                     .insert(format!("{}/{}/{}", o.kind(), o.namespace(), o.name()), v);
             }
         }
+        st.services = next_services;
         report.created = created;
         self.paths.save(&st)?;
+        let pushed = self.push_services(&st);
+        if !scaled_down.is_empty() {
+            report.deleted = self.drain_and_remove(&mut st, &scaled_down, None)?;
+        }
+        pushed?;
         Ok(report)
+    }
+
+    /// Sends the service table (and the settings) to every node's switch.
+    /// A node whose switch is not running is skipped with a warning (it
+    /// gets the table when `restart-switch` starts it again); a switch that
+    /// refuses the table is an error, after every node has been tried.
+    fn push_services(&self, st: &LabState) -> anyhow::Result<()> {
+        self.push_services_to(st, &st.nodes)
+    }
+
+    fn push_services_to(&self, st: &LabState, nodes: &[NodeState]) -> anyhow::Result<()> {
+        let specs = st.service_specs();
+        let settings = services::settings(st.spec.cluster_cidr);
+        let mut first_err: Option<anyhow::Error> = None;
+        for n in nodes {
+            if !n.switch_pid.is_some_and(pid_alive) {
+                tracing::warn!(node = %n.name, "switch not running: it gets the service table when restarted");
+                continue;
+            }
+            let request = Request::SetServices {
+                settings: Some(settings.clone()),
+                services: specs.clone(),
+            };
+            if let Err(e) = client::call::<serde_json::Value>(&n.control_socket, &request) {
+                let e = anyhow::Error::new(e).context(format!(
+                    "giving the switch of {} the service table ({} Service(s))",
+                    n.name,
+                    specs.len()
+                ));
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Deletes pods as Kubernetes does, so that Services drain: each is
+    /// marked terminating (its endpoints turn `ready: false, terminating:
+    /// true`, and every switch is told), keeps running for its grace period
+    /// (`grace_override`, else its own), then is removed (workload stopped,
+    /// port and namespace deleted, IP released) and the switches are told
+    /// again. Returns when all are gone, with their keys. A pod already
+    /// terminating keeps its deadline.
+    fn drain_and_remove(
+        &self,
+        st: &mut LabState,
+        keys: &[String],
+        grace_override: Option<u32>,
+    ) -> anyhow::Result<Vec<String>> {
+        let now = unix_ms();
+        let mut draining = false;
+        for key in keys {
+            let Some(p) = st.pods.get_mut(key) else {
+                continue;
+            };
+            let grace = grace_override.unwrap_or_else(|| services::grace_period(&p.pod));
+            let d = p.deletion.get_or_insert_with(|| PodDeletion {
+                requested: rfc3339(now / 1000),
+                grace_period_seconds: grace,
+                deadline_unix_ms: now + u64::from(grace) * 1000,
+            });
+            draining |= d.deadline_unix_ms > now;
+        }
+        self.paths.save(st)?;
+        let mut first_err: Option<anyhow::Error> = None;
+        if draining {
+            if let Err(e) = self.push_services(st) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let mut deleted = Vec::new();
+        loop {
+            let now = unix_ms();
+            let mut next_deadline: Option<u64> = None;
+            let mut due = Vec::new();
+            for key in keys {
+                if let Some(d) = st.pods.get(key).and_then(|p| p.deletion.as_ref()) {
+                    if d.deadline_unix_ms <= now {
+                        due.push(key.clone());
+                    } else {
+                        let at = d.deadline_unix_ms;
+                        next_deadline = Some(next_deadline.map_or(at, |n| n.min(at)));
+                    }
+                }
+            }
+            if !due.is_empty() {
+                for key in due {
+                    if let Some(p) = st.pods.remove(&key) {
+                        self.delete_pod(st, &p);
+                        deleted.push(key);
+                    }
+                }
+                self.paths.save(st)?;
+                if let Err(e) = self.push_services(st) {
+                    first_err.get_or_insert(e);
+                }
+            }
+            match next_deadline {
+                Some(at) => {
+                    std::thread::sleep(Duration::from_millis(at.saturating_sub(unix_ms()).max(1)))
+                }
+                None => break,
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
+    }
+
+    /// Removes pods whose deletion deadline passed while no command was
+    /// there to finish it (an interrupted `lab delete`).
+    fn reap_expired(&self, st: &mut LabState) -> anyhow::Result<()> {
+        let now = unix_ms();
+        let expired: Vec<String> = st
+            .pods
+            .values()
+            .filter(|p| {
+                p.deletion
+                    .as_ref()
+                    .is_some_and(|d| d.deadline_unix_ms <= now)
+            })
+            .map(|p| p.key())
+            .collect();
+        if !expired.is_empty() {
+            self.drain_and_remove(st, &expired, None)?;
+        }
+        Ok(())
     }
 
     fn create_pod(
@@ -895,6 +1126,7 @@ impl Lab {
                 netns: netns_path.clone(),
                 workload_pid: Some(pid),
                 created: now_rfc3339(),
+                deletion: None,
             })
         })();
         if result.is_err() {
@@ -966,11 +1198,20 @@ impl Lab {
     }
 
     /// Deletes what the manifests name: Pods by name, a Deployment's pods,
-    /// and recorded objects. Returns the deleted pod keys.
-    pub fn delete(&self, objects: &[Object]) -> anyhow::Result<Vec<String>> {
+    /// Services (their ClusterIP and NodePorts are released) and recorded
+    /// objects. Pods are deleted gracefully (see `drain_and_remove`), with
+    /// `grace_period` seconds if given (0: at once) instead of their own;
+    /// this returns when they are gone. Returns the deleted pod keys.
+    pub fn delete(
+        &self,
+        objects: &[Object],
+        grace_period: Option<u32>,
+    ) -> anyhow::Result<Vec<String>> {
         let _lock = self.paths.lock()?;
         let mut st = self.require_state()?;
+        self.reap_expired(&mut st)?;
         let mut doomed: Vec<String> = Vec::new();
+        let mut services_changed = false;
         for o in objects {
             match o {
                 Object::Pod(_) => doomed.push(format!("{}/{}", o.namespace(), o.name())),
@@ -983,20 +1224,26 @@ impl Lab {
                         })
                         .map(|p| p.key()),
                 ),
-                Object::Service(_) => {}
+                Object::Service(_) => {
+                    services_changed |= st
+                        .services
+                        .remove(&format!("{}/{}", o.namespace(), o.name()))
+                        .is_some();
+                }
             }
             st.objects
                 .remove(&format!("{}/{}/{}", o.kind(), o.namespace(), o.name()));
         }
-        let mut deleted = Vec::new();
-        for key in doomed {
-            if let Some(p) = st.pods.remove(&key) {
-                self.delete_pod(&st, &p);
-                deleted.push(key);
-            }
-        }
+        let mut seen = BTreeSet::new();
+        doomed.retain(|k| st.pods.contains_key(k) && seen.insert(k.clone()));
         self.paths.save(&st)?;
-        Ok(deleted)
+        if doomed.is_empty() {
+            if services_changed {
+                self.push_services(&st)?;
+            }
+            return Ok(Vec::new());
+        }
+        self.drain_and_remove(&mut st, &doomed, grace_period)
     }
 
     /// Removes everything of this lab: processes, namespaces, state. Works
@@ -1128,6 +1375,36 @@ fn object_json(o: &Object) -> anyhow::Result<serde_json::Value> {
 pub struct ApplyReport {
     pub created: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Pods deleted (after their grace period) because a Deployment no
+    /// longer has them.
+    pub deleted: Vec<String>,
+}
+
+/// The Services the lab has after applying `objects`: the API server's
+/// validation and allocation for every Service among them, all or nothing.
+fn plan_services(
+    st: &LabState,
+    objects: &[Object],
+) -> anyhow::Result<BTreeMap<String, LabService>> {
+    let now = now_rfc3339();
+    let mut requests = Vec::new();
+    for o in objects {
+        if let Object::Service(svc) = o {
+            let r =
+                ServiceRequest::from_manifest(svc, o.namespace(), o.name(), &now).map_err(|e| {
+                    ServiceError {
+                        service: format!("{}/{}", o.namespace(), o.name()),
+                        field: e.field,
+                        reason: e.reason,
+                    }
+                })?;
+            requests.push(r);
+        }
+    }
+    if requests.is_empty() {
+        return Ok(st.services.clone());
+    }
+    Ok(services::plan(&st.services, requests)?)
 }
 
 /// What `down` removed.
@@ -1215,5 +1492,20 @@ mod tests {
         let s = now_rfc3339();
         assert_eq!(s.len(), 20);
         assert!(s.ends_with('Z'));
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn state_files_from_before_services_still_load() {
+        let old = r#"{"name":"x","spec":{"nodes":1},"nodes":[],"pods":{
+            "default/a":{"pod":{"name":"a","namespace":"default","labels":{},
+            "node_name":null,"owner":null,"containers":[]},"node":"node-1",
+            "ip":"10.244.1.2","netns":"/run/netns/psw-x-default-a",
+            "workload_pid":null,"created":"2025-01-01T00:00:00Z"}}}"#;
+        let st: LabState = serde_json::from_str(old).unwrap();
+        assert!(st.services.is_empty());
+        assert_eq!(st.pods["default/a"].deletion, None);
+        assert!(st.service_specs().is_empty());
     }
 }

@@ -22,9 +22,10 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use super::services;
 
 /// The most replicas one Deployment may ask for in the lab. Every replica is
 /// a network namespace and a process on one machine, so a typo such as
@@ -246,6 +247,11 @@ pub struct LabPod {
     pub owner: Option<String>,
     /// The pod's (regular, non-init) containers.
     pub containers: Vec<LabContainer>,
+    /// `spec.terminationGracePeriodSeconds` as the manifest gives it
+    /// (validated non-negative); the lab applies its own default and cap
+    /// (`services::grace_period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
 }
 
 /// One container of a [`LabPod`].
@@ -440,6 +446,7 @@ pub fn expand_pods(objects: &[Object]) -> Result<Vec<LabPod>, ManifestError> {
                     node_name: non_empty(spec.node_name.as_deref()),
                     owner: None,
                     containers: lab_containers(spec),
+                    termination_grace_period_seconds: spec.termination_grace_period_seconds,
                 });
             }
             Object::Deployment(deployment) => {
@@ -815,7 +822,7 @@ fn validate(object: &Object) -> Result<(), Violation> {
             validate_pod_spec("spec", spec)
         }
         Object::Deployment(d) => validate_deployment(d),
-        Object::Service(s) => validate_service(s),
+        Object::Service(s) => validate_service(object, s),
     }
 }
 
@@ -916,6 +923,14 @@ fn validate_pod_spec(prefix: &str, spec: &PodSpec) -> Result<(), Violation> {
             "empty: a pod needs at least one container",
         ));
     }
+    if let Some(grace) = spec.termination_grace_period_seconds {
+        if grace < 0 {
+            return Err(Violation::new(
+                format!("{prefix}.terminationGracePeriodSeconds"),
+                format!("{grace} is negative"),
+            ));
+        }
+    }
     let mut names = BTreeSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
         let field = format!("{prefix}.containers[{i}]");
@@ -939,27 +954,13 @@ fn validate_pod_spec(prefix: &str, spec: &PodSpec) -> Result<(), Violation> {
     Ok(())
 }
 
-fn validate_service(s: &Service) -> Result<(), Violation> {
-    let Some(spec) = s.spec.as_ref() else {
-        return Ok(());
-    };
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let field = format!("spec.ports[{i}]");
-        check_port(&format!("{field}.port"), p.port)?;
-        Protocol::from_manifest(p.protocol.as_deref())
-            .map_err(|r| Violation::new(format!("{field}.protocol"), r))?;
-        match &p.target_port {
-            None => {}
-            Some(IntOrString::Int(n)) => check_port(&format!("{field}.targetPort"), *n)?,
-            Some(IntOrString::String(name)) => {
-                check_port_name(&format!("{field}.targetPort"), name)?
-            }
-        }
-        if let Some(name) = &p.name {
-            check_dns1123_label(&format!("{field}.name"), name)?;
-        }
-    }
-    Ok(())
+/// A Service is checked by the lab's API server half
+/// ([`services::ServiceRequest::from_manifest`]), which the lab also uses to
+/// apply it, so parsing and applying agree on what is valid.
+fn validate_service(object: &Object, s: &Service) -> Result<(), Violation> {
+    services::ServiceRequest::from_manifest(s, object.namespace(), object.name(), "")
+        .map(|_| ())
+        .map_err(|e| Violation::new(e.field, e.reason))
 }
 
 fn check_port(field: &str, port: i32) -> Result<(), Violation> {
@@ -977,16 +978,7 @@ fn check_port(field: &str, port: i32) -> Result<(), Violation> {
 /// names: at most 15 of `a-z0-9-`, at least one letter, no leading,
 /// trailing or doubled hyphen.
 fn check_port_name(field: &str, name: &str) -> Result<(), Violation> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().any(|b| b.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
+    if is_port_name(name) {
         Ok(())
     } else {
         Err(Violation::new(
@@ -998,7 +990,22 @@ fn check_port_name(field: &str, name: &str) -> Result<(), Violation> {
     }
 }
 
-fn is_dns1123_label(s: &str) -> bool {
+/// Whether `name` is an IANA service name (RFC 6335 §5.1): what Kubernetes
+/// requires of container port names and named target ports.
+pub(crate) fn is_port_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// Whether `s` is a DNS-1123 label (what Service port names must be).
+pub(crate) fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -1118,16 +1125,24 @@ pub fn pod_template_hash(deployment: &Deployment) -> String {
 /// Five safe-alphabet characters from (deployment, hash, index, salt);
 /// the controller picks them at random, we derive them so names are stable.
 fn replica_suffix(deployment: &str, hash: &str, index: i32, salt: u32) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [
+    stable_suffix(&[
         deployment.as_bytes(),
         b"\0",
         hash.as_bytes(),
         b"\0",
         &index.to_le_bytes(),
         &salt.to_le_bytes(),
-    ] {
-        for &b in part {
+    ])
+}
+
+/// Five safe-alphabet characters derived from `parts` (FNV-1a, 64 bit):
+/// where a Kubernetes controller appends five random characters to a
+/// generated name, the lab derives them, so names are stable across
+/// commands.
+pub(crate) fn stable_suffix(parts: &[&[u8]]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -1177,6 +1192,7 @@ fn expand_deployment(object: &Object, d: &Deployment) -> Vec<LabPod> {
             node_name: non_empty(pod_spec.node_name.as_deref()),
             owner: Some(name.to_owned()),
             containers: containers.clone(),
+            termination_grace_period_seconds: pod_spec.termination_grace_period_seconds,
         });
     }
     pods

@@ -3,8 +3,10 @@
 pub mod bridge;
 pub mod cluster;
 pub mod demo;
+pub mod kube_proxy;
 pub mod manifest;
 pub mod probe;
+pub mod services;
 pub mod traffic;
 pub mod view;
 pub mod workload;

@@ -621,4 +621,111 @@ mod tests {
         assert_eq!(k.src, t.gateway.ipv4);
         assert!(SNAT_PORTS.contains(&u32::from(k.sport)));
     }
+
+    fn udp_svc_tables(endpoints: &[[u8; 4]]) -> Tables {
+        let mut t = svc_tables(&[], None);
+        let spec = ServiceSpec {
+            name: "kube-system/dns".into(),
+            cluster_ips: vec![VIP.into()],
+            external_ips: vec![],
+            ports: vec![ServicePortSpec {
+                name: "dns".into(),
+                protocol: Protocol::Udp,
+                port: 53,
+                node_port: None,
+                endpoints: endpoints
+                    .iter()
+                    .map(|ip| EndpointSpec {
+                        ip: (*ip).into(),
+                        port: 5353,
+                        node: Some("n1".into()),
+                        ready: true,
+                        terminating: false,
+                    })
+                    .collect(),
+            }],
+            affinity_timeout_secs: None,
+            external_traffic_local: false,
+            internal_traffic_local: false,
+        };
+        let node = NodeView {
+            name: "n1",
+            node_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            gateway_ip: t.gateway.ipv4,
+            mode: ClusterMode::Native,
+            maglev_size: 251,
+        };
+        t.services =
+            Arc::new(ServiceTable::build([&spec], &ServiceSettings::default(), &node).unwrap());
+        t
+    }
+
+    fn dns_query(sport: u16) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC)
+            .ipv4(POD_A, VIP, 64)
+            .udp(sport, 53);
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, b"query").unwrap();
+        f
+    }
+
+    #[test]
+    fn dns_flow_does_not_pin_a_removed_endpoint() {
+        let t = udp_svc_tables(&[POD_B]);
+        let mut pl = Pipeline::new(counters());
+        let (_, out) = run(&mut pl, &t, 0, &dns_query(5000));
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_B));
+        // The endpoint moves to C; the control side drops stale flows.
+        let t2 = udp_svc_tables(&[POD_C]);
+        let ct = Arc::clone(pl.conntrack.table());
+        assert_eq!(ct.remove_where(|f| t2.services.flow_is_stale(f)), 1);
+        // The client's retry (same source port) reaches the live endpoint.
+        let (_, out) = run(&mut pl, &t2, 0, &dns_query(5000));
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_C));
+        assert_eq!(tuple(&out).dport, 5353);
+    }
+
+    #[test]
+    fn icmp_error_about_a_translated_flow_is_translated_back() {
+        let t = svc_tables(&[(POD_B, false)], None);
+        let mut pl = Pipeline::new(counters());
+        let (_, fwd) = run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080));
+        // B's side answers the (translated) SYN with fragmentation needed,
+        // quoting it as it arrived: A -> B:80.
+        let quoted = &fwd[VNET + 14..];
+        let b = PacketBuilder::ethernet2(mac_of(POD_B), GW_MAC)
+            .ipv4(POD_B, POD_A, 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ));
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, quoted).unwrap();
+        let (v, out) = run(&mut pl, &t, 1, &f);
+        assert_eq!(v, Verdict::Forward { port: 0 });
+        let o = &out[VNET..];
+        // Outer: from the VIP (the error came from the endpoint itself) to A.
+        assert_eq!(&o[26..30], &VIP);
+        assert_eq!(&o[30..34], &POD_A);
+        // Quoted: what A sent, A:40000 -> VIP:8080.
+        let inner = nat::tuple_at(o, 42, 62, 6).unwrap();
+        assert_eq!(
+            inner,
+            FlowKey::new(POD_A.into(), 40000, VIP.into(), 8080, 6)
+        );
+        assert_eq!(
+            crate::wire::checksum::checksum(&o[34..]),
+            0,
+            "ICMP checksum"
+        );
+        assert_eq!(
+            crate::wire::checksum::checksum(&o[14..34]),
+            0,
+            "IP checksum"
+        );
+        assert_eq!(
+            crate::wire::checksum::checksum(&o[42..62]),
+            0,
+            "quoted IP checksum"
+        );
+    }
 }

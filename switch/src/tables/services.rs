@@ -399,6 +399,21 @@ impl ServiceTable {
         })
     }
 
+    /// Whether a tracked flow lost its endpoint in this table (its frontend
+    /// is gone, or no longer lists the endpoint as ready or terminating).
+    /// Such flows are removed: a TCP client's next segment gets a RST, a
+    /// UDP client's next datagram (a DNS retry) picks a live endpoint.
+    pub fn flow_is_stale(&self, f: &crate::conntrack::FlowInfo) -> bool {
+        if f.flags & crate::conntrack::flow_flags::DNAT == 0 {
+            return false;
+        }
+        let Some(reply) = f.reply else { return false };
+        match self.frontend(f.orig.dst, f.orig.dport, f.orig.proto) {
+            Some(fr) => !self.has_backend(fr, reply.src, reply.sport),
+            None => true,
+        }
+    }
+
     /// Endpoints in the table (counted once per frontend port).
     pub fn endpoint_count(&self) -> usize {
         self.backends.len()

@@ -1,0 +1,1534 @@
+//! Services in the lab: the part of a Kubernetes control plane that turns
+//! `Service` manifests and pods into the service table every node's switch
+//! load-balances with.
+//!
+//! The jobs are split as Kubernetes splits them:
+//!
+//! - the API server's ([`ServiceRequest::from_manifest`], [`plan`]):
+//!   validate a Service, allocate its ClusterIP from the service CIDR and
+//!   its NodePorts from the NodePort range, and keep both when the same
+//!   Service is applied again (`kubectl apply` semantics: clusterIP is
+//!   immutable, an unset nodePort keeps the allocated one);
+//! - the EndpointSlice controller's ([`endpoint_groups`],
+//!   [`resolve_target_port`]): the pods a selector matches, per Service
+//!   port, with named target ports resolved from each pod's containerPorts,
+//!   and ready/serving/terminating conditions;
+//! - the input kube-proxy would program, here sent to the switches over the
+//!   control API ([`switch_spec`], [`settings`]).
+//!
+//! Everything here is pure (no I/O, no clock): `cluster.rs` stores the
+//! result in the lab state and pushes it to the switches, `view.rs` prints
+//! it as Kubernetes objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use podswitch_switch::control::api::{
+    EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
+};
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{self, LabPod};
+
+/// The service CIDR (ClusterIPs), kube-apiserver's default
+/// `--service-cluster-ip-range` and ../shared/TESTBED.md's plan.
+pub const SERVICE_CIDR: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 96, 0, 0), 12);
+
+/// The first address of the service CIDR, which Kubernetes gives the
+/// `kubernetes` Service (the API server); never allocated to another.
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
+/// The NodePort range, kube-apiserver's default
+/// `--service-node-port-range` (inclusive).
+pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+
+/// sessionAffinityConfig.clientIP.timeoutSeconds when not given (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
+/// The largest timeoutSeconds Kubernetes accepts (1 day).
+pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
+
+/// The lab's terminationGracePeriodSeconds when the manifest gives none
+/// (Kubernetes' default is 30 s; the lab's pods drain in a moment).
+pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 2;
+/// The longest grace period the lab honours, so that a manifest written
+/// for a real cluster (`terminationGracePeriodSeconds: 3600`) does not
+/// block `lab delete` for an hour.
+pub const MAX_GRACE_PERIOD_SECS: u32 = 30;
+
+/// The most endpoints one EndpointSlice holds (the controller's default
+/// `--max-endpoints-per-slice`).
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+
+/// The grace period the lab gives `pod` when it is deleted: its
+/// `terminationGracePeriodSeconds`, [`DEFAULT_GRACE_PERIOD_SECS`] when
+/// unset, at most [`MAX_GRACE_PERIOD_SECS`].
+pub fn grace_period(pod: &LabPod) -> u32 {
+    match pod.termination_grace_period_seconds {
+        None => DEFAULT_GRACE_PERIOD_SECS,
+        Some(s) => s.clamp(0, i64::from(MAX_GRACE_PERIOD_SECS)) as u32,
+    }
+}
+
+/// `spec.type` of a Service the lab runs (ExternalName is DNS only and
+/// refused: the lab has no DNS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// `spec.ports[].targetPort`: a number, or the name of a containerPort that
+/// each selected pod resolves for itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// One port of a [`LabService`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabServicePort {
+    /// `name`; empty only for a single-port Service.
+    pub name: String,
+    pub protocol: Protocol,
+    /// The Service port (on the ClusterIP and external IPs).
+    pub port: u16,
+    pub target_port: TargetPort,
+    /// The allocated (or requested) NodePort.
+    pub node_port: Option<u16>,
+}
+
+/// A Service as the lab's API server stores it: the manifest, validated
+/// and with its ClusterIP and NodePorts allocated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabService {
+    pub namespace: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: ServiceType,
+    /// `None` for a headless Service (`clusterIP: None`).
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub ports: Vec<LabServicePort>,
+    /// `spec.selector`; `None` (or an empty selector) selects no pods.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// The load balancer's ingress IPs (LoadBalancer only):
+    /// `status.loadBalancer.ingress[].ip`, else `spec.loadBalancerIP`.
+    pub load_balancer_ingress: Vec<Ipv4Addr>,
+    /// sessionAffinity ClientIP: its timeout in seconds.
+    pub affinity_timeout_secs: Option<u32>,
+    /// externalTrafficPolicy Local.
+    pub external_traffic_local: bool,
+    /// internalTrafficPolicy Local.
+    pub internal_traffic_local: bool,
+    /// `spec.publishNotReadyAddresses`.
+    pub publish_not_ready_addresses: bool,
+    /// The manifest as applied (what `lab get svc -o json` starts from).
+    pub manifest: Service,
+    /// creationTimestamp (RFC 3339), kept across re-applies.
+    pub created: String,
+}
+
+impl LabService {
+    /// `namespace/name`: the key in the lab state and the switch's name.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the type exposes NodePorts (NodePort, and LoadBalancer unless
+    /// `allocateLoadBalancerNodePorts: false`).
+    fn wants_node_ports(&self) -> bool {
+        match self.type_ {
+            ServiceType::ClusterIP => false,
+            ServiceType::NodePort => true,
+            ServiceType::LoadBalancer => self
+                .manifest
+                .spec
+                .as_ref()
+                .and_then(|s| s.allocate_load_balancer_node_ports)
+                .unwrap_or(true),
+        }
+    }
+
+    /// Whether `selector` selects `pod`: same namespace, a non-empty
+    /// selector, every label equal.
+    pub fn selects(&self, pod: &LabPod) -> bool {
+        match &self.selector {
+            Some(sel) if !sel.is_empty() => {
+                pod.namespace == self.namespace
+                    && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One invalid field of a Service manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path, Kubernetes style (`spec.ports[1].nodePort`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a Service could not be applied: which Service, which field, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Service {service}: field `{field}`: {reason}")]
+pub struct ServiceError {
+    /// `namespace/name`.
+    pub service: String,
+    pub field: String,
+    pub reason: String,
+}
+
+/// What a Service manifest asks for: validated, before allocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRequest {
+    /// The Service with every field but the allocations (`cluster_ip` is
+    /// `None`, `node_port`s are the requested ones).
+    pub service: LabService,
+    /// What the manifest says of the ClusterIP.
+    pub cluster_ip: ClusterIpRequest,
+}
+
+/// `spec.clusterIP` / `spec.clusterIPs` of a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterIpRequest {
+    /// Unset or empty: allocate one.
+    Allocate,
+    /// `None`: headless, no ClusterIP.
+    Headless,
+    /// This address.
+    Fixed(Ipv4Addr),
+}
+
+fn parse_ipv4(field: &str, value: &str, what: &str) -> Result<Ipv4Addr, FieldError> {
+    match value.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Ok(ip),
+        Ok(IpAddr::V6(_)) => Err(FieldError::new(
+            field,
+            format!("{value:?}: IPv6 {what} are not supported by the lab (IPv4 single-stack)"),
+        )),
+        Err(_) => Err(FieldError::new(
+            field,
+            format!("{value:?} is not a valid IP address"),
+        )),
+    }
+}
+
+/// Kubernetes' `ValidateNonSpecialIP`, for externalIPs and load balancer
+/// IPs: an address traffic can actually be sent to.
+fn check_routable(field: &str, ip: Ipv4Addr) -> Result<(), FieldError> {
+    let why = if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_link_local() {
+        "a link-local address"
+    } else if ip.is_multicast() || ip.is_broadcast() {
+        "a multicast or broadcast address"
+    } else {
+        return Ok(());
+    };
+    Err(FieldError::new(
+        field,
+        format!("{ip} may not be {why} (Kubernetes refuses it too)"),
+    ))
+}
+
+fn parse_protocol(field: &str, value: Option<&str>) -> Result<Protocol, FieldError> {
+    match value {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Err(FieldError::new(
+            field,
+            "SCTP is not supported by the lab's switch (TCP and UDP only)",
+        )),
+        Some(other) => Err(FieldError::new(
+            field,
+            format!("unsupported protocol {other:?}: must be one of TCP, UDP, SCTP"),
+        )),
+    }
+}
+
+fn protocol_str(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+fn port_number(field: &str, port: i32) -> Result<u16, FieldError> {
+    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+        FieldError::new(
+            field,
+            format!("{port} is not a valid port number (1..=65535)"),
+        )
+    })
+}
+
+impl ServiceRequest {
+    /// Validates a Service manifest as the API server would (the subset of
+    /// its rules that matters to the lab), refusing what the lab cannot do
+    /// (SCTP, IPv6, ExternalName, loadBalancerSourceRanges) instead of
+    /// ignoring it. The service CIDR and uniqueness checks need the other
+    /// Services and happen in [`plan`]. `created` is the creation time to
+    /// record.
+    pub fn from_manifest(
+        svc: &Service,
+        namespace: &str,
+        name: &str,
+        created: &str,
+    ) -> Result<ServiceRequest, FieldError> {
+        let default_spec = Default::default();
+        let spec = svc.spec.as_ref().unwrap_or(&default_spec);
+        let type_ = match spec.type_.as_deref() {
+            None | Some("") | Some("ClusterIP") => ServiceType::ClusterIP,
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => {
+                return Err(FieldError::new(
+                    "spec.type",
+                    "ExternalName is not supported by the lab (it is a DNS alias and the lab has no DNS)",
+                ))
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    "spec.type",
+                    format!(
+                        "{other:?}: must be one of ClusterIP, NodePort, LoadBalancer, ExternalName"
+                    ),
+                ))
+            }
+        };
+
+        // spec.clusterIP and spec.clusterIPs (whose first entry must be
+        // clusterIP when both are given).
+        let mut cluster_ip_text = spec.cluster_ip.clone().filter(|s| !s.is_empty());
+        let mut cluster_ip_field = "spec.clusterIP";
+        if let Some(ips) = spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
+            if ips.len() > 1 {
+                return Err(FieldError::new(
+                    "spec.clusterIPs",
+                    format!(
+                        "{ips:?}: dual-stack Services are not supported by the lab (IPv4 single-stack)"
+                    ),
+                ));
+            }
+            match &cluster_ip_text {
+                Some(ip) if *ip != ips[0] => {
+                    return Err(FieldError::new(
+                        "spec.clusterIPs[0]",
+                        format!("{:?} must equal spec.clusterIP {ip:?}", ips[0]),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    cluster_ip_text = Some(ips[0].clone());
+                    cluster_ip_field = "spec.clusterIPs[0]";
+                }
+            }
+        }
+        let cluster_ip = match cluster_ip_text.as_deref() {
+            None => ClusterIpRequest::Allocate,
+            Some("None") => ClusterIpRequest::Headless,
+            Some(text) => {
+                ClusterIpRequest::Fixed(parse_ipv4(cluster_ip_field, text, "ClusterIPs")?)
+            }
+        };
+        if cluster_ip == ClusterIpRequest::Headless && type_ != ServiceType::ClusterIP {
+            return Err(FieldError::new(
+                "spec.clusterIP",
+                format!("may not be None for {} Services", type_.as_str()),
+            ));
+        }
+        for (i, family) in spec.ip_families.iter().flatten().enumerate() {
+            if family != "IPv4" {
+                return Err(FieldError::new(
+                    format!("spec.ipFamilies[{i}]"),
+                    format!("{family:?}: the lab is IPv4 single-stack"),
+                ));
+            }
+        }
+        if spec.ip_family_policy.as_deref() == Some("RequireDualStack") {
+            return Err(FieldError::new(
+                "spec.ipFamilyPolicy",
+                "RequireDualStack: the lab is IPv4 single-stack",
+            ));
+        }
+        if spec
+            .load_balancer_source_ranges
+            .as_ref()
+            .is_some_and(|r| !r.is_empty())
+        {
+            return Err(FieldError::new(
+                "spec.loadBalancerSourceRanges",
+                "not supported by the lab (it would be a firewall the switch does not enforce)",
+            ));
+        }
+
+        // Ports.
+        let manifest_ports = spec.ports.as_deref().unwrap_or(&[]);
+        if manifest_ports.is_empty() && cluster_ip != ClusterIpRequest::Headless {
+            return Err(FieldError::new(
+                "spec.ports",
+                "required: a Service needs at least one port (only a headless Service may have none)",
+            ));
+        }
+        let mut ports = Vec::with_capacity(manifest_ports.len());
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for (i, p) in manifest_ports.iter().enumerate() {
+            let field = format!("spec.ports[{i}]");
+            let port = port_number(&format!("{field}.port"), p.port)?;
+            let protocol = parse_protocol(&format!("{field}.protocol"), p.protocol.as_deref())?;
+            let name = p.name.clone().unwrap_or_default();
+            if name.is_empty() {
+                if manifest_ports.len() > 1 {
+                    return Err(FieldError::new(
+                        format!("{field}.name"),
+                        "required: every port of a multi-port Service needs a name",
+                    ));
+                }
+            } else {
+                if !manifest::is_dns1123_label(&name) {
+                    return Err(FieldError::new(
+                        format!("{field}.name"),
+                        format!("{name:?} is not a valid DNS-1123 label (at most 63 of a-z, 0-9 and '-', starting and ending alphanumeric)"),
+                    ));
+                }
+                if !names.insert(name.clone()) {
+                    return Err(FieldError::new(
+                        format!("{field}.name"),
+                        format!("duplicate port name {name:?}"),
+                    ));
+                }
+            }
+            if !keys.insert((port, protocol)) {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "duplicate port {port}/{}: another port has the same number and protocol",
+                        protocol_str(protocol)
+                    ),
+                ));
+            }
+            let target_port = match &p.target_port {
+                None | Some(IntOrString::Int(0)) => TargetPort::Number(port),
+                Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
+                Some(IntOrString::Int(n)) => {
+                    TargetPort::Number(port_number(&format!("{field}.targetPort"), *n)?)
+                }
+                Some(IntOrString::String(s)) => {
+                    if !manifest::is_port_name(s) {
+                        return Err(FieldError::new(
+                            format!("{field}.targetPort"),
+                            format!("{s:?} is not a valid port name (at most 15 of a-z, 0-9 and '-', with at least one letter, RFC 6335)"),
+                        ));
+                    }
+                    TargetPort::Name(s.clone())
+                }
+            };
+            let node_port = match p.node_port {
+                None | Some(0) => None,
+                Some(n) => {
+                    let f = format!("{field}.nodePort");
+                    if type_ == ServiceType::ClusterIP {
+                        return Err(FieldError::new(
+                            f,
+                            "may not be used when `type` is ClusterIP",
+                        ));
+                    }
+                    let (lo, hi) = NODE_PORT_RANGE;
+                    match u16::try_from(n) {
+                        Ok(n) if (lo..=hi).contains(&n) => Some(n),
+                        _ => {
+                            return Err(FieldError::new(
+                                f,
+                                format!("{n} is outside the NodePort range {lo}-{hi}"),
+                            ))
+                        }
+                    }
+                }
+            };
+            ports.push(LabServicePort {
+                name,
+                protocol,
+                port,
+                target_port,
+                node_port,
+            });
+        }
+
+        let mut external_ips = Vec::new();
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            let field = format!("spec.externalIPs[{i}]");
+            let ip = parse_ipv4(&field, ip, "external IPs")?;
+            check_routable(&field, ip)?;
+            if !external_ips.contains(&ip) {
+                external_ips.push(ip);
+            }
+        }
+
+        let lb_ip = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty());
+        let mut load_balancer_ingress = Vec::new();
+        if let Some(text) = lb_ip {
+            if type_ != ServiceType::LoadBalancer {
+                return Err(FieldError::new(
+                    "spec.loadBalancerIP",
+                    "may only be used when `type` is LoadBalancer",
+                ));
+            }
+            let ip = parse_ipv4("spec.loadBalancerIP", text, "load balancer IPs")?;
+            check_routable("spec.loadBalancerIP", ip)?;
+            load_balancer_ingress.push(ip);
+        }
+        if type_ == ServiceType::LoadBalancer {
+            let ingress = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref());
+            let mut from_status = Vec::new();
+            for (i, ing) in ingress.into_iter().flatten().enumerate() {
+                // An ingress given only by hostname has no address to serve.
+                let Some(text) = ing.ip.as_deref().filter(|s| !s.is_empty()) else {
+                    continue;
+                };
+                let field = format!("status.loadBalancer.ingress[{i}].ip");
+                let ip = parse_ipv4(&field, text, "load balancer IPs")?;
+                check_routable(&field, ip)?;
+                if !from_status.contains(&ip) {
+                    from_status.push(ip);
+                }
+            }
+            // The status is what the load balancer reports; it wins over
+            // the (deprecated) request in spec.loadBalancerIP.
+            if !from_status.is_empty() {
+                load_balancer_ingress = from_status;
+            }
+        }
+
+        let affinity_timeout_secs = match spec.session_affinity.as_deref() {
+            None | Some("") | Some("None") => {
+                if spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .is_some_and(|c| c.timeout_seconds.is_some())
+                {
+                    return Err(FieldError::new(
+                        "spec.sessionAffinityConfig",
+                        "must not be set when sessionAffinity is None",
+                    ));
+                }
+                None
+            }
+            Some("ClientIP") => {
+                let t = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds);
+                match t {
+                    None => Some(DEFAULT_AFFINITY_TIMEOUT_SECS),
+                    Some(t) if t >= 1 && t as u32 <= MAX_AFFINITY_TIMEOUT_SECS => Some(t as u32),
+                    Some(t) => {
+                        return Err(FieldError::new(
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            format!("{t} must be 1..={MAX_AFFINITY_TIMEOUT_SECS}"),
+                        ))
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    "spec.sessionAffinity",
+                    format!("{other:?}: must be None or ClientIP"),
+                ))
+            }
+        };
+
+        let external_traffic_local = match spec.external_traffic_policy.as_deref() {
+            None | Some("") => false,
+            Some(p @ ("Cluster" | "Local")) => {
+                if type_ == ServiceType::ClusterIP && external_ips.is_empty() {
+                    return Err(FieldError::new(
+                        "spec.externalTrafficPolicy",
+                        "may only be set for externally-accessible Services (NodePort, LoadBalancer, or with externalIPs)",
+                    ));
+                }
+                p == "Local"
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    "spec.externalTrafficPolicy",
+                    format!("{other:?}: must be Cluster or Local"),
+                ))
+            }
+        };
+        let internal_traffic_local = match spec.internal_traffic_policy.as_deref() {
+            None | Some("") | Some("Cluster") => false,
+            Some("Local") => true,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "spec.internalTrafficPolicy",
+                    format!("{other:?}: must be Cluster or Local"),
+                ))
+            }
+        };
+
+        Ok(ServiceRequest {
+            service: LabService {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                type_,
+                cluster_ip: None,
+                ports,
+                selector: spec.selector.clone().filter(|s| !s.is_empty()),
+                external_ips,
+                load_balancer_ingress,
+                affinity_timeout_secs,
+                external_traffic_local,
+                internal_traffic_local,
+                publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+                manifest: svc.clone(),
+                created: created.to_owned(),
+            },
+            cluster_ip,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Allocation (the API server's ClusterIP and NodePort allocators)
+
+/// Size of the static band at the bottom of a range: Kubernetes allocates
+/// dynamically from above it first, so that addresses and ports users pick
+/// by hand (`clusterIP: 10.96.0.10` for DNS) rarely collide with allocated
+/// ones (KEP-3070 for ClusterIPs: min(max(16, size/16), 256); KEP-3668 for
+/// NodePorts: min(max(16, size/32), 128)).
+fn static_band(size: u32, divisor: u32, cap: u32) -> u32 {
+    (size / divisor).clamp(16, cap)
+}
+
+/// Lowest free value of `lo..=hi` in the dynamic band (above the static
+/// band), else in the static band: deterministic, and the same answer
+/// every time for the same state.
+fn lowest_free(lo: u32, hi: u32, band: u32, taken: impl Fn(u32) -> bool) -> Option<u32> {
+    let split = lo.saturating_add(band).min(hi.saturating_add(1));
+    (split..=hi).chain(lo..split).find(|v| !taken(*v))
+}
+
+/// Addresses of the service CIDR that are never allocated: its network
+/// and broadcast addresses, and the `kubernetes` Service's.
+fn reserved_cluster_ip(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip == SERVICE_CIDR.network() {
+        Some("the service CIDR's network address")
+    } else if ip == SERVICE_CIDR.broadcast() {
+        Some("the service CIDR's broadcast address")
+    } else if ip == KUBERNETES_SERVICE_IP {
+        Some("reserved for the `kubernetes` Service")
+    } else {
+        None
+    }
+}
+
+/// What is allocated, and to whom.
+#[derive(Debug, Default)]
+struct Allocations {
+    cluster_ips: BTreeMap<Ipv4Addr, String>,
+    node_ports: BTreeMap<(Protocol, u16), String>,
+}
+
+impl Allocations {
+    fn claim(&mut self, svc: &LabService) {
+        if let Some(ip) = svc.cluster_ip {
+            self.cluster_ips.insert(ip, svc.key());
+        }
+        for p in &svc.ports {
+            if let Some(n) = p.node_port {
+                self.node_ports.insert((p.protocol, n), svc.key());
+            }
+        }
+    }
+}
+
+/// The API server's half of `kubectl apply` for Services: validates
+/// `requests` against what `current` holds and returns the new set of
+/// Services (`current` with these created or updated). On error nothing is
+/// returned, so the caller changes nothing.
+///
+/// A Service applied again keeps its ClusterIP (which may not change) and,
+/// for each port (matched by number and protocol) whose nodePort is unset,
+/// its NodePort. Addresses and ports are taken in three rounds, so that the
+/// order of objects in a file does not decide who gets what: first what
+/// re-applied Services keep, then what manifests ask for by value, then
+/// new allocations, lowest free first.
+pub fn plan(
+    current: &BTreeMap<String, LabService>,
+    requests: Vec<ServiceRequest>,
+) -> Result<BTreeMap<String, LabService>, ServiceError> {
+    let mut next = current.clone();
+    let mut seen = BTreeSet::new();
+    for r in &requests {
+        let key = r.service.key();
+        if !seen.insert(key.clone()) {
+            return Err(ServiceError {
+                service: key,
+                field: "metadata.name".into(),
+                reason: "the Service is defined more than once".into(),
+            });
+        }
+        next.remove(&key);
+    }
+    let mut taken = Allocations::default();
+    for s in next.values() {
+        taken.claim(s);
+    }
+    let err = |svc: &LabService, field: String, reason: String| ServiceError {
+        service: svc.key(),
+        field,
+        reason,
+    };
+
+    // Round 1: what re-applied Services keep; and checks of immutability.
+    let mut out: Vec<(LabService, ClusterIpRequest)> = Vec::with_capacity(requests.len());
+    let mut kept_ports: Vec<Vec<bool>> = Vec::with_capacity(requests.len());
+    for r in requests {
+        let mut svc = r.service;
+        let mut want = r.cluster_ip;
+        let mut kept = vec![false; svc.ports.len()];
+        if let Some(old) = current.get(&svc.key()) {
+            svc.created = old.created.clone();
+            match (want, old.cluster_ip) {
+                (ClusterIpRequest::Allocate, Some(ip)) => want = ClusterIpRequest::Fixed(ip),
+                (ClusterIpRequest::Allocate, None) => want = ClusterIpRequest::Headless,
+                (ClusterIpRequest::Fixed(a), Some(b)) if a == b => {}
+                (ClusterIpRequest::Headless, None) => {}
+                (asked, is) => {
+                    let show = |ip: Option<Ipv4Addr>| {
+                        ip.map(|i| i.to_string()).unwrap_or_else(|| "None".into())
+                    };
+                    let asked = match asked {
+                        ClusterIpRequest::Fixed(ip) => Some(ip),
+                        _ => None,
+                    };
+                    return Err(err(
+                        &svc,
+                        "spec.clusterIP".into(),
+                        format!(
+                            "may not change once set (it is {}, the manifest asks for {}); delete the Service first",
+                            show(is),
+                            show(asked)
+                        ),
+                    ));
+                }
+            }
+            if let ClusterIpRequest::Fixed(ip) = want {
+                taken.cluster_ips.insert(ip, svc.key());
+                svc.cluster_ip = Some(ip);
+            }
+            if svc.wants_node_ports() {
+                let key = svc.key();
+                for (i, p) in svc.ports.iter_mut().enumerate() {
+                    if p.node_port.is_some() {
+                        continue;
+                    }
+                    let old_port = old
+                        .ports
+                        .iter()
+                        .find(|o| o.port == p.port && o.protocol == p.protocol)
+                        .and_then(|o| o.node_port);
+                    if let Some(n) = old_port {
+                        taken.node_ports.insert((p.protocol, n), key.clone());
+                        p.node_port = Some(n);
+                        kept[i] = true;
+                    }
+                }
+            }
+        }
+        out.push((svc, want));
+        kept_ports.push(kept);
+    }
+
+    // Round 2: what manifests ask for by value.
+    for ((svc, want), kept) in out.iter_mut().zip(&kept_ports) {
+        if let (ClusterIpRequest::Fixed(ip), None) = (*want, svc.cluster_ip) {
+            let field = "spec.clusterIP".to_string();
+            if !SERVICE_CIDR.contains(&ip) {
+                return Err(err(
+                    svc,
+                    field,
+                    format!("{ip} is not in the service CIDR {SERVICE_CIDR}"),
+                ));
+            }
+            if let Some(why) = reserved_cluster_ip(ip) {
+                return Err(err(svc, field, format!("{ip} is {why}")));
+            }
+            if let Some(owner) = taken.cluster_ips.get(&ip) {
+                return Err(err(
+                    svc,
+                    field,
+                    format!("{ip} is already allocated to Service {owner}"),
+                ));
+            }
+            taken.cluster_ips.insert(ip, svc.key());
+            svc.cluster_ip = Some(ip);
+        }
+        let key = svc.key();
+        for (i, p) in svc.ports.iter().enumerate() {
+            let Some(n) = p.node_port else { continue };
+            if kept[i] {
+                continue;
+            }
+            let field = format!("spec.ports[{i}].nodePort");
+            let proto = protocol_str(p.protocol);
+            match taken.node_ports.get(&(p.protocol, n)) {
+                Some(owner) if *owner == key => {
+                    return Err(err(
+                        svc,
+                        field,
+                        format!("{n}/{proto} is used by another port of this Service"),
+                    ))
+                }
+                Some(owner) => {
+                    return Err(err(
+                        svc,
+                        field,
+                        format!("{n}/{proto} is already allocated to Service {owner}"),
+                    ))
+                }
+                None => {
+                    taken.node_ports.insert((p.protocol, n), key.clone());
+                }
+            }
+        }
+    }
+
+    // Round 3: new allocations, lowest free first.
+    let ip_lo = u32::from(SERVICE_CIDR.network());
+    let ip_hi = u32::from(SERVICE_CIDR.broadcast());
+    let ip_band = static_band(ip_hi - ip_lo + 1, 16, 256);
+    let (np_lo, np_hi) = (u32::from(NODE_PORT_RANGE.0), u32::from(NODE_PORT_RANGE.1));
+    let np_band = static_band(np_hi - np_lo + 1, 32, 128);
+    for (svc, want) in out.iter_mut() {
+        if *want == ClusterIpRequest::Allocate {
+            let ip = lowest_free(ip_lo, ip_hi, ip_band, |v| {
+                let ip = Ipv4Addr::from(v);
+                reserved_cluster_ip(ip).is_some() || taken.cluster_ips.contains_key(&ip)
+            })
+            .map(Ipv4Addr::from)
+            .ok_or_else(|| {
+                err(
+                    svc,
+                    "spec.clusterIP".into(),
+                    format!(
+                        "the service CIDR {SERVICE_CIDR} is exhausted ({} ClusterIPs allocated)",
+                        taken.cluster_ips.len()
+                    ),
+                )
+            })?;
+            taken.cluster_ips.insert(ip, svc.key());
+            svc.cluster_ip = Some(ip);
+        }
+        if svc.wants_node_ports() {
+            let key = svc.key();
+            for i in 0..svc.ports.len() {
+                if svc.ports[i].node_port.is_some() {
+                    continue;
+                }
+                let proto = svc.ports[i].protocol;
+                let n = lowest_free(np_lo, np_hi, np_band, |v| {
+                    taken.node_ports.contains_key(&(proto, v as u16))
+                })
+                .map(|v| v as u16)
+                .ok_or_else(|| {
+                    err(
+                        svc,
+                        format!("spec.ports[{i}].nodePort"),
+                        format!(
+                            "the NodePort range {}-{} is exhausted for {}",
+                            NODE_PORT_RANGE.0,
+                            NODE_PORT_RANGE.1,
+                            protocol_str(proto)
+                        ),
+                    )
+                })?;
+                taken.node_ports.insert((proto, n), key.clone());
+                svc.ports[i].node_port = Some(n);
+            }
+        }
+    }
+    for (svc, _) in out {
+        next.insert(svc.key(), svc);
+    }
+    Ok(next)
+}
+
+// ---------------------------------------------------------------------------
+// The EndpointSlice controller
+
+/// A pod as the endpoints controller sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PodInfo<'a> {
+    pub pod: &'a LabPod,
+    pub ip: Ipv4Addr,
+    pub node: &'a str,
+    /// The pod's workload runs. A pod whose workload is gone is `Failed`
+    /// and left out, as the controller leaves out Failed pods.
+    pub running: bool,
+    /// The pod is being deleted (deletionTimestamp set) and drains.
+    pub terminating: bool,
+}
+
+/// One pod in an EndpointSlice, with its conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEndpoint {
+    pub namespace: String,
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub node: String,
+    /// Gets new connections: running and not terminating (or the Service
+    /// publishes not-ready addresses).
+    pub ready: bool,
+    /// Could serve: running, whether or not it is terminating.
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// One resolved port of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ResolvedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// The endpoints that share one set of resolved ports: one EndpointSlice
+/// (Kubernetes groups endpoints by their port mapping, so pods that map a
+/// named port to different numbers land in different slices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointGroup {
+    pub ports: Vec<ResolvedPort>,
+    pub endpoints: Vec<PodEndpoint>,
+}
+
+/// The container port a Service port reaches on `pod`: the number itself,
+/// or the number of the pod's containerPort with that name and the Service
+/// port's protocol (Kubernetes' `FindPort`); `None` when the pod has no
+/// such port, which leaves the pod out of this Service port.
+pub fn resolve_target_port(pod: &LabPod, port: &LabServicePort) -> Option<u16> {
+    match &port.target_port {
+        TargetPort::Number(n) => Some(*n),
+        TargetPort::Name(name) => pod
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|p| {
+                p.name.as_deref() == Some(name.as_str())
+                    && p.protocol.as_str() == protocol_str(port.protocol)
+            })
+            .map(|p| p.container_port),
+    }
+}
+
+fn pod_endpoint(svc: &LabService, p: &PodInfo<'_>) -> PodEndpoint {
+    // "ready" is never true for a terminating endpoint, unless the
+    // Service publishes not-ready addresses (EndpointConditions docs).
+    let ready = svc.publish_not_ready_addresses || (p.running && !p.terminating);
+    PodEndpoint {
+        namespace: p.pod.namespace.clone(),
+        pod: p.pod.name.clone(),
+        ip: p.ip,
+        node: p.node.to_owned(),
+        ready,
+        serving: p.running,
+        terminating: p.terminating,
+    }
+}
+
+fn selected<'a, 'b>(
+    svc: &'b LabService,
+    pods: &'b [PodInfo<'a>],
+) -> impl Iterator<Item = &'b PodInfo<'a>> + 'b {
+    pods.iter().filter(move |p| p.running && svc.selects(p.pod))
+}
+
+/// The EndpointSlices of `svc`: its selected pods grouped by resolved port
+/// set, each group's endpoints sorted by IP, at most
+/// [`MAX_ENDPOINTS_PER_SLICE`] per group. A Service with a selector and no
+/// pods has one empty group (the controller's placeholder slice); one
+/// without a selector has none (its slices would be written by hand).
+pub fn endpoint_groups(svc: &LabService, pods: &[PodInfo<'_>]) -> Vec<EndpointGroup> {
+    if svc.selector.is_none() {
+        return Vec::new();
+    }
+    let mut groups: BTreeMap<Vec<ResolvedPort>, Vec<PodEndpoint>> = BTreeMap::new();
+    for p in selected(svc, pods) {
+        let ports: Vec<ResolvedPort> = svc
+            .ports
+            .iter()
+            .filter_map(|sp| {
+                resolve_target_port(p.pod, sp).map(|port| ResolvedPort {
+                    name: sp.name.clone(),
+                    protocol: sp.protocol,
+                    port,
+                })
+            })
+            .collect();
+        groups.entry(ports).or_default().push(pod_endpoint(svc, p));
+    }
+    if groups.is_empty() {
+        return vec![EndpointGroup {
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        }];
+    }
+    let mut out = Vec::new();
+    for (ports, mut endpoints) in groups {
+        endpoints.sort_by_key(|e| e.ip);
+        for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
+            out.push(EndpointGroup {
+                ports: ports.clone(),
+                endpoints: chunk.to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// The name of the `index`-th EndpointSlice of `svc`: `<svc>-<5 chars>`,
+/// as the controller's generateName makes it, the characters derived from
+/// the Service and the group's ports so a slice keeps its name.
+pub fn slice_name(svc: &LabService, group: &EndpointGroup, index: usize) -> String {
+    // generateName's prefix is cut to leave room for the suffix in 63.
+    let mut prefix = format!("{}-", svc.name);
+    prefix.truncate(58);
+    let ports: String = group
+        .ports
+        .iter()
+        .map(|p| format!("{}:{}/{};", p.name, p.port, protocol_str(p.protocol)))
+        .collect();
+    let first = group
+        .endpoints
+        .first()
+        .map(|e| e.ip.to_string())
+        .unwrap_or_default();
+    let suffix = manifest::stable_suffix(&[
+        svc.namespace.as_bytes(),
+        b"\0",
+        svc.name.as_bytes(),
+        b"\0",
+        ports.as_bytes(),
+        b"\0",
+        // Chunks of one port set are told apart by their first address.
+        if index == 0 { b"" } else { first.as_bytes() },
+    ]);
+    format!("{prefix}{suffix}")
+}
+
+/// What the switch gets for `svc`: its frontends (ClusterIP, external and
+/// load balancer IPs, NodePorts) and, per port, the endpoints with their
+/// resolved target ports. `None` for a headless Service, which has no
+/// frontend (kube-proxy skips them too).
+pub fn switch_spec(svc: &LabService, pods: &[PodInfo<'_>]) -> Option<ServiceSpec> {
+    let cluster_ip = svc.cluster_ip?;
+    let mut external_ips = svc.external_ips.clone();
+    for ip in &svc.load_balancer_ingress {
+        if !external_ips.contains(ip) {
+            external_ips.push(*ip);
+        }
+    }
+    let ports = svc
+        .ports
+        .iter()
+        .map(|sp| {
+            let mut endpoints: Vec<EndpointSpec> = selected(svc, pods)
+                .filter_map(|p| {
+                    let port = resolve_target_port(p.pod, sp)?;
+                    let e = pod_endpoint(svc, p);
+                    Some(EndpointSpec {
+                        ip: e.ip,
+                        port,
+                        node: Some(e.node),
+                        ready: e.ready,
+                        terminating: e.terminating,
+                    })
+                })
+                .collect();
+            if svc.selector.is_none() {
+                endpoints.clear();
+            }
+            endpoints.sort_by_key(|e| (e.ip, e.port));
+            ServicePortSpec {
+                name: sp.name.clone(),
+                protocol: sp.protocol,
+                port: sp.port,
+                node_port: sp.node_port,
+                endpoints,
+            }
+        })
+        .collect();
+    Some(ServiceSpec {
+        name: svc.key(),
+        cluster_ips: vec![cluster_ip],
+        external_ips,
+        ports,
+        affinity_timeout_secs: svc.affinity_timeout_secs,
+        external_traffic_local: svc.external_traffic_local,
+        internal_traffic_local: svc.internal_traffic_local,
+    })
+}
+
+/// Every non-headless Service as the switch gets it, sorted by name.
+pub fn switch_specs<'a>(
+    services: impl IntoIterator<Item = &'a LabService>,
+    pods: &[PodInfo<'_>],
+) -> Vec<ServiceSpec> {
+    let mut specs: Vec<ServiceSpec> = services
+        .into_iter()
+        .filter_map(|s| switch_spec(s, pods))
+        .collect();
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+    specs
+}
+
+/// The cluster-wide settings the lab gives every switch.
+pub fn settings(cluster_cidr: Ipv4Net) -> ServiceSettings {
+    ServiceSettings {
+        cluster_cidrs: vec![IpNet::V4(cluster_cidr)],
+        service_cidrs: vec![IpNet::V4(SERVICE_CIDR)],
+        masquerade: true,
+        masquerade_exclude: Vec::new(),
+        node_port_range: NODE_PORT_RANGE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::manifest::{parse_manifests, LabContainer, LabPort, Object};
+
+    fn requests(yaml: &str) -> Result<Vec<ServiceRequest>, FieldError> {
+        parse_manifests(yaml, "t.yaml")
+            .map_err(|e| FieldError::new("parse", e.to_string()))?
+            .iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(ServiceRequest::from_manifest(
+                    s,
+                    o.namespace(),
+                    o.name(),
+                    "2025-01-01T00:00:00Z",
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn apply(
+        current: &BTreeMap<String, LabService>,
+        yaml: &str,
+    ) -> Result<BTreeMap<String, LabService>, ServiceError> {
+        plan(current, requests(yaml).expect("valid manifest"))
+    }
+
+    fn svc(name: &str, extra_spec: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: web}}\n{extra_spec}"
+        )
+    }
+
+    const PORT_80: &str = "  ports:\n  - port: 80\n";
+
+    #[test]
+    fn cluster_ips_are_lowest_free_above_the_static_band_and_kept() {
+        let s = apply(
+            &BTreeMap::new(),
+            &format!("{}---\n{}", svc("a", PORT_80), svc("b", PORT_80)),
+        )
+        .unwrap();
+        // 10.96.0.0/12: the first 256 addresses are the static band.
+        assert_eq!(s["default/a"].cluster_ip, Some(Ipv4Addr::new(10, 96, 1, 0)));
+        assert_eq!(s["default/b"].cluster_ip, Some(Ipv4Addr::new(10, 96, 1, 1)));
+        // Re-applying keeps it; deleting a frees its address for the next.
+        let again = apply(&s, &svc("a", PORT_80)).unwrap();
+        assert_eq!(again, s);
+        let mut without_a = s.clone();
+        without_a.remove("default/a");
+        let c = apply(&without_a, &svc("c", PORT_80)).unwrap();
+        assert_eq!(c["default/c"].cluster_ip, Some(Ipv4Addr::new(10, 96, 1, 0)));
+    }
+
+    #[test]
+    fn requested_cluster_ips_are_checked() {
+        let fixed = |ip: &str| svc("a", &format!("  clusterIP: {ip}\n{PORT_80}"));
+        let s = apply(&BTreeMap::new(), &fixed("10.96.0.10")).unwrap();
+        assert_eq!(
+            s["default/a"].cluster_ip,
+            Some(Ipv4Addr::new(10, 96, 0, 10))
+        );
+        for (ip, why) in [
+            ("10.0.0.5", "not in the service CIDR 10.96.0.0/12"),
+            ("10.96.0.1", "kubernetes"),
+            ("10.96.0.0", "network address"),
+            ("10.111.255.255", "broadcast"),
+        ] {
+            let e = apply(&BTreeMap::new(), &fixed(ip)).unwrap_err();
+            assert_eq!(e.field, "spec.clusterIP", "{e}");
+            assert!(e.reason.contains(why), "{ip}: {e}");
+            assert!(e.to_string().starts_with("Service default/a: "), "{e}");
+        }
+        // Taken by another Service.
+        let e = apply(
+            &s,
+            &svc("b", &format!("  clusterIP: 10.96.0.10\n{PORT_80}")),
+        )
+        .unwrap_err();
+        assert!(
+            e.reason.contains("already allocated to Service default/a"),
+            "{e}"
+        );
+        // Immutable once set.
+        let e = apply(&s, &fixed("10.96.0.11")).unwrap_err();
+        assert!(e.reason.contains("may not change"), "{e}");
+        // A fixed address wins over an allocation in the same file, whatever
+        // the order.
+        let both = format!(
+            "{}---\n{}",
+            svc("first", PORT_80),
+            svc("second", &format!("  clusterIP: 10.96.1.0\n{PORT_80}"))
+        );
+        let s = apply(&BTreeMap::new(), &both).unwrap();
+        assert_eq!(
+            s["default/second"].cluster_ip,
+            Some(Ipv4Addr::new(10, 96, 1, 0))
+        );
+        assert_eq!(
+            s["default/first"].cluster_ip,
+            Some(Ipv4Addr::new(10, 96, 1, 1))
+        );
+        // Headless: no address, and it stays headless.
+        let h = apply(&BTreeMap::new(), &fixed("None")).unwrap();
+        assert_eq!(h["default/a"].cluster_ip, None);
+        assert!(apply(&h, &svc("a", PORT_80)).is_ok());
+        assert!(apply(&h, &fixed("10.96.0.10")).is_err());
+        assert_eq!(switch_spec(&h["default/a"], &[]), None);
+    }
+
+    #[test]
+    fn node_ports_are_allocated_validated_and_kept() {
+        let np =
+            |name: &str, ports: &str| svc(name, &format!("  type: NodePort\n  ports:\n{ports}"));
+        let s = apply(
+            &BTreeMap::new(),
+            &np(
+                "a",
+                "  - {name: http, port: 80}\n  - {name: dns, port: 53, protocol: UDP}\n",
+            ),
+        )
+        .unwrap();
+        // 2768 ports: the first 86 are the static band.
+        let ports: Vec<_> = s["default/a"].ports.iter().map(|p| p.node_port).collect();
+        assert_eq!(ports, [Some(30086), Some(30086)], "one per protocol");
+        // Re-applied: kept. Fixed: honoured; the same number on another
+        // protocol is fine; a taken one is refused.
+        let s2 = apply(
+            &s,
+            &np(
+                "a",
+                "  - {name: http, port: 80}\n  - {name: dns, port: 53, protocol: UDP}\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(s2, s);
+        let s3 = apply(&s, &np("b", "  - {port: 81, nodePort: 30001}\n")).unwrap();
+        assert_eq!(s3["default/b"].ports[0].node_port, Some(30001));
+        let e = apply(&s3, &np("c", "  - {port: 82, nodePort: 30001}\n")).unwrap_err();
+        assert_eq!(e.field, "spec.ports[0].nodePort");
+        assert!(
+            e.reason.contains("already allocated to Service default/b"),
+            "{e}"
+        );
+        assert!(apply(
+            &s3,
+            &np("c", "  - {port: 82, nodePort: 30001, protocol: UDP}\n")
+        )
+        .is_ok());
+        let e = apply(
+            &BTreeMap::new(),
+            &np("d", "  - {name: a, port: 1, nodePort: 30005}\n  - {name: b, port: 2, nodePort: 30005}\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.ports[1].nodePort", "{e}");
+        // Out of range and on a ClusterIP Service: refused when parsed.
+        let e = requests(&np("e", "  - {port: 1, nodePort: 8080}\n")).unwrap_err();
+        assert!(e.reason.contains("NodePort range 30000-32767"), "{e:?}");
+        let e = requests(&svc("f", "  ports:\n  - {port: 1, nodePort: 30000}\n")).unwrap_err();
+        assert!(e.reason.contains("ClusterIP"), "{e:?}");
+        // Changing the type to ClusterIP releases them.
+        let s4 = apply(&s, &svc("a", PORT_80)).unwrap();
+        assert_eq!(s4["default/a"].ports[0].node_port, None);
+    }
+
+    #[test]
+    fn a_failed_plan_returns_nothing_and_the_input_is_untouched() {
+        let s = apply(&BTreeMap::new(), &svc("a", PORT_80)).unwrap();
+        let before = s.clone();
+        let bad = format!(
+            "{}---\n{}",
+            svc("b", PORT_80),
+            svc("c", &format!("  clusterIP: 192.168.0.1\n{PORT_80}"))
+        );
+        assert!(apply(&s, &bad).is_err());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn manifest_fields_are_validated_with_their_path() {
+        for (spec, field, why) in [
+            ("  ports:\n  - {port: 80, protocol: SCTP}\n", "spec.ports[0].protocol", "SCTP"),
+            ("  ports:\n  - {port: 80}\n  - {port: 81}\n", "spec.ports[0].name", "required"),
+            ("  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 80}\n", "spec.ports[1]", "duplicate"),
+            ("  type: ExternalName\n  externalName: x.example\n", "spec.type", "ExternalName"),
+            ("  type: NodePort\n  clusterIP: None\n  ports: [{port: 1}]\n", "spec.clusterIP", "None"),
+            ("  clusterIP: fd00::1\n  ports: [{port: 1}]\n", "spec.clusterIP", "IPv6"),
+            ("  externalIPs: [127.0.0.1]\n  ports: [{port: 1}]\n", "spec.externalIPs[0]", "loopback"),
+            ("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n  ports: [{port: 1}]\n", "spec.sessionAffinityConfig.clientIP.timeoutSeconds", "1..="),
+            ("  externalTrafficPolicy: Local\n  ports: [{port: 1}]\n", "spec.externalTrafficPolicy", "externally-accessible"),
+            ("  internalTrafficPolicy: Nearby\n  ports: [{port: 1}]\n", "spec.internalTrafficPolicy", "Cluster or Local"),
+            ("  ports: [{port: 1, targetPort: Not_A_Name}]\n", "spec.ports[0].targetPort", "port name"),
+            ("  loadBalancerIP: 203.0.113.5\n  ports: [{port: 1}]\n", "spec.loadBalancerIP", "LoadBalancer"),
+            ("  ports: []\n", "spec.ports", "at least one port"),
+        ] {
+            let e = requests(&svc("s", spec)).unwrap_err();
+            assert!(e.reason.contains(field), "{spec}: {e:?}");
+            assert!(e.reason.contains(why), "{spec}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_load_balancer_ingress() {
+        let s = apply(
+            &BTreeMap::new(),
+            &svc(
+                "lb",
+                "  type: LoadBalancer\n  loadBalancerIP: 203.0.113.7\n  externalIPs: [203.0.113.100]\n  sessionAffinity: ClientIP\n  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n  ports: [{port: 443, targetPort: 8443}]\n",
+            ),
+        )
+        .unwrap();
+        let lb = &s["default/lb"];
+        assert_eq!(
+            lb.affinity_timeout_secs,
+            Some(DEFAULT_AFFINITY_TIMEOUT_SECS)
+        );
+        assert_eq!(lb.load_balancer_ingress, [Ipv4Addr::new(203, 0, 113, 7)]);
+        assert!(lb.ports[0].node_port.is_some());
+        let spec = switch_spec(lb, &[]).unwrap();
+        assert_eq!(
+            spec.external_ips,
+            [
+                Ipv4Addr::new(203, 0, 113, 100),
+                Ipv4Addr::new(203, 0, 113, 7)
+            ]
+        );
+        assert!(spec.external_traffic_local && spec.internal_traffic_local);
+        assert_eq!(spec.ports[0].port, 443);
+        // The status (what the load balancer reports) wins over the spec.
+        let yaml = format!(
+            "{}status:\n  loadBalancer:\n    ingress:\n    - ip: 198.51.100.9\n    - hostname: lb.example\n",
+            svc("lb2", "  type: LoadBalancer\n  loadBalancerIP: 203.0.113.7\n  allocateLoadBalancerNodePorts: false\n  ports: [{port: 80}]\n")
+        );
+        let s = apply(&BTreeMap::new(), &yaml).unwrap();
+        let lb2 = &s["default/lb2"];
+        assert_eq!(lb2.load_balancer_ingress, [Ipv4Addr::new(198, 51, 100, 9)]);
+        assert_eq!(lb2.ports[0].node_port, None);
+    }
+
+    fn pod(
+        name: &str,
+        labels: &[(&str, &str)],
+        ports: &[(&str, u16, manifest::Protocol)],
+    ) -> LabPod {
+        LabPod {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            node_name: None,
+            owner: None,
+            containers: vec![LabContainer {
+                name: "c".into(),
+                ports: ports
+                    .iter()
+                    .map(|(n, p, proto)| LabPort {
+                        name: Some(n.to_string()),
+                        container_port: *p,
+                        protocol: *proto,
+                    })
+                    .collect(),
+                command: None,
+            }],
+            termination_grace_period_seconds: None,
+        }
+    }
+
+    fn info<'a>(pod: &'a LabPod, last_octet: u8, node: &'a str) -> PodInfo<'a> {
+        PodInfo {
+            pod,
+            ip: Ipv4Addr::new(10, 244, 1, last_octet),
+            node,
+            running: true,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn named_ports_are_resolved_per_pod() {
+        use manifest::Protocol::{Tcp, Udp};
+        let s = apply(
+            &BTreeMap::new(),
+            &svc(
+                "web",
+                "  ports:\n  - {name: http, port: 80, targetPort: http}\n  - {name: echo, port: 9000, targetPort: echo, protocol: UDP}\n  - {name: admin, port: 9090, targetPort: 9091}\n",
+            ),
+        )
+        .unwrap();
+        let web = &s["default/web"];
+        // Two pods map `http` to different numbers; one has no `echo`; one
+        // names `echo` only for TCP, which a UDP port does not match; one
+        // is not selected; one is in another namespace.
+        let a = pod(
+            "a",
+            &[("app", "web")],
+            &[("http", 8080, Tcp), ("echo", 9000, Udp)],
+        );
+        let b = pod("b", &[("app", "web"), ("x", "y")], &[("http", 80, Tcp)]);
+        let c = pod(
+            "c",
+            &[("app", "web")],
+            &[("http", 80, Tcp), ("echo", 7, Tcp)],
+        );
+        let other = pod("d", &[("app", "db")], &[("http", 80, Tcp)]);
+        let mut elsewhere = pod("e", &[("app", "web")], &[("http", 80, Tcp)]);
+        elsewhere.namespace = "shop".into();
+        let pods = [
+            info(&a, 2, "node-1"),
+            info(&b, 3, "node-2"),
+            info(&c, 4, "node-2"),
+            info(&other, 5, "node-1"),
+            info(&elsewhere, 6, "node-1"),
+        ];
+        let spec = switch_spec(web, &pods).unwrap();
+        let eps = |i: usize| -> Vec<(u8, u16)> {
+            spec.ports[i]
+                .endpoints
+                .iter()
+                .map(|e| (e.ip.octets()[3], e.port))
+                .collect()
+        };
+        assert_eq!(eps(0), [(2, 8080), (3, 80), (4, 80)]);
+        assert_eq!(eps(1), [(2, 9000)]);
+        assert_eq!(eps(2), [(2, 9091), (3, 9091), (4, 9091)]);
+        assert_eq!(spec.ports[0].endpoints[1].node.as_deref(), Some("node-2"));
+        // Slices: one per distinct port mapping (b and c share one).
+        let groups = endpoint_groups(web, &pods);
+        assert_eq!(groups.len(), 2);
+        let sizes: Vec<(usize, usize)> = groups
+            .iter()
+            .map(|g| (g.ports.len(), g.endpoints.len()))
+            .collect();
+        assert!(
+            sizes.contains(&(3, 1)) && sizes.contains(&(2, 2)),
+            "{sizes:?}"
+        );
+        let names: BTreeSet<String> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| slice_name(web, g, i))
+            .collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.iter().all(|n| n.starts_with("web-") && n.len() == 9));
+    }
+
+    #[test]
+    fn conditions_follow_the_pod() {
+        use manifest::Protocol::Tcp;
+        let s = apply(&BTreeMap::new(), &svc("web", PORT_80)).unwrap();
+        let web = &s["default/web"];
+        let a = pod("a", &[("app", "web")], &[("http", 80, Tcp)]);
+        let b = pod("b", &[("app", "web")], &[("http", 80, Tcp)]);
+        let c = pod("c", &[("app", "web")], &[("http", 80, Tcp)]);
+        let pods = [
+            info(&a, 2, "node-1"),
+            PodInfo {
+                terminating: true,
+                ..info(&b, 3, "node-1")
+            },
+            PodInfo {
+                running: false,
+                ..info(&c, 4, "node-1")
+            },
+        ];
+        let spec = switch_spec(web, &pods).unwrap();
+        let conds: Vec<(u8, bool, bool)> = spec.ports[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.ip.octets()[3], e.ready, e.terminating))
+            .collect();
+        assert_eq!(conds, [(2, true, false), (3, false, true)]);
+        let g = &endpoint_groups(web, &pods)[0];
+        assert!(g.endpoints[1].serving && !g.endpoints[1].ready);
+        // No pods: one empty placeholder slice, and no endpoints.
+        let empty = endpoint_groups(web, &[]);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].endpoints.is_empty());
+    }
+
+    #[test]
+    fn grace_periods() {
+        let mut p = pod("a", &[], &[]);
+        assert_eq!(grace_period(&p), DEFAULT_GRACE_PERIOD_SECS);
+        p.termination_grace_period_seconds = Some(0);
+        assert_eq!(grace_period(&p), 0);
+        p.termination_grace_period_seconds = Some(3600);
+        assert_eq!(grace_period(&p), MAX_GRACE_PERIOD_SECS);
+    }
+
+    #[test]
+    fn settings_name_the_lab_ranges() {
+        let s = settings("10.244.0.0/16".parse().unwrap());
+        assert_eq!(s.service_cidrs, [IpNet::V4(SERVICE_CIDR)]);
+        assert_eq!(s.node_port_range, (30000, 32767));
+        assert!(s.masquerade);
+    }
+}
