@@ -149,6 +149,21 @@ enum LabCommand {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
+    /// ClusterIP new-connection rate through podswitch and through
+    /// kube-proxy's iptables rules, with the same Services, interleaved.
+    BenchServices {
+        /// Service counts to compare at (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        services: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run a pod's workload inside its namespace (started by the lab).
     #[command(hide = true)]
     PodRun {
@@ -378,6 +393,20 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         } => {
             let lab = lab_named(name, Some("demo"))?;
             podswitch_agent::lab::demo::run(&lab, quick, json.as_deref(), workers)?;
+        }
+        LabCommand::BenchServices {
+            services,
+            rounds,
+            secs,
+            json,
+        } => {
+            let lab = lab_named(name, Some("svcbench"))?;
+            let report = podswitch_agent::lab::svc_bench::run(&lab, &services, rounds, secs)?;
+            outln!("{}", podswitch_agent::lab::svc_bench::render(&report));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
         }
         LabCommand::PodRun {
             pod,

@@ -7,6 +7,7 @@ pub mod kube_proxy;
 pub mod manifest;
 pub mod probe;
 pub mod services;
+pub mod svc_bench;
 pub mod traffic;
 pub mod view;
 pub mod workload;
