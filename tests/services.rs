@@ -160,6 +160,13 @@ fn cluster_ip_and_policies(mode: &str) {
     );
     assert_eq!(u["received"], 20, "{mode}: UDP via named port: {u}");
 
+    // A Service without endpoints refuses at once, never a black hole.
+    let nobody = s.cluster_ip("nobody");
+    let r = s.load(&client.0, &format!("{nobody}:80"), 1);
+    assert_eq!(r["failed"], 1, "{mode}: {r}");
+    assert!(r["errors"][0].as_str().unwrap().contains("refused"), "{mode}: {r}");
+    assert!(r["secs"].as_f64().unwrap() < 1.0, "{mode}: not refused at once: {r}");
+
     // Session affinity pins the client to one replica.
     let sticky = s.cluster_ip("api-sticky");
     let r = s.load(&client.0, &format!("{sticky}:8080"), 20);
