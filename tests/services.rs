@@ -164,8 +164,14 @@ fn cluster_ip_and_policies(mode: &str) {
     let nobody = s.cluster_ip("nobody");
     let r = s.load(&client.0, &format!("{nobody}:80"), 1);
     assert_eq!(r["failed"], 1, "{mode}: {r}");
-    assert!(r["errors"][0].as_str().unwrap().contains("refused"), "{mode}: {r}");
-    assert!(r["secs"].as_f64().unwrap() < 1.0, "{mode}: not refused at once: {r}");
+    assert!(
+        r["errors"][0].as_str().unwrap().contains("refused"),
+        "{mode}: {r}"
+    );
+    assert!(
+        r["secs"].as_f64().unwrap() < 1.0,
+        "{mode}: not refused at once: {r}"
+    );
 
     // Session affinity pins the client to one replica.
     let sticky = s.cluster_ip("api-sticky");
@@ -273,7 +279,7 @@ fn cluster_ip_and_policies(mode: &str) {
     // Terminating then removed endpoints during a steady stream of new
     // connections: scale api from 3 to 2 (grace period 3 s) while the
     // client keeps asking; not one request may fail.
-    let mut stream = Command::new(exe())
+    let stream = Command::new(exe())
         .args([
             "lab",
             "--name",
@@ -406,7 +412,7 @@ fn established_flow_survives_10k_service_updates() {
     };
     let first = set(0);
     assert_eq!(first.services, 10_001);
-    let mut sink = lab.spawn_tool(
+    let sink = lab.spawn_tool(
         &sink_pod.0,
         &[
             "tcp-sink",
