@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
 use podswitch_switch::control::api::{
-    Hello, PortInfo, Protocol, Request, ServiceSettings, ServiceSpec, Stats, Topology,
+    FlowFilter, Flows, Hello, PortInfo, Protocol, Request, ServiceSettings, ServiceSpec, Stats,
+    Topology,
 };
 use podswitch_switch::control::client;
 
@@ -43,6 +44,33 @@ enum CtlCommand {
     Topology,
     /// The Services the switch holds: frontends and endpoints.
     Services,
+    /// Conntrack flows: list (filtered), count, or flush.
+    Conntrack(ConntrackArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ConntrackArgs {
+    /// Flows with an address (either end, either direction) in this prefix.
+    #[arg(long)]
+    addr: Option<ipnet::IpNet>,
+    /// Flows with this port at either end.
+    #[arg(long)]
+    port: Option<u16>,
+    /// tcp, udp or icmp.
+    #[arg(long)]
+    proto: Option<String>,
+    /// A state: syn_sent, established, time_wait, unreplied, replied, ...
+    #[arg(long)]
+    state: Option<String>,
+    /// Print only the counts.
+    #[arg(long)]
+    count: bool,
+    /// Remove the selected flows (all of them without a filter).
+    #[arg(long, conflicts_with = "count")]
+    flush: bool,
+    /// List at most this many.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
 }
 
 /// The result of `get_services`.
@@ -235,6 +263,55 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                         r.description
                     );
                 }
+            }
+        }
+        CtlCommand::Conntrack(c) => {
+            let filter = FlowFilter {
+                addr: c.addr,
+                port: c.port,
+                proto: c.proto,
+                state: c.state,
+            };
+            if c.flush {
+                let v: serde_json::Value =
+                    client::call(&args.socket, &Request::FlushFlows { filter })?;
+                if json {
+                    outln!("{v}");
+                } else {
+                    outln!("removed {} flow(s)", v["removed"]);
+                }
+                return Ok(());
+            }
+            let limit = if c.count { 0 } else { c.limit };
+            let r: Flows = client::call(
+                &args.socket,
+                &Request::ListFlows {
+                    filter,
+                    limit: Some(limit),
+                },
+            )?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                if !c.count {
+                    for f in &r.flows {
+                        let reply = f.reply.map(|k| format!("  reply {k}")).unwrap_or_default();
+                        outln!(
+                            "{:<12} {}{}  idle {}s expires {}s",
+                            serde_json::to_value(f.state)?.as_str().unwrap_or("?"),
+                            f.orig,
+                            reply,
+                            f.idle_secs,
+                            f.expires_in_secs
+                        );
+                    }
+                }
+                outln!(
+                    "{} matched, {} in the table (capacity {})",
+                    r.matched,
+                    r.total,
+                    r.capacity
+                );
             }
         }
         CtlCommand::Services => {

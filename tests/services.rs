@@ -146,6 +146,47 @@ fn cluster_ip_and_policies(mode: &str) {
         "{mode}: client IP must be kept"
     );
 
+    // The client's node tracks those flows (closed: TIME_WAIT), with the
+    // VIP as original destination and an api pod as the reply's source.
+    let ct: serde_json::Value = serde_json::from_str(&podswitch_ok(&[
+        "ctl",
+        "-s",
+        &s.lab.socket("node-1"),
+        "conntrack",
+        "-o",
+        "json",
+        "--addr",
+        &format!("{}/32", client.1),
+        "--port",
+        "8080",
+    ]))
+    .unwrap();
+    assert!(ct["matched"].as_u64().unwrap() >= 60, "{mode}: {ct}");
+    let f = &ct["flows"][0];
+    assert_eq!(f["orig"]["dst"], vip.as_str(), "{mode}: {f}");
+    assert!(
+        apis.iter().any(|a| f["reply"]["src"] == a.1.as_str()),
+        "{mode}: {f}"
+    );
+    let flushed: serde_json::Value = serde_json::from_str(&podswitch_ok(&[
+        "ctl",
+        "-s",
+        &s.lab.socket("node-1"),
+        "conntrack",
+        "-o",
+        "json",
+        "--flush",
+        "--addr",
+        &format!("{}/32", client.1),
+        "--port",
+        "8080",
+    ]))
+    .unwrap();
+    assert!(
+        flushed["removed"].as_u64().unwrap() >= 60,
+        "{mode}: {flushed}"
+    );
+
     // Named target ports, resolved per pod: `http` is 80 on the api pods
     // and 8081 on alt; all four answer behind one service port.
     let front = s.cluster_ip("front");

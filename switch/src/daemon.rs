@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::conntrack::{ConnTrack, ConntrackConfig};
 use crate::control::api::{
-    ApiError, Applied, ClusterMode, ErrorCode, Hello, Mac, NodeSpec, PodSpec, PortInfo, RemoteNode,
-    Request, ServiceSettings, ServiceSpec, ServicesApplied, Stats, Topology, VxlanSpec,
+    ApiError, Applied, ClusterMode, ErrorCode, FlowFilter, Flows, Hello, Mac, NodeSpec, PodSpec,
+    PortInfo, RemoteNode, Request, ServiceSettings, ServiceSpec, ServicesApplied, Stats, Topology,
+    VxlanSpec,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
@@ -866,6 +867,27 @@ impl SwitchState {
                 "settings": self.service_settings,
                 "services": self.services.values().collect::<Vec<_>>(),
             })),
+            Request::ListFlows { filter, limit } => {
+                let pred = flow_predicate(&filter)?;
+                let limit = limit.unwrap_or(1000);
+                let mut matched = 0;
+                let flows = self.conntrack.list(usize::MAX, |f| {
+                    let m = pred(f);
+                    matched += usize::from(m);
+                    m
+                });
+                to_json(serde_json::to_value(Flows {
+                    total: self.conntrack.len(),
+                    capacity: self.conntrack.capacity(),
+                    matched,
+                    flows: flows.into_iter().take(limit).collect(),
+                }))
+            }
+            Request::FlushFlows { filter } => {
+                let pred = flow_predicate(&filter)?;
+                let removed = self.conntrack.remove_where(|f| pred(f));
+                Ok(serde_json::json!({ "removed": removed }))
+            }
             Request::GetTopology => to_json(serde_json::to_value(Topology {
                 node: self.node.clone(),
                 pods: self.ports.values().map(|p| p.spec.clone()).collect(),
@@ -885,6 +907,48 @@ impl SwitchState {
             })),
         }
     }
+}
+
+/// The predicate a [`FlowFilter`] describes; a bad field is an error
+/// naming it.
+fn flow_predicate(
+    f: &FlowFilter,
+) -> Result<impl Fn(&crate::conntrack::FlowInfo) -> bool, ApiError> {
+    let proto = match f.proto.as_deref() {
+        None => None,
+        Some("tcp") => Some(6u8),
+        Some("udp") => Some(17),
+        Some("icmp") => Some(1),
+        Some(p) => {
+            return Err(ApiError::invalid(
+                "filter.proto",
+                format!("{p:?} is not tcp, udp or icmp"),
+            ))
+        }
+    };
+    let state = match &f.state {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<crate::conntrack::FlowState>(serde_json::Value::String(
+                s.clone(),
+            ))
+            .map_err(|_| ApiError::invalid("filter.state", format!("unknown state {s:?}")))?,
+        ),
+    };
+    let (addr, port) = (f.addr, f.port);
+    Ok(move |fl: &crate::conntrack::FlowInfo| {
+        let keys = [Some(fl.orig), fl.reply];
+        let keys = keys.iter().flatten();
+        proto.is_none_or(|p| fl.orig.proto == p)
+            && state.is_none_or(|s| fl.state == s)
+            && addr.is_none_or(|a| {
+                keys.clone().any(|k| {
+                    a.contains(&std::net::IpAddr::V4(k.src))
+                        || a.contains(&std::net::IpAddr::V4(k.dst))
+                })
+            })
+            && port.is_none_or(|p| keys.clone().any(|k| k.sport == p || k.dport == p))
+    })
 }
 
 /// An error and its sources, joined with ": ".

@@ -372,6 +372,36 @@ impl Default for ServiceSettings {
     }
 }
 
+/// Selects flows of the conntrack table; every given field must match
+/// (on either direction's tuple).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFilter {
+    /// Source or destination address inside this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpNet>,
+    /// Source or destination port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp`, `udp` or `icmp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// A state name (`established`, `time_wait`, `unreplied`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// Result of `list_flows`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flows {
+    /// Flows in the table (all of them, not only the selected).
+    pub total: usize,
+    pub capacity: usize,
+    /// Flows that matched the filter (all of them, even beyond `limit`).
+    pub matched: usize,
+    pub flows: Vec<crate::conntrack::FlowInfo>,
+}
+
 /// Result of `set_services`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicesApplied {
@@ -432,6 +462,20 @@ pub enum Request {
     },
     /// Result: `{"settings": ServiceSettings, "services": [ServiceSpec]}`.
     GetServices,
+    /// Conntrack flows matching `filter` (at most `limit`, default 1000).
+    /// Result: [`Flows`].
+    ListFlows {
+        #[serde(default)]
+        filter: FlowFilter,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Removes the flows matching `filter` (an empty filter flushes the
+    /// table). Result: `{"removed": N}`.
+    FlushFlows {
+        #[serde(default)]
+        filter: FlowFilter,
+    },
     /// Result: [`Topology`].
     GetTopology,
     /// Result: `[PortInfo]`.
@@ -612,6 +656,20 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct ListFlows {
+        #[serde(default)]
+        filter: FlowFilter,
+        #[serde(default)]
+        limit: Option<usize>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FlushFlows {
+        #[serde(default)]
+        filter: FlowFilter,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Patch {
         #[serde(default)]
         add: Vec<PodSpec>,
@@ -643,6 +701,13 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
             remove: a.remove,
         })?,
         "get_services" => decode_args::<NoArgs>(args).map(|_| Request::GetServices)?,
+        "list_flows" => decode_args::<ListFlows>(args).map(|a| Request::ListFlows {
+            filter: a.filter,
+            limit: a.limit,
+        })?,
+        "flush_flows" => {
+            decode_args::<FlushFlows>(args).map(|a| Request::FlushFlows { filter: a.filter })?
+        }
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
