@@ -2,4 +2,5 @@
 //! CNI plugin and the standalone lab.
 #![forbid(unsafe_code)]
 
+pub mod cni;
 pub mod lab;
