@@ -51,6 +51,43 @@ pub struct ConntrackStage {
     workers: usize,
     rng: u64,
     icmp_limit: RateLimit,
+    /// The packets of the current batch the stage works on (reused: the
+    /// fast path does not allocate once it has seen a full batch).
+    work: Vec<Work>,
+}
+
+/// A packet of the batch the stage has to look at, as the first pass
+/// classified it.
+#[derive(Debug, Clone, Copy)]
+struct Work {
+    /// Index in the batch.
+    at: usize,
+    what: WorkKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum WorkKind {
+    /// An ICMP error: translated if it quotes a tracked flow.
+    Related,
+    /// A packet looked up in the flow table.
+    Track(Track),
+}
+
+/// A packet that may belong to (or open) a tracked flow.
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    key: FlowKey,
+    /// `ct.bucket_of(&key)`.
+    bucket: usize,
+    /// The chain's first link when the heads were loaded (a prefetch
+    /// hint; the lookup reloads it).
+    head: u32,
+    /// To a service frontend's address.
+    to_frontend: bool,
+    /// From a pod to outside the cluster (masqueraded if new).
+    masquerade: bool,
+    /// From outside the cluster to a pod (tracked untranslated if new).
+    inbound: bool,
 }
 
 /// The flow hash Maglev picks with: the same on every worker, so a
@@ -76,6 +113,7 @@ impl ConntrackStage {
                 super::route::ICMP_ERROR_RATE,
                 super::route::ICMP_ERROR_BURST,
             ),
+            work: Vec::new(),
         }
     }
 
@@ -83,6 +121,14 @@ impl ConntrackStage {
         &self.ct
     }
 
+    /// Runs the stage over a batch in passes. A lookup in a large table
+    /// is two dependent cache misses (the chain head, then the entry);
+    /// taken one packet at a time they never overlap. So: classify every
+    /// packet and hash its tuple; load every chain head; touch every first
+    /// entry; and only then do the per-packet work, which now finds its
+    /// lines in cache. The first three passes only read, so the outcome is
+    /// that of processing the packets one by one, in order: the lookups
+    /// reload the heads and see flows created earlier in the batch.
     pub fn process(
         &mut self,
         batch: &mut Batch,
@@ -96,68 +142,129 @@ impl ConntrackStage {
         }
         let now_s = self.ct.clock(now);
         self.ct.enter(self.worker);
-        for p in batch.packets_mut() {
-            if p.pending() && p.meta.l3 == L3::Ipv4 && p.meta.first_fragment {
-                self.one(p, tables, svc, c, now_s, now);
+        self.classify(batch, tables, svc);
+        self.load_heads();
+        self.warm_entries();
+        let mut work = std::mem::take(&mut self.work);
+        let packets = batch.packets_mut();
+        for w in &work {
+            let p = &mut packets[w.at];
+            match w.what {
+                WorkKind::Related => self.related(p, c),
+                WorkKind::Track(t) => self.track(p, &t, tables, svc, c, now_s, now),
             }
         }
+        work.clear();
+        self.work = work;
         self.ct.exit(self.worker);
     }
 
+    /// Pass 1: which packets the stage looks at, their tuples and buckets.
+    fn classify(&mut self, batch: &Batch, tables: &Tables, svc: &ServiceTable) {
+        self.work.clear();
+        for (at, p) in batch.packets().iter().enumerate() {
+            if !(p.pending() && p.meta.l3 == L3::Ipv4 && p.meta.first_fragment) {
+                continue;
+            }
+            let what = if p.meta.proto == 1
+                && nat::is_icmp_error(
+                    p.frame()
+                        .get(usize::from(p.meta.l4_off))
+                        .copied()
+                        .unwrap_or(255),
+                ) {
+                WorkKind::Related
+            } else {
+                match self.tracked(p, tables, svc) {
+                    Some(t) => WorkKind::Track(t),
+                    None => continue,
+                }
+            };
+            self.work.push(Work { at, what });
+        }
+    }
+
+    /// Whether a (non-error) packet concerns a translation or a tracked
+    /// flow, and if so its tuple.
     #[inline]
-    fn one(
+    fn tracked(&self, p: &Packet, tables: &Tables, svc: &ServiceTable) -> Option<Track> {
+        let key = nat::packet_tuple(p)?;
+        let to_frontend = svc.is_frontend_ip(key.dst);
+        let (mut masquerade, mut inbound) = (false, false);
+        // A packet to a frontend is always looked up; the other probes
+        // matter only for the rest (most packets to a service skip them).
+        if !to_frontend {
+            let maybe_reply =
+                svc.is_endpoint(key.src, key.sport, key.proto) || svc.is_nat_address(key.dst);
+            let from_pod = tables.port(p.ingress).map(|x| x.kind) == Some(PortKind::Pod);
+            masquerade = from_pod && svc.masquerades(key.dst);
+            // A connection from outside the cluster to a pod is tracked
+            // (without translation) so that the pod's replies are
+            // recognised as replies and not masqueraded, as Linux's
+            // conntrack does.
+            inbound =
+                !from_pod && !maybe_reply && svc.masquerades(key.src) && !svc.masquerades(key.dst);
+            if !(maybe_reply || masquerade || inbound) {
+                return None;
+            }
+        }
+        Some(Track {
+            bucket: self.ct.bucket_of(&key),
+            head: 0,
+            key,
+            to_frontend,
+            masquerade,
+            inbound,
+        })
+    }
+
+    /// Pass 2: the chain heads, loads independent of one another.
+    fn load_heads(&mut self) {
+        for w in &mut self.work {
+            if let WorkKind::Track(t) = &mut w.what {
+                t.head = self.ct.head(t.bucket);
+            }
+        }
+    }
+
+    /// Pass 3: the first entry of every chain, into cache.
+    fn warm_entries(&self) {
+        for w in &self.work {
+            if let WorkKind::Track(t) = &w.what {
+                self.ct.warm(t.head);
+            }
+        }
+    }
+
+    /// Pass 4 for a packet that may belong to a flow: translate it as its
+    /// flow says, or open one.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn track(
         &mut self,
         p: &mut Packet,
+        t: &Track,
         tables: &Tables,
         svc: &ServiceTable,
         c: &WorkerCounters,
         now_s: u32,
         now: Instant,
     ) {
-        let proto = p.meta.proto;
-        if proto == 1 {
-            let t = p
-                .frame()
-                .get(usize::from(p.meta.l4_off))
-                .copied()
-                .unwrap_or(255);
-            if nat::is_icmp_error(t) {
-                self.related(p, c);
+        let key = &t.key;
+        if let Some(r) = self.ct.lookup_in(t.bucket, key) {
+            self.established(p, r, key, now_s);
+            return;
+        }
+        if t.to_frontend {
+            if let Some(f) = svc.frontend(key.dst, key.dport, key.proto) {
+                self.new_service_flow(p, tables, svc, f, key, c, now_s, now);
                 return;
             }
         }
-        let Some(key) = nat::packet_tuple(p) else {
-            return;
-        };
-        let to_frontend = svc.is_frontend_ip(key.dst);
-        let maybe_reply = svc.is_endpoint(key.src, key.sport, proto) || svc.is_nat_address(key.dst);
-        let from_pod = tables.port(p.ingress).map(|x| x.kind) == Some(PortKind::Pod);
-        let masquerade = from_pod && !to_frontend && svc.masquerades(key.dst);
-        // A connection from outside the cluster to a pod is tracked (without
-        // translation) so that the pod's replies are recognised as replies
-        // and not masqueraded, as Linux's conntrack does.
-        let inbound = !from_pod
-            && !to_frontend
-            && !maybe_reply
-            && svc.masquerades(key.src)
-            && !svc.masquerades(key.dst);
-        if !(to_frontend || maybe_reply || masquerade || inbound) {
-            return;
-        }
-        if let Some(r) = self.ct.lookup(&key) {
-            self.established(p, r, &key, now_s);
-            return;
-        }
-        if to_frontend {
-            if let Some(f) = svc.frontend(key.dst, key.dport, proto) {
-                self.new_service_flow(p, tables, svc, f, &key, c, now_s, now);
-                return;
-            }
-        }
-        if masquerade {
-            self.new_masquerade_flow(p, svc, &key, c, now_s);
-        } else if inbound {
-            self.new_inbound_flow(p, &key, c, now_s);
+        if t.masquerade {
+            self.new_masquerade_flow(p, svc, key, c, now_s);
+        } else if t.inbound {
+            self.new_inbound_flow(p, key, c, now_s);
         }
     }
 

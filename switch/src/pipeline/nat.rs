@@ -7,7 +7,7 @@
 //! that does not exist (its endpoint is gone), and the translation of ICMP
 //! errors about a tracked flow (RELATED), outer and quoted headers both.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::PacketBuilder;
 
@@ -57,8 +57,13 @@ fn rd_ip(b: &[u8], at: usize) -> Ipv4Addr {
 /// `l4` in `f`; `None` for protocols and ICMP types that are not tracked.
 #[inline]
 pub fn tuple_at(f: &[u8], l3: usize, l4: usize, proto: u8) -> Option<FlowKey> {
-    let src = rd_ip(f, l3 + 12);
-    let dst = rd_ip(f, l3 + 16);
+    tuple_with(f, rd_ip(f, l3 + 12), rd_ip(f, l3 + 16), l4, proto)
+}
+
+/// The tuple of a packet from `src` to `dst` whose L4 header is at `l4`
+/// in `f`: only the ports (or the echo identifier) are read.
+#[inline]
+fn tuple_with(f: &[u8], src: Ipv4Addr, dst: Ipv4Addr, l4: usize, proto: u8) -> Option<FlowKey> {
     match proto {
         6 | 17 if f.len() >= l4 + 4 => {
             Some(FlowKey::new(src, rd16(f, l4), dst, rd16(f, l4 + 2), proto))
@@ -72,35 +77,32 @@ pub fn tuple_at(f: &[u8], l3: usize, l4: usize, proto: u8) -> Option<FlowKey> {
     }
 }
 
-/// The tuple of a parsed packet.
+/// The tuple of a parsed IPv4 packet: the addresses as parse recorded
+/// them in the metadata (kept current by [`rewrite`]), the ports from the
+/// frame.
 #[inline]
 pub fn packet_tuple(p: &Packet) -> Option<FlowKey> {
     let m = &p.meta;
-    tuple_at(
-        p.frame(),
-        usize::from(m.l3_off),
-        usize::from(m.l4_off),
-        m.proto,
-    )
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (m.src, m.dst) else {
+        return None;
+    };
+    tuple_with(p.frame(), src, dst, usize::from(m.l4_off), m.proto)
 }
 
-/// Checksum update for a field that is part of the pseudo-header (an
-/// address): a full checksum changes as RFC 1624 says; a partial one (the
-/// field holds the uncomplemented pseudo-header sum, NEEDS_CSUM) changes
-/// the other way round.
 #[inline]
-fn update_pseudo(check: u16, old: u32, new: u32, partial: bool) -> u16 {
-    if partial {
-        !checksum::update_u32(!check, old, new)
-    } else {
-        checksum::update_u32(check, old, new)
-    }
+fn rd32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// Rewrites the addresses and ports of the IPv4 packet at `l3`/`l4` in `f`
 /// to those of `to`, patching the IP header checksum and the L4 checksum
 /// (`partial`: the L4 checksum is NEEDS_CSUM; `l4_csum`: whether to touch
 /// it at all: a quoted packet inside an ICMP error may be truncated).
+///
+/// Checksums are patched as RFC 1624 eqn. 3 says, with every changed
+/// field's term (`~m + m'`) summed first and folded once per checksum. An
+/// unchanged field adds `~m + m` = 0xffff, which is zero in ones'
+/// complement, so fields are not tested for change.
 fn rewrite_at(
     f: &mut [u8],
     l3: usize,
@@ -110,42 +112,22 @@ fn rewrite_at(
     partial: bool,
     l4_csum: bool,
 ) {
-    let old_src = u32::from(rd_ip(f, l3 + 12));
-    let old_dst = u32::from(rd_ip(f, l3 + 16));
     let (new_src, new_dst) = (u32::from(to.src), u32::from(to.dst));
-    let mut ip_check = rd16(f, l3 + 10);
-    let cs = csum_offset(proto)
-        .map(|o| l4 + o)
-        .filter(|&c| l4_csum && f.len() >= c + 2);
-    // UDP checksum 0 means "none" (RFC 768): leave it so.
-    let cs = cs.filter(|&c| proto != 17 || rd16(f, c) != 0);
-    let mut l4_check = cs.map(|c| rd16(f, c)).unwrap_or(0);
-    if old_src != new_src {
-        ip_check = checksum::update_u32(ip_check, old_src, new_src);
-        if proto != 1 {
-            l4_check = update_pseudo(l4_check, old_src, new_src, partial);
-        }
-        f[l3 + 12..l3 + 16].copy_from_slice(&to.src.octets());
-    }
-    if old_dst != new_dst {
-        ip_check = checksum::update_u32(ip_check, old_dst, new_dst);
-        if proto != 1 {
-            l4_check = update_pseudo(l4_check, old_dst, new_dst, partial);
-        }
-        f[l3 + 16..l3 + 20].copy_from_slice(&to.dst.octets());
-    }
+    let addrs = checksum::diff_u32(rd32(f, l3 + 12), new_src)
+        + checksum::diff_u32(rd32(f, l3 + 16), new_dst);
+    let ip_check = !checksum::fold(u64::from(!rd16(f, l3 + 10)) + addrs);
     wr16(f, l3 + 10, ip_check);
-    match proto {
+    f[l3 + 12..l3 + 16].copy_from_slice(&new_src.to_be_bytes());
+    f[l3 + 16..l3 + 20].copy_from_slice(&new_dst.to_be_bytes());
+
+    // The L4 header's own fields: both ports (one 32-bit word), or the
+    // ICMP echo identifier.
+    let ports = match proto {
         6 | 17 => {
-            for (at, new) in [(l4, to.sport), (l4 + 2, to.dport)] {
-                let old = rd16(f, at);
-                if old != new {
-                    if !partial {
-                        l4_check = checksum::update_u16(l4_check, old, new);
-                    }
-                    wr16(f, at, new);
-                }
-            }
+            let new = (u32::from(to.sport) << 16) | u32::from(to.dport);
+            let old = rd32(f, l4);
+            f[l4..l4 + 4].copy_from_slice(&new.to_be_bytes());
+            checksum::diff_u32(old, new)
         }
         1 => {
             let id = if f[l4] == ICMP_ECHO_REQUEST {
@@ -154,21 +136,40 @@ fn rewrite_at(
                 to.dport
             };
             let old = rd16(f, l4 + 4);
-            if old != id {
-                if !partial {
-                    l4_check = checksum::update_u16(l4_check, old, id);
-                }
-                wr16(f, l4 + 4, id);
-            }
+            wr16(f, l4 + 4, id);
+            u64::from(!old) + u64::from(id)
         }
-        _ => {}
+        _ => 0,
+    };
+
+    let Some(c) = csum_offset(proto)
+        .map(|o| l4 + o)
+        .filter(|&c| l4_csum && f.len() >= c + 2)
+    else {
+        return;
+    };
+    let old = rd16(f, c);
+    // UDP checksum 0 means "none" (RFC 768): leave it so.
+    if proto == 17 && old == 0 {
+        return;
     }
-    if let Some(c) = cs {
-        if proto == 17 && l4_check == 0 && !partial {
-            l4_check = 0xffff;
+    // ICMP has no pseudo-header.
+    let pseudo = if proto == 1 { 0 } else { addrs };
+    let new = if partial {
+        // NEEDS_CSUM: the field holds the uncomplemented pseudo-header
+        // sum, which the addresses change the other way round; the ports
+        // are summed later, by whoever completes the checksum.
+        checksum::fold(u64::from(old) + pseudo)
+    } else {
+        let c = !checksum::fold(u64::from(!old) + pseudo + ports);
+        // A computed UDP checksum of 0 is sent as all ones (RFC 768).
+        if proto == 17 && c == 0 {
+            0xffff
+        } else {
+            c
         }
-        wr16(f, c, l4_check);
-    }
+    };
+    wr16(f, c, new);
 }
 
 /// Rewrites a parsed packet's tuple to `to` and updates its metadata.
