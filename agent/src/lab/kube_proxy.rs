@@ -49,6 +49,11 @@
 //! rules sit in the middle: the position a new connection meets on
 //! average.
 //!
+//! The client pod has `net.ipv4.tcp_tw_reuse=1`, so that the TIME_WAIT
+//! sockets of earlier transactions do not exhaust its ephemeral ports
+//! (see [`KernelServiceLab::measure_crr`]); a client measuring podswitch
+//! needs the same for a like-for-like comparison.
+//!
 //! Namespaces carry the caller's prefix (../shared/TESTBED.md); a
 //! [`KernelServiceLab`] removes them in [`KernelServiceLab::down`] or, best
 //! effort, on drop. The backends' servers are threads of this process that
@@ -346,8 +351,8 @@ pub fn service_ports(services: usize, backends: &[Ipv4Addr]) -> anyhow::Result<V
             .map(|&ip| SocketAddrV4::new(ip, target_port))
             .collect(),
     };
-    ports.insert(middle, target("crr", TARGET_CRR_PORT, BACKEND_CRR_PORT));
     ports.insert(middle, target("http", TARGET_HTTP_PORT, BACKEND_HTTP_PORT));
+    ports.insert(middle, target("crr", TARGET_CRR_PORT, BACKEND_CRR_PORT));
     Ok(ports)
 }
 
@@ -598,8 +603,9 @@ pub struct RulesLoad {
     pub nat_chains: usize,
     /// Size of the iptables-restore input.
     pub input_bytes: usize,
-    /// 1-based position of the target's first rule in `KUBE-SERVICES`,
-    /// i.e. how many rules a new connection to it is matched against.
+    /// 1-based position of the target's `crr` rule in `KUBE-SERVICES`
+    /// (its `http` rule follows), i.e. how many rules a new CRR
+    /// connection is matched against.
     pub target_position: usize,
     /// Wall time of the one `iptables-restore` run, from spawn to exit.
     pub restore_time: Duration,
@@ -704,6 +710,18 @@ impl KernelServiceLab {
             wire_pod(&nl, i, &pod_path, ip)
                 .with_context(|| format!("wiring pod {i} ({ip}) to the node"))?;
         }
+        // Every CRR transaction leaves a TIME_WAIT socket in the client for
+        // 60 s. connect() tries the even half of the 28k ephemeral ports
+        // first, so past ~14k of them each connect scans the whole half
+        // and takes milliseconds: one 2 s run at 7k/s, or a second run
+        // soon after the first, would measure that instead of the Service
+        // path. tcp_tw_reuse=1 lets connect() take a port whose TIME_WAIT
+        // is older than a second (RFC 7323 timestamps tell old segments
+        // from new ones).
+        in_netns(self.client_netns(), || {
+            std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
+                .context("setting net.ipv4.tcp_tw_reuse=1 in the client pod")
+        })?;
 
         for pod in &self.pods[1..] {
             let name = pod.name.clone();
@@ -812,6 +830,8 @@ impl KernelServiceLab {
     /// Connect/request/response/close transactions from the client pod to
     /// the target Service's [`TARGET_CRR_PORT`], each on a new TCP
     /// connection (so each one walks `KUBE-SERVICES`), for `duration`.
+    /// The client reuses ports whose TIME_WAIT is over a second old, so
+    /// runs can follow each other without running out of ports.
     ///
     /// # Errors
     /// The first failed transaction (see [`traffic::tcp_crr`]).
@@ -1091,16 +1111,17 @@ mod tests {
             .position(|p| p.cluster_ip == TARGET_CLUSTER_IP)
             .unwrap();
         assert_eq!(at, 500);
-        assert_eq!(ports[at].name, "default/echo:http");
-        assert_eq!(ports[at].port, TARGET_HTTP_PORT);
+        assert_eq!(ports[at].name, "default/echo:crr");
+        assert_eq!(ports[at].port, TARGET_CRR_PORT);
         assert_eq!(
             ports[at].endpoints,
             [
-                SocketAddrV4::new(backends[0], BACKEND_HTTP_PORT),
-                SocketAddrV4::new(backends[1], BACKEND_HTTP_PORT)
+                SocketAddrV4::new(backends[0], BACKEND_CRR_PORT),
+                SocketAddrV4::new(backends[1], BACKEND_CRR_PORT)
             ]
         );
-        assert_eq!(ports[at + 1].port, TARGET_CRR_PORT);
+        assert_eq!(ports[at + 1].name, "default/echo:http");
+        assert_eq!(ports[at + 1].port, TARGET_HTTP_PORT);
         let ips: HashSet<Ipv4Addr> = ports.iter().map(|p| p.cluster_ip).collect();
         assert_eq!(ips.len(), 1001, "ClusterIPs are unique per Service");
         for p in &ports {
