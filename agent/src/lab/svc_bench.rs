@@ -178,6 +178,13 @@ pub fn run(lab: &Lab, services: &[usize], rounds: usize, secs: f64) -> anyhow::R
         .with_context(|| format!("binding the rr server in {}", b.pod.name))?;
         std::thread::spawn(move || server.run());
     }
+    // As on the kernel side: connect() may take a port whose TIME_WAIT is
+    // over a second old, or the client runs out of ports after ~14k
+    // connections and measures its own port search.
+    in_netns(&client_pod.netns, || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
+            .context("setting net.ipv4.tcp_tw_reuse=1 in the client pod")
+    })?;
     let target = kube_proxy::KernelServiceLab::crr_target();
     let dur = Duration::from_secs_f64(secs);
     let mut rows = Vec::new();
