@@ -205,9 +205,13 @@ fn pods_talk_both_ways_with_a_flannel_style_kernel_vxlan_node() {
         (&sent["bytes"], &sent["crc32"]),
         "kernel -> podswitch bulk"
     );
+    // 32 MiB each way crossed the overlay. The kernel's side may hand a
+    // TSO burst through the veths as one UDP-tunnel GSO packet, which the
+    // switch receives whole (one `vxlan_rx`), so received datagrams can be
+    // far fewer than wire segments; sent ones are segmented by the switch.
     let d = &lab.stats("node-1")["datapath"];
     assert!(
-        d["vxlan_rx"].as_u64().unwrap() > 1000 && d["vxlan_tx"].as_u64().unwrap() > 1000,
+        d["vxlan_rx"].as_u64().unwrap() > 100 && d["vxlan_tx"].as_u64().unwrap() > 1000,
         "{d}"
     );
 }
