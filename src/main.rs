@@ -121,6 +121,10 @@ struct SwitchRunArgs {
     /// Maglev lookup-table size per service frontend (a prime: 16381, 65537, ...).
     #[arg(long)]
     maglev_table_size: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz over HTTP here (default
+    /// 127.0.0.1:9464); an empty value turns the endpoint off.
+    #[arg(long)]
+    metrics_address: Option<String>,
     /// Enter this network namespace before starting (the node's namespace).
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -166,6 +170,7 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
             workers: 0,
             conntrack: Default::default(),
             maglev_table_size: podswitch_switch::tables::maglev::DEFAULT_TABLE_SIZE,
+            metrics_address: Some(podswitch_switch::exporter::DEFAULT_METRICS_ADDRESS),
         });
     }
     let mut config = config.context("no configuration")?;
@@ -205,6 +210,10 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
             "--maglev-table-size {m} is not a prime"
         );
         config.maglev_table_size = m;
+    }
+    if let Some(a) = &args.metrics_address {
+        config.metrics_address = daemon::parse_metrics_address(a)
+            .with_context(|| format!("--metrics-address {a:?} is not an address:port"))?;
     }
     if let Some(s) = args.control_socket {
         config.control_socket = s;

@@ -8,7 +8,7 @@
 //! keep their interfaces and addresses while the switch restarts.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,38 @@ pub struct DaemonConfig {
     /// Maglev lookup-table size per service frontend (a prime).
     #[serde(default = "default_maglev_size")]
     pub maglev_table_size: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (HTTP);
+    /// localhost by default, an empty string turns the endpoint off.
+    #[serde(
+        default = "default_metrics_address",
+        deserialize_with = "deserialize_metrics_address"
+    )]
+    pub metrics_address: Option<SocketAddr>,
+}
+
+fn default_metrics_address() -> Option<SocketAddr> {
+    Some(crate::exporter::DEFAULT_METRICS_ADDRESS)
+}
+
+/// A metrics address as written in a config: `""` (or none) disables it.
+pub fn parse_metrics_address(s: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+    let s = s.trim();
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse().map(Some)
+    }
+}
+
+fn deserialize_metrics_address<'de, D>(d: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => parse_metrics_address(&s)
+            .map_err(|e| serde::de::Error::custom(format!("metrics_address {s:?}: {e}"))),
+    }
 }
 
 fn default_maglev_size() -> usize {
@@ -112,6 +144,8 @@ pub struct SwitchState {
     wakers: Vec<Arc<mio::Waker>>,
     counters: Vec<Arc<WorkerCounters>>,
     state_file: PathBuf,
+    /// Latency of requests that change the switch, for `/metrics`.
+    apply_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl SwitchState {
@@ -774,8 +808,47 @@ impl SwitchState {
         }
     }
 
-    /// Handles one control request.
+    /// Handles one control request, timing those that change the switch.
     pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        let mutating = matches!(
+            req,
+            Request::AddPort { .. }
+                | Request::RemovePort { .. }
+                | Request::ReplaceTopology { .. }
+                | Request::PatchTopology { .. }
+                | Request::SetServices { .. }
+                | Request::PatchServices { .. }
+                | Request::SetRemoteNodes { .. }
+        );
+        let start = std::time::Instant::now();
+        let result = self.dispatch(req);
+        if mutating {
+            self.apply_seconds.observe(start.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// The handles a metrics scrape reads; cheap (`Arc` clones), so the
+    /// scrape holds the state's lock only briefly.
+    fn scrape_sources(&self) -> crate::exporter::ScrapeSources {
+        let mut ports: Vec<_> = self
+            .ports
+            .values()
+            .map(|p| (p.spec.name.clone(), Arc::clone(&p.io)))
+            .collect();
+        if let Some(h) = &self.host {
+            ports.push((format!("host/{}", h.name), Arc::clone(&h.io)));
+        }
+        crate::exporter::ScrapeSources {
+            workers: self.counters.clone(),
+            ports,
+            conntrack: Arc::clone(&self.conntrack),
+            services: Arc::clone(&self.service_table),
+            service_count: self.services.len(),
+        }
+    }
+
+    fn dispatch(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| ApiError::internal(e.to_string()))
         };
@@ -1000,6 +1073,8 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     SwitchState::validate_node(&node).map_err(|e| anyhow::anyhow!("node config: {e}"))?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(crate::exporter::Health::default());
+    health.beat();
     let gw = Gateway {
         mac: node.gateway_mac.0,
         ipv4: node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -1045,10 +1120,15 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         .context("creating worker poller")?;
         wakers.push(waker);
         counters.push(c);
+        let running = health.worker_started();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("psw-worker-{id}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    // Counted until the worker returns or unwinds.
+                    let _running = running;
+                    worker.run()
+                })
                 .context("spawning worker")?,
         );
     }
@@ -1070,6 +1150,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         wakers,
         counters,
         state_file,
+        apply_seconds: crate::exporter::apply_latency_histogram(),
     };
     if let Some(name) = state.node.host_interface.clone() {
         // The node forwards between its pods, the host port and the underlay.
@@ -1113,7 +1194,26 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         }
     }
     state.publish();
+    health.set_published();
+    let apply_seconds = state.apply_seconds.clone();
     let state = Arc::new(Mutex::new(state));
+    let exporter_thread = match config.metrics_address {
+        Some(addr) => {
+            let st = Arc::clone(&state);
+            let source = Box::new(move || st.lock().ok().map(|s| s.scrape_sources()));
+            let registry = crate::exporter::registry(source, apply_seconds);
+            let exporter = crate::exporter::Exporter::bind(addr, registry, Arc::clone(&health))?;
+            let s = Arc::clone(&shutdown);
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            Some(
+                std::thread::Builder::new()
+                    .name("psw-metrics".into())
+                    .spawn(move || exporter.serve(s))
+                    .context("spawning metrics thread")?,
+            )
+        }
+        None => None,
+    };
     let server = crate::control::server::ControlServer::bind(&config.control_socket)?;
     let server_shutdown = Arc::clone(&shutdown);
     let server_state = Arc::clone(&state);
@@ -1130,6 +1230,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     // The flow table's sweeper runs here, off the workers.
     let mut last_sweep = std::time::Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
+        health.beat();
         std::thread::sleep(Duration::from_millis(100));
         if last_sweep.elapsed() >= SWEEP_INTERVAL {
             last_sweep = std::time::Instant::now();
@@ -1150,6 +1251,9 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&config.control_socket);
     drop(server_thread);
+    if let Some(t) = exporter_thread {
+        let _ = t.join();
+    }
     Ok(())
 }
 
@@ -1170,5 +1274,40 @@ pub fn node_spec(name: &str, pod_cidr: IpNet, mtu: u32) -> NodeSpec {
         underlay_ipv4: None,
         mode: ClusterMode::Native,
         vxlan: VxlanSpec::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(metrics: Option<serde_json::Value>) -> DaemonConfig {
+        let node = node_spec("node-1", "10.244.1.0/24".parse().unwrap(), 1500);
+        let mut v = serde_json::json!({
+            "node": node,
+            "control_socket": "/run/podswitch/t.sock",
+            "state_dir": "/run/podswitch/t",
+        });
+        if let Some(m) = metrics {
+            v["metrics_address"] = m;
+        }
+        serde_json::from_value(v).expect("config parses")
+    }
+
+    #[test]
+    fn metrics_address_defaults_to_localhost_and_empty_disables_it() {
+        assert_eq!(
+            config_with(None).metrics_address,
+            Some(crate::exporter::DEFAULT_METRICS_ADDRESS)
+        );
+        assert_eq!(config_with(Some("".into())).metrics_address, None);
+        assert_eq!(
+            config_with(Some("0.0.0.0:9100".into())).metrics_address,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        assert_eq!(
+            config_with(Some(serde_json::Value::Null)).metrics_address,
+            None
+        );
     }
 }

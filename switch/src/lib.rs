@@ -15,6 +15,7 @@
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
+pub mod exporter;
 pub mod metrics;
 pub mod pipeline;
 pub mod port;
