@@ -46,6 +46,27 @@ enum CtlCommand {
     Services,
     /// Conntrack flows: list (filtered), count, or flush.
     Conntrack(ConntrackArgs),
+    /// Dry-run a synthetic packet through the stages (nothing is sent).
+    Trace(TraceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TraceArgs {
+    /// The ingress port: a pod (`namespace/name`) or `host/psw0`.
+    #[arg(long)]
+    from: String,
+    /// Source address (default: the pod's own).
+    #[arg(long)]
+    src: Option<std::net::Ipv4Addr>,
+    #[arg(long)]
+    dst: std::net::Ipv4Addr,
+    /// tcp (a SYN), udp, or icmp (an echo request; --sport is its id).
+    #[arg(long, default_value = "tcp")]
+    proto: String,
+    #[arg(long, default_value_t = 40000)]
+    sport: u16,
+    #[arg(long, default_value_t = 80)]
+    dport: u16,
 }
 
 #[derive(clap::Args, Debug)]
@@ -263,6 +284,48 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                         r.description
                     );
                 }
+            }
+        }
+        CtlCommand::Trace(t) => {
+            let src = match t.src {
+                Some(ip) => ip,
+                None => {
+                    let ports: Vec<PortInfo> = client::call(&args.socket, &Request::ListPorts)?;
+                    ports
+                        .iter()
+                        .find(|p| p.pod == t.from)
+                        .and_then(|p| p.ipv4)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{} has no IPv4 address; give --src", t.from)
+                        })?
+                }
+            };
+            let trace: podswitch_switch::pipeline::trace::Trace = client::call(
+                &args.socket,
+                &Request::Trace {
+                    ingress: t.from.clone(),
+                    packet: podswitch_switch::pipeline::trace::TracePacket {
+                        src,
+                        dst: t.dst,
+                        proto: t.proto,
+                        sport: t.sport,
+                        dport: t.dport,
+                    },
+                },
+            )?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&trace)?);
+            } else {
+                outln!("from {}", trace.ingress);
+                for s in &trace.steps {
+                    let tuple = s.tuple.map(|k| k.to_string()).unwrap_or_default();
+                    outln!("  {:<10} {:<28} {}", s.stage, s.verdict, tuple);
+                }
+                outln!(
+                    "=> {}{}",
+                    trace.verdict,
+                    trace.egress.map(|e| format!(" ({e})")).unwrap_or_default()
+                );
             }
         }
         CtlCommand::Conntrack(c) => {

@@ -168,6 +168,64 @@ fn cluster_ip_and_policies(mode: &str) {
         apis.iter().any(|a| f["reply"]["src"] == a.1.as_str()),
         "{mode}: {f}"
     );
+    // `ctl trace` of that flow's tuple agrees with what the datapath did:
+    // the same backend (Maglev over the same tables), translated on this
+    // node, sent towards node-2.
+    let trace = |dst: &str, proto: &str, sport: u16, dport: u16| -> serde_json::Value {
+        serde_json::from_str(&podswitch_ok(&[
+            "ctl",
+            "-s",
+            &s.lab.socket("node-1"),
+            "-o",
+            "json",
+            "trace",
+            "--from",
+            "default/client",
+            "--dst",
+            dst,
+            "--proto",
+            proto,
+            "--sport",
+            &sport.to_string(),
+            "--dport",
+            &dport.to_string(),
+        ]))
+        .unwrap()
+    };
+    let sport = f["orig"]["sport"].as_u64().unwrap() as u16;
+    let t = trace(&vip, "tcp", sport, 8080);
+    let after_ct = &t["steps"][1]["tuple"];
+    assert_eq!(
+        after_ct["dst"], f["reply"]["src"],
+        "{mode}: trace picked another backend: {t}"
+    );
+    assert_eq!(after_ct["dport"], 80, "{mode}: {t}");
+    assert_eq!(after_ct["src"], client.1.as_str(), "{mode}: {t}");
+    let expected = if mode == "vxlan" {
+        "encap to node"
+    } else {
+        "forward port"
+    };
+    assert!(
+        t["verdict"].as_str().unwrap().starts_with(expected),
+        "{mode}: {t}"
+    );
+    // Pod to pod: untranslated, same route.
+    let t = trace(&apis[0].1, "tcp", 40000, 80);
+    assert_eq!(
+        t["steps"][1]["tuple"]["dst"],
+        apis[0].1.as_str(),
+        "{mode}: {t}"
+    );
+    assert!(
+        t["verdict"].as_str().unwrap().starts_with(expected),
+        "{mode}: {t}"
+    );
+    // Pod to outside: masqueraded to node-1's address, out through the host port.
+    let t = trace("203.0.113.10", "tcp", 40000, 8000);
+    assert_eq!(t["steps"][1]["tuple"]["src"], "198.18.0.1", "{mode}: {t}");
+    assert_eq!(t["egress"], "host/psw0", "{mode}: {t}");
+
     let flushed: serde_json::Value = serde_json::from_str(&podswitch_ok(&[
         "ctl",
         "-s",

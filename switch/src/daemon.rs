@@ -956,6 +956,26 @@ impl SwitchState {
                     flows: flows.into_iter().take(limit).collect(),
                 }))
             }
+            Request::Trace { ingress, packet } => {
+                let id = self
+                    .ports
+                    .get(&ingress)
+                    .map(|p| p.id)
+                    .or_else(|| {
+                        self.host
+                            .as_ref()
+                            .filter(|h| ingress == format!("host/{}", h.name))
+                            .map(|h| h.id)
+                    })
+                    .ok_or_else(|| {
+                        ApiError::new(ErrorCode::NotFound, format!("no port {ingress}"))
+                            .with_field("ingress")
+                    })?;
+                let snapshot = self.publisher.load_full();
+                let t = crate::pipeline::trace::trace(&snapshot.tables, id, &packet)
+                    .map_err(|e| ApiError::invalid("packet", e))?;
+                to_json(serde_json::to_value(t))
+            }
             Request::FlushFlows { filter } => {
                 let pred = flow_predicate(&filter)?;
                 let removed = self.conntrack.remove_where(|f| pred(f));

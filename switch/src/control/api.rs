@@ -470,6 +470,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
+    /// A dry run of one synthetic packet from port `ingress` (a pod's
+    /// `namespace/name`, or `host/psw0`) through the stages over the live
+    /// tables; nothing is sent and no flow is created. Result:
+    /// [`crate::pipeline::trace::Trace`].
+    Trace {
+        ingress: String,
+        packet: crate::pipeline::trace::TracePacket,
+    },
     /// Removes the flows matching `filter` (an empty filter flushes the
     /// table). Result: `{"removed": N}`.
     FlushFlows {
@@ -664,6 +672,12 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct TraceArgs {
+        ingress: String,
+        packet: crate::pipeline::trace::TracePacket,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct FlushFlows {
         #[serde(default)]
         filter: FlowFilter,
@@ -704,6 +718,10 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
         "list_flows" => decode_args::<ListFlows>(args).map(|a| Request::ListFlows {
             filter: a.filter,
             limit: a.limit,
+        })?,
+        "trace" => decode_args::<TraceArgs>(args).map(|a| Request::Trace {
+            ingress: a.ingress,
+            packet: a.packet,
         })?,
         "flush_flows" => {
             decode_args::<FlushFlows>(args).map(|a| Request::FlushFlows { filter: a.filter })?

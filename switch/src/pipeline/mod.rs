@@ -25,6 +25,7 @@ pub mod nat;
 pub mod output;
 pub mod parse;
 pub mod route;
+pub mod trace;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
