@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
+use podswitch_switch::capture::file::CaptureFormat;
+use podswitch_switch::capture::{CaptureFilter, CapturePoint, CaptureProto};
+use podswitch_switch::control::api::CaptureSpec;
 use podswitch_switch::control::api::{
     FlowFilter, Flows, Hello, PortInfo, Protocol, Request, ServiceSettings, ServiceSpec, Stats,
     Topology,
@@ -48,6 +51,46 @@ enum CtlCommand {
     Conntrack(ConntrackArgs),
     /// Dry-run a synthetic packet through the stages (nothing is sent).
     Trace(TraceArgs),
+    /// Capture frames at a port's ingress/egress or on the underlay into a
+    /// pcap/pcapng file (`-w -`: stdout, e.g. `| tshark -r -`).
+    Capture(CaptureArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CaptureArgs {
+    /// A pod (`namespace/name`), the host port (`host/psw0`), or `underlay`
+    /// (the VXLAN datagrams the node sends and receives).
+    #[arg(long)]
+    port: String,
+    /// `ingress` (frames the switch reads from the port), `egress` (frames
+    /// it writes to it) or `both`.
+    #[arg(long, default_value = "both")]
+    point: CapturePoint,
+    /// Only this protocol: tcp, udp, icmp or arp.
+    #[arg(long)]
+    proto: Option<CaptureProto>,
+    /// Only frames from or to this IPv4 address (on the underlay: the inner
+    /// packet's).
+    #[arg(long)]
+    host: Option<std::net::Ipv4Addr>,
+    /// Only TCP/UDP frames with this source or destination port.
+    #[arg(long = "port-num")]
+    port_num: Option<u16>,
+    /// Stop after this many frames.
+    #[arg(short = 'c', long, default_value_t = podswitch_switch::capture::DEFAULT_MAX_FRAMES)]
+    count: u64,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Bytes kept of each frame.
+    #[arg(long, default_value_t = podswitch_switch::capture::MAX_SNAPLEN)]
+    snaplen: u32,
+    /// File format: pcap (nanosecond timestamps) or pcapng.
+    #[arg(long, default_value = "pcap")]
+    format: CaptureFormat,
+    /// Where to write: a file, or `-` for stdout.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    write: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,9 +244,99 @@ fn services_table(r: &ServicesResult) -> String {
     out
 }
 
+/// `ctl capture`: arms the capture, writes the file, prints tcpdump-style
+/// lines on stderr (stdout may be the capture).
+fn capture(socket: &std::path::Path, c: CaptureArgs, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    if !(c.duration.is_finite() && c.duration > 0.0) {
+        anyhow::bail!("--duration must be a positive number of seconds");
+    }
+    let spec = CaptureSpec {
+        port: c.port,
+        point: c.point,
+        filter: CaptureFilter {
+            proto: c.proto,
+            host: c.host,
+            port: c.port_num,
+        },
+        max_frames: c.count,
+        duration_ms: (c.duration * 1000.0).ceil() as u64,
+        snaplen: c.snaplen,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        // Ctrl-C (or SIGTERM) ends the capture cleanly, the file complete.
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let to_stdout = c.write.as_os_str() == "-";
+    let path = c.write.clone();
+    // Opened once the switch has armed the capture: a refused one leaves no file.
+    let open = move || -> anyhow::Result<std::io::BufWriter<Box<dyn std::io::Write>>> {
+        let out: Box<dyn std::io::Write> = if to_stdout {
+            Box::new(std::io::stdout().lock())
+        } else {
+            Box::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )
+        };
+        Ok(std::io::BufWriter::with_capacity(1 << 20, out))
+    };
+    let (_, summary) = podswitch_switch::capture::client::run(
+        socket,
+        &spec,
+        c.format,
+        open,
+        &stop,
+        |s| {
+            let filter = if s.filter.is_empty() {
+                String::new()
+            } else {
+                format!(", filter \"{}\"", s.filter)
+            };
+            eprintln!(
+                "capturing on {} ({}){filter}, link-type EN10MB (Ethernet), snapshot length {} bytes, \
+                 up to {} frames or {} s",
+                s.port,
+                podswitch_switch::capture::client::describe_point(s.point),
+                s.snaplen,
+                s.max_frames,
+                s.duration_ms as f64 / 1000.0
+            );
+            if let Some(p) = s.vxlan_udp_port.filter(|p| *p != 4789) {
+                eprintln!("VXLAN is on UDP port {p}: read with tshark -d udp.port=={p},vxlan");
+            }
+        },
+    )
+    .with_context(|| {
+        if to_stdout {
+            "capture to stdout".to_string()
+        } else {
+            format!("capture to {}", c.write.display())
+        }
+    })?;
+    let n = &summary.counts;
+    eprintln!("{} frames captured", summary.written);
+    eprintln!(
+        "{} frames dropped by the capture ring (reader too slow)",
+        n.dropped
+    );
+    eprintln!("{} frames did not match the filter", n.filtered);
+    if json && !to_stdout {
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
+}
+
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     let json = args.output == Output::Json;
     match args.command {
+        CtlCommand::Capture(c) => capture(&args.socket, c, json)?,
         CtlCommand::Hello => {
             let h: Hello = client::call(&args.socket, &Request::Hello)?;
             if json {
@@ -317,6 +450,18 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 outln!("{}", serde_json::to_string_pretty(&trace)?);
             } else {
                 outln!("from {}", trace.ingress);
+                match &trace.existing_flow {
+                    Some(f) => outln!(
+                        "  live flow: {} ({}, reply {})",
+                        f.orig,
+                        serde_json::to_value(f.state)?.as_str().unwrap_or("?"),
+                        f.reply.map(|k| k.to_string()).unwrap_or_default()
+                    ),
+                    None => outln!("  live flow: none (traced as a new flow)"),
+                }
+                if let Some(b) = &trace.affinity_backend {
+                    outln!("  session affinity: pinned to {b}");
+                }
                 for s in &trace.steps {
                     let tuple = s.tuple.map(|k| k.to_string()).unwrap_or_default();
                     outln!("  {:<10} {:<28} {}", s.stage, s.verdict, tuple);

@@ -67,13 +67,21 @@ fn scrape_shows_known_traffic_and_health_answers() {
     assert_eq!(get(&lab, "/nope").map(|r| r.0), Some(404));
 
     let pods = lab.pods();
-    let (a, _) = &pods[0];
+    let (a, a_ip) = &pods[0];
     let (b, b_ip) = &pods[1];
     let r = lab.tool(
         a,
         &["udp-echo", "--to", &format!("{b_ip}:9000"), "--count", "50"],
     );
     assert_eq!(r["received"].as_u64(), Some(50), "udp echo: {r}");
+    // Five pings to the pod's gateway (the first address of its node's
+    // pod CIDR), answered by the switch.
+    let gw = a_ip
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.1"))
+        .unwrap();
+    let ping = lab.exec(a, &["ping", "-c", "5", "-i", "0.2", "-W", "2", &gw]);
+    assert!(ping.status.success(), "ping the gateway: {ping:?}");
 
     let mut all = BTreeMap::new();
     let seen = wait_until(Duration::from_secs(10), || {
@@ -109,6 +117,24 @@ fn scrape_shows_known_traffic_and_health_answers() {
         "forwarded local: {:?}",
         all.get(r#"podswitch_forwarded_packets_total{path="local"}"#)
     );
+    // Datapath events: the gateway answered the pings (and at least one
+    // ARP request for itself); the workers ran batches.
+    for (m, at_least) in [
+        ("podswitch_icmp_echo_replies_total", 5.0),
+        ("podswitch_arp_replies_total", 1.0),
+        ("podswitch_batches_total", 1.0),
+    ] {
+        let v = all.get(m).copied().unwrap_or_default();
+        assert!(v >= at_least, "{m} is {v}, expected at least {at_least}");
+    }
+    for m in [
+        r#"podswitch_vxlan_packets_total{direction="tx"}"#,
+        "podswitch_tcp_resets_sent_total",
+        "podswitch_gso_superframes_total",
+        "podswitch_capture_ring_drops_total",
+    ] {
+        assert!(all.contains_key(m), "{m} missing");
+    }
     // The lab adds its pods through the control API: each add is timed.
     assert!(all
         .get("podswitch_control_apply_seconds_count")

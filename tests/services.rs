@@ -201,6 +201,8 @@ fn cluster_ip_and_policies(mode: &str) {
     );
     assert_eq!(after_ct["dport"], 80, "{mode}: {t}");
     assert_eq!(after_ct["src"], client.1.as_str(), "{mode}: {t}");
+    // The trace looked the tuple up in the live table and followed it.
+    assert_eq!(t["existing_flow"]["orig"], f["orig"], "{mode}: {t}");
     let expected = if mode == "vxlan" {
         "encap to node"
     } else {
@@ -277,6 +279,20 @@ fn cluster_ip_and_policies(mode: &str) {
     let r = s.load(&client.0, &format!("{sticky}:8080"), 20);
     assert_eq!(r["ok"], 20);
     assert_eq!(from_counts(&r).len(), 1, "{mode}: affinity: {r}");
+    // A trace of a new connection of that client shows the record and
+    // the pinned replica as its backend.
+    let pinned = s.pod(from_counts(&r).keys().next().unwrap()).1.clone();
+    let t = trace(&sticky, "tcp", 45678, 8080);
+    assert_eq!(
+        t["affinity_backend"].as_str().unwrap_or_default(),
+        format!("{pinned}:80"),
+        "{mode}: {t}"
+    );
+    assert_eq!(
+        t["steps"][1]["tuple"]["dst"],
+        pinned.as_str(),
+        "{mode}: {t}"
+    );
 
     // Hairpin: alt reaches its own service and lands on itself.
     let alt = s.pod("alt").clone();

@@ -4,3 +4,5 @@
 
 pub mod cni;
 pub mod lab;
+pub mod source;
+pub mod translate;

@@ -146,6 +146,8 @@ pub struct SwitchState {
     state_file: PathBuf,
     /// Latency of requests that change the switch, for `/metrics`.
     apply_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Packet captures, shared with the workers.
+    captures: Arc<crate::capture::CaptureHub>,
 }
 
 impl SwitchState {
@@ -848,6 +850,44 @@ impl SwitchState {
         }
     }
 
+    /// What a capture's `port` names: a pod, the host port (`host/psw0`
+    /// or `psw0`), or `underlay` (VXLAN mode only).
+    fn capture_target(
+        &self,
+        port: &str,
+    ) -> Result<(crate::capture::CaptureTarget, String), ApiError> {
+        use crate::capture::CaptureTarget;
+        if port == "underlay" {
+            return match self.vtep {
+                Some(_) => Ok((CaptureTarget::Underlay, port.to_string())),
+                None => Err(ApiError::invalid(
+                    "port",
+                    format!(
+                        "node {} runs in native mode: there is no VXLAN underlay to capture \
+                         (capture host/{} instead)",
+                        self.node.name,
+                        self.node.host_interface.as_deref().unwrap_or("psw0")
+                    ),
+                )),
+            };
+        }
+        if let Some(p) = self.ports.get(port) {
+            return Ok((CaptureTarget::Port(p.id), p.spec.name.clone()));
+        }
+        if let Some(h) = self
+            .host
+            .as_ref()
+            .filter(|h| port == h.name || port == format!("host/{}", h.name))
+        {
+            return Ok((CaptureTarget::Port(h.id), format!("host/{}", h.name)));
+        }
+        Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no port {port} (a pod as namespace/name, host/psw0, or underlay)"),
+        )
+        .with_field("port"))
+    }
+
     fn dispatch(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| ApiError::internal(e.to_string()))
@@ -972,8 +1012,13 @@ impl SwitchState {
                             .with_field("ingress")
                     })?;
                 let snapshot = self.publisher.load_full();
-                let t = crate::pipeline::trace::trace(&snapshot.tables, id, &packet)
-                    .map_err(|e| ApiError::invalid("packet", e))?;
+                let t = crate::pipeline::trace::trace(
+                    &snapshot.tables,
+                    id,
+                    &packet,
+                    Some(&self.conntrack),
+                )
+                .map_err(|e| ApiError::invalid("packet", e))?;
                 to_json(serde_json::to_value(t))
             }
             Request::FlushFlows { filter } => {
@@ -981,6 +1026,17 @@ impl SwitchState {
                 let removed = self.conntrack.remove_where(|f| pred(f));
                 Ok(serde_json::json!({ "removed": removed }))
             }
+            Request::CaptureStart(spec) => {
+                let (target, name) = self.capture_target(&spec.port)?;
+                let started =
+                    self.captures
+                        .start(target, &name, &spec, Some(self.node.vxlan.port))?;
+                to_json(serde_json::to_value(started))
+            }
+            Request::CaptureRead { id, max_bytes } => {
+                to_json(serde_json::to_value(self.captures.read(id, max_bytes)?))
+            }
+            Request::CaptureStop { id } => to_json(serde_json::to_value(self.captures.stop(id)?)),
             Request::GetTopology => to_json(serde_json::to_value(Topology {
                 node: self.node.clone(),
                 pods: self.ports.values().map(|p| p.spec.clone()).collect(),
@@ -1110,6 +1166,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     let mut counters = Vec::new();
     let mut handles = Vec::new();
     let conntrack = Arc::new(ConnTrack::new(config.conntrack, config.workers));
+    let captures = Arc::new(crate::capture::CaptureHub::new(config.workers));
     tracing::info!(
         max_flows = conntrack.capacity(),
         memory_mib = conntrack.memory_bytes() >> 20,
@@ -1138,6 +1195,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             config.workers,
         )
         .context("creating worker poller")?;
+        let worker = worker.with_captures(Arc::clone(&captures));
         wakers.push(waker);
         counters.push(c);
         let running = health.worker_started();
@@ -1171,6 +1229,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         counters,
         state_file,
         apply_seconds: crate::exporter::apply_latency_histogram(),
+        captures: Arc::clone(&captures),
     };
     if let Some(name) = state.node.host_interface.clone() {
         // The node forwards between its pods, the host port and the underlay.
@@ -1252,6 +1311,8 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     while !shutdown.load(Ordering::SeqCst) {
         health.beat();
         std::thread::sleep(Duration::from_millis(100));
+        // Captures that ended or lost their reader stop costing the workers.
+        captures.reap(std::time::Instant::now());
         if last_sweep.elapsed() >= SWEEP_INTERVAL {
             last_sweep = std::time::Instant::now();
             let r = conntrack.sweep(last_sweep);

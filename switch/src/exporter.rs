@@ -23,7 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::conntrack::ConnTrack;
-use crate::metrics::{PortStats, WorkerCounters};
+use crate::metrics::{Counter, PortStats, StageCounters, WorkerCounters};
 use crate::pipeline::drop_reason::DropReason;
 use crate::tables::services::ServiceTable;
 use crate::worker::PortIo;
@@ -141,6 +141,75 @@ pub struct ScrapeSources {
     pub service_count: usize,
 }
 
+/// A datapath event counter of [`StageCounters`] exported as a metric of
+/// its own.
+type StageField = fn(&StageCounters) -> &Counter;
+
+/// The datapath events exported one counter each: (metric name without
+/// `_total`, help, the worker counter summed).
+pub const EVENT_SERIES: [(&str, &str, StageField); 12] = [
+    (
+        "podswitch_batches",
+        "Batches the workers ran through the pipeline",
+        |c| &c.batches,
+    ),
+    (
+        "podswitch_arp_replies",
+        "ARP requests for the gateway (or proxied addresses) answered",
+        |c| &c.arp_replies,
+    ),
+    (
+        "podswitch_icmp_echo_replies",
+        "ICMP echo requests to the gateway answered",
+        |c| &c.icmp_echo_replies,
+    ),
+    (
+        "podswitch_icmp_errors_sent",
+        "ICMP errors generated (unreachable, time exceeded, fragmentation needed)",
+        |c| &c.icmp_errors_sent,
+    ),
+    (
+        "podswitch_icmp_related_translated",
+        "ICMP errors about a tracked flow translated back (RELATED)",
+        |c| &c.icmp_related_translated,
+    ),
+    (
+        "podswitch_tcp_resets_sent",
+        "TCP resets sent for segments of flows whose endpoint is gone",
+        |c| &c.tcp_resets_sent,
+    ),
+    (
+        "podswitch_lb_affinity_hits",
+        "New flows sent to a backend by a session-affinity record",
+        |c| &c.lb_affinity_hits,
+    ),
+    (
+        "podswitch_gro_merged",
+        "Received VXLAN datagrams coalesced into larger frames (GRO)",
+        |c| &c.gro_merged,
+    ),
+    (
+        "podswitch_gso_superframes",
+        "Segmentation-offload superframes handled (passed on or cut into segments)",
+        |c| &c.gso_superframes,
+    ),
+    (
+        "podswitch_checksums_completed",
+        "Partial (offloaded) checksums completed in software for a port that needs them",
+        |c| &c.csum_completed,
+    ),
+    (
+        "podswitch_capture_frames",
+        "Frames copied into packet captures",
+        |c| &c.capture_frames,
+    ),
+    (
+        "podswitch_capture_ring_drops",
+        "Frames a packet capture lost because its ring was full",
+        |c| &c.capture_ring_drops,
+    ),
+];
+
 /// One scrape's numbers, summed over the workers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scrape {
@@ -149,6 +218,11 @@ pub struct Scrape {
     pub drops: Vec<(DropReason, u64, u64)>,
     pub forwarded_local: u64,
     pub forwarded_overlay: u64,
+    /// VXLAN datagrams sent and received.
+    pub vxlan_tx: u64,
+    pub vxlan_rx: u64,
+    /// [`EVENT_SERIES`], in its order.
+    pub events: Vec<u64>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
     pub conntrack_created: u64,
@@ -199,6 +273,12 @@ impl Scrape {
             drops,
             forwarded_local: stage_sum(|w| w.stages.forwarded_local.get()),
             forwarded_overlay: stage_sum(|w| w.stages.forwarded_overlay.get()),
+            vxlan_tx: stage_sum(|w| w.stages.vxlan_tx.get()),
+            vxlan_rx: stage_sum(|w| w.stages.vxlan_rx.get()),
+            events: EVENT_SERIES
+                .iter()
+                .map(|(_, _, f)| src.workers.iter().map(|w| f(&w.stages).get()).sum())
+                .collect(),
             conntrack_entries: src.conntrack.len() as u64,
             conntrack_capacity: src.conntrack.capacity() as u64,
             conntrack_created: stage_sum(|w| w.stages.ct_created.get()),
@@ -383,6 +463,19 @@ pub fn encode_scrape(s: &Scrape, mut enc: DescriptorEncoder) -> Result<(), std::
             ([("path", "overlay")], s.forwarded_overlay),
         ],
     )?;
+    counter_family(
+        &mut enc,
+        "podswitch_vxlan_packets",
+        "VXLAN datagrams sent to and received from other nodes",
+        None,
+        [
+            ([("direction", "tx")], s.vxlan_tx),
+            ([("direction", "rx")], s.vxlan_rx),
+        ],
+    )?;
+    for ((name, help, _), v) in EVENT_SERIES.iter().zip(&s.events) {
+        counter(&mut enc, name, help, *v)?;
+    }
     gauge(
         &mut enc,
         "podswitch_conntrack_entries",
@@ -570,8 +663,24 @@ mod tests {
             conntrack_entries: 2,
             service_endpoints: [("default/web".to_string(), 3)].into_iter().collect(),
             services: 1,
+            vxlan_tx: 7,
+            events: (1..=EVENT_SERIES.len() as u64).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn every_datapath_event_is_a_counter_with_its_value() {
+        let all = samples(&render(sample()));
+        for (i, (name, _, _)) in EVENT_SERIES.iter().enumerate() {
+            let total = format!("{name}_total");
+            let v = all.iter().find(|(n, _, _)| *n == total);
+            assert_eq!(v.map(|x| x.2), Some(i as f64 + 1.0), "{total}");
+        }
+        let tx = all
+            .iter()
+            .find(|(n, l, _)| n == "podswitch_vxlan_packets_total" && l["direction"] == "tx");
+        assert_eq!(tx.map(|x| x.2), Some(7.0));
     }
 
     #[derive(Debug)]

@@ -5,13 +5,15 @@
 //! route -> output, each a stage with its own drop counters) -> `port` again.
 //! `tables` holds the immutable topology snapshots the pipeline reads;
 //! `control` is the Unix-socket API that replaces them; `daemon` ties it all
-//! together into `podswitch switch run`.
+//! together into `podswitch switch run`. `capture` copies frames at a
+//! port's ingress or egress, or on the underlay, for `ctl capture`.
 //!
 //! `unsafe` is denied crate-wide and allowed only in `port::tap` and
 //! `port::raw`, the two modules that speak to the kernel through ioctls and
 //! raw sockets that no safe crate wraps.
 #![deny(unsafe_code)]
 
+pub mod capture;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;

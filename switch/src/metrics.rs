@@ -72,6 +72,10 @@ pub struct StageCounters {
     pub tcp_resets_sent: Counter,
     /// ICMP errors about tracked flows translated (RELATED).
     pub icmp_related_translated: Counter,
+    /// Frames copied into a packet capture's ring (`ctl capture`).
+    pub capture_frames: Counter,
+    /// Frames a capture selected but lost because its ring was full.
+    pub capture_ring_drops: Counter,
 }
 
 /// All counters of one worker.
@@ -171,6 +175,11 @@ pub struct DatapathStats {
     pub gro_merged: u64,
     pub gso_superframes: u64,
     pub csum_completed: u64,
+    /// Frames copied into packet captures, and those lost to a full ring.
+    #[serde(default)]
+    pub capture_frames: u64,
+    #[serde(default)]
+    pub capture_ring_drops: u64,
     /// Non-zero drop reasons only.
     pub drops: Vec<DropStat>,
 }
@@ -195,6 +204,8 @@ impl DatapathStats {
             s.gro_merged += c.gro_merged.get();
             s.gso_superframes += c.gso_superframes.get();
             s.csum_completed += c.csum_completed.get();
+            s.capture_frames += c.capture_frames.get();
+            s.capture_ring_drops += c.capture_ring_drops.get();
         }
         for r in DropReason::ALL {
             let packets: u64 = workers

@@ -12,6 +12,11 @@
 //! EAGAIN, at most [`PER_PORT_BURST`] frames per turn so one busy pod
 //! cannot starve the others; a queue with more waiting goes back on the
 //! ready list and is served without waiting for another event.
+//!
+//! Packet capture hooks in at three places: a batch's frames right after
+//! they are read (ingress), each frame after it is written (egress), and
+//! each VXLAN datagram received or sent (underlay). With no capture armed
+//! they cost one relaxed load per batch ([`CaptureHub::armed`]).
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -23,6 +28,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::capture::{ArmedCaptures, CaptureHub, Direction};
 use crate::metrics::{PortWorkerCounters, WorkerCounters};
 use crate::pipeline::{Batch, DropReason, Pipeline, Verdict};
 use crate::port::tap::TapQueue;
@@ -83,7 +89,7 @@ pub struct OverlayIo {
     tx: Vec<UnderlaySocket>,
     in_buf: Box<[u8]>,
     /// Unconsumed datagrams of the last GRO read: (offset, end, segment size, source).
-    pending: Option<(usize, usize, usize, std::net::Ipv4Addr)>,
+    pending: Option<(usize, usize, usize, std::net::SocketAddrV4)>,
     out_buf: Box<[u8]>,
 }
 
@@ -123,6 +129,8 @@ pub struct Worker {
     pipeline: Pipeline,
     batch: Batch,
     shutdown: Arc<AtomicBool>,
+    /// Packet captures armed through the control socket.
+    captures: Arc<CaptureHub>,
 }
 
 impl Worker {
@@ -162,9 +170,17 @@ impl Worker {
                 pipeline: Pipeline::with_conntrack(counters, conntrack, id, workers),
                 batch: Batch::default(),
                 shutdown,
+                captures: Arc::new(CaptureHub::new(workers)),
             },
             waker,
         ))
+    }
+
+    /// Takes its packet captures from `hub` (shared with the control
+    /// thread) instead of a private one nobody arms.
+    pub fn with_captures(mut self, hub: Arc<CaptureHub>) -> Self {
+        self.captures = hub;
+        self
     }
 
     /// Runs until shutdown is flagged.
@@ -201,14 +217,19 @@ impl Worker {
                 if snap.tables.generation != self.generation {
                     self.sync_ports(&snap);
                 }
+                let captures = self.captures.armed();
                 self.fill_batch();
-                self.fill_from_overlay(&snap.tables);
+                self.fill_from_overlay(&snap.tables, captures.as_ref());
                 if self.batch.is_empty() {
                     continue;
                 }
+                if let Some(caps) = &captures {
+                    // Before any stage rewrites the frames.
+                    self.capture_ingress(caps);
+                }
                 self.pipeline
                     .process(&mut self.batch, &snap.tables, Instant::now());
-                self.transmit(&snap);
+                self.transmit(&snap, captures.as_ref());
             }
         }
     }
@@ -265,9 +286,18 @@ impl Worker {
         }
     }
 
+    /// Offers the frames of the batch just read to the armed captures of
+    /// their ingress ports.
+    fn capture_ingress(&self, caps: &ArmedCaptures) {
+        let c = self.pipeline.counters();
+        for p in self.batch.packets() {
+            caps.port_frame(self.id, p.ingress, Direction::Ingress, p.frame(), c);
+        }
+    }
+
     /// Reads VXLAN datagrams (GRO-coalesced) until EAGAIN or the batch is
     /// full; each valid one becomes a packet on the overlay port.
-    fn fill_from_overlay(&mut self, tables: &Tables) {
+    fn fill_from_overlay(&mut self, tables: &Tables, caps: Option<&ArmedCaptures>) {
         let Some(ov) = self.overlay.as_mut() else {
             self.overlay_ready = false;
             return;
@@ -285,7 +315,7 @@ impl Worker {
             let (mut off, end, seg, src) = match ov.pending.take() {
                 Some(p) => p,
                 None => match ov.rx.recv_gro(&mut ov.in_buf) {
-                    Ok(Some((n, seg, src))) => (0, n, seg.max(1), *src.ip()),
+                    Ok(Some((n, seg, src))) => (0, n, seg.max(1), src),
                     Ok(None) => {
                         self.overlay_ready = false;
                         return;
@@ -309,7 +339,11 @@ impl Worker {
                 let dgram = &ov.in_buf[off..(off + seg).min(end)];
                 off += seg;
                 c.stages.vxlan_rx.inc();
-                match crate::pipeline::decap::decap(dgram, src, table) {
+                if let Some(caps) = caps {
+                    let local = std::net::SocketAddrV4::new(table.local_ipv4, table.udp_port);
+                    caps.underlay_datagram(self.id, Direction::Ingress, src, local, dgram, &c);
+                }
+                match crate::pipeline::decap::decap(dgram, *src.ip(), table) {
                     Ok(inner) => {
                         // Receive-side coalescing: append to the previous
                         // packet of this read when it continues its TCP flow.
@@ -335,7 +369,7 @@ impl Worker {
                                     if repaired {
                                         c.stages.csum_completed.inc();
                                     }
-                                    p.meta.from_node = table.node_by_ip(src);
+                                    p.meta.from_node = table.node_by_ip(*src.ip());
                                     self.batch.commit();
                                 }
                                 Err(reason) => c.count_drop(reason, dgram.len()),
@@ -350,13 +384,15 @@ impl Worker {
 
     /// Encapsulates one packet towards `node` and sends it (segmenting a
     /// TSO superframe once, one VXLAN datagram per segment, in one UDP GSO
-    /// send).
+    /// send); the datagrams sent are offered to underlay captures.
     fn send_encap(
         ov: &mut OverlayIo,
         tables: &Tables,
         node: u16,
         p: &crate::pipeline::Packet,
         c: &WorkerCounters,
+        worker: usize,
+        caps: Option<&ArmedCaptures>,
     ) {
         let (Some(table), len) = (tables.overlay.as_ref(), p.len()) else {
             return;
@@ -411,7 +447,14 @@ impl Worker {
         let sock = &ov.tx[hash as usize % ov.tx.len()];
         let dst = std::net::SocketAddrV4::new(remote.underlay_ipv4, table.udp_port);
         match sock.send_gso(&ov.out_buf[..total], seg_len, dst) {
-            Ok(_) => {
+            Ok(sent) => {
+                if let Some(caps) = caps {
+                    // What went out, one datagram per segment.
+                    let src = sock.local_addr();
+                    for dgram in ov.out_buf[..sent.min(total)].chunks(seg_len.max(1)) {
+                        caps.underlay_datagram(worker, Direction::Egress, src, dst, dgram, c);
+                    }
+                }
                 c.stages.vxlan_tx.add(segments as u64);
                 c.stages.tx_packets.add(segments as u64);
                 c.stages.tx_bytes.add(total as u64);
@@ -420,13 +463,13 @@ impl Worker {
         }
     }
 
-    fn transmit(&mut self, snap: &Snapshot) {
+    fn transmit(&mut self, snap: &Snapshot, caps: Option<&ArmedCaptures>) {
         let c = Arc::clone(self.pipeline.counters());
         for p in self.batch.packets() {
             let out_port = match p.verdict {
                 Verdict::Encap { node } => {
                     match self.overlay.as_mut() {
-                        Some(ov) => Self::send_encap(ov, &snap.tables, node, p, &c),
+                        Some(ov) => Self::send_encap(ov, &snap.tables, node, p, &c, self.id, caps),
                         None => c.count_drop(DropReason::NoRoute, p.len()),
                     }
                     continue;
@@ -436,7 +479,9 @@ impl Worker {
                 // back over the overlay to that node.
                 Verdict::Reply if p.meta.from_node.is_some() => {
                     match (self.overlay.as_mut(), p.meta.from_node) {
-                        (Some(ov), Some(node)) => Self::send_encap(ov, &snap.tables, node, p, &c),
+                        (Some(ov), Some(node)) => {
+                            Self::send_encap(ov, &snap.tables, node, p, &c, self.id, caps)
+                        }
                         _ => c.count_drop(DropReason::NoRoute, p.len()),
                     }
                     continue;
@@ -464,6 +509,9 @@ impl Worker {
             let pc = &io.counters[self.id];
             match q.write(p.data()) {
                 Ok(n) => {
+                    if let Some(caps) = caps {
+                        caps.port_frame(self.id, out_port, Direction::Egress, p.frame(), &c);
+                    }
                     pc.tx_packets.inc();
                     pc.tx_bytes.add(n as u64);
                     c.stages.tx_packets.inc();

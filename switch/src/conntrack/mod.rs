@@ -227,6 +227,28 @@ pub struct FlowInfo {
     pub expires_in_secs: u32,
 }
 
+/// A flow copied out of a table ([`ConnTrack::copy_flow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowCopy {
+    orig: FlowKey,
+    reply: FlowKey,
+    link_reply: bool,
+    state: FlowState,
+    flags: u8,
+    timeout: u32,
+    aux: u32,
+    /// The flow as `ctl conntrack` shows it.
+    pub info: FlowInfo,
+}
+
+impl FlowCopy {
+    /// The reply tuple, or a one-way record's payload (an affinity
+    /// record's backend as source).
+    pub fn reply_key(&self) -> FlowKey {
+        self.reply
+    }
+}
+
 /// Table-wide counters, written by the control side only (workers count
 /// their inserts and refusals in their own counters).
 #[derive(Debug, Default)]
@@ -491,6 +513,41 @@ impl ConnTrack {
         // the control side never sees a half-inserted slot.
         e.state.store(state as u8, Ordering::Release);
         Some(idx)
+    }
+
+    /// A copy of the flow (or record) a packet with tuple `key` belongs
+    /// to, for a dry run that must see the live table without changing it
+    /// (`ctl trace`): [`ConnTrack::insert_copy`] puts it into a private
+    /// table. Control side; a slot recycled under the read yields a stale
+    /// copy at worst, which a dry run may show.
+    pub fn copy_flow(&self, key: &FlowKey) -> Option<FlowCopy> {
+        let r = self.lookup(key)?;
+        let e = self.entry(r.index);
+        let now = self.clock(Instant::now());
+        Some(FlowCopy {
+            orig: e.key(Dir::Orig),
+            reply: e.key(Dir::Reply),
+            link_reply: e.flags() & flow_flags::ORIG_ONLY == 0,
+            state: e.state(),
+            flags: e.flags() & !flow_flags::ORIG_ONLY,
+            timeout: e.timeout.load(Ordering::Relaxed),
+            aux: e.aux(),
+            info: self.info_at(r.index, now)?,
+        })
+    }
+
+    /// Adds a copy made by [`ConnTrack::copy_flow`] (of another table).
+    pub fn insert_copy(&self, c: &FlowCopy, now: u32) -> Option<u32> {
+        self.insert_inner(
+            c.orig,
+            c.reply,
+            c.link_reply,
+            c.state,
+            c.flags,
+            now,
+            c.timeout,
+            c.aux,
+        )
     }
 
     /// Adds a record indexed by `key` only, carrying `payload` (a session

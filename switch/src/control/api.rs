@@ -415,6 +415,90 @@ pub struct ServicesApplied {
     pub generation: u64,
 }
 
+fn default_capture_frames() -> u64 {
+    crate::capture::DEFAULT_MAX_FRAMES
+}
+
+fn default_capture_ms() -> u64 {
+    crate::capture::DEFAULT_DURATION_MS
+}
+
+fn default_snaplen() -> u32 {
+    crate::capture::MAX_SNAPLEN
+}
+
+/// Arguments of `capture_start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// A pod (`namespace/name`), the host port (`host/psw0` or `psw0`), or
+    /// `underlay` for the VXLAN datagrams of the overlay sockets.
+    pub port: String,
+    /// `ingress` (frames the switch reads from the port), `egress` (frames
+    /// it writes to it) or `both` (the default).
+    #[serde(default)]
+    pub point: crate::capture::CapturePoint,
+    /// Which frames to keep (`proto`, `host`, `port`); see
+    /// [`crate::capture::CaptureFilter`].
+    #[serde(default)]
+    pub filter: crate::capture::CaptureFilter,
+    /// Stop after this many frames (default 1000).
+    #[serde(default = "default_capture_frames")]
+    pub max_frames: u64,
+    /// Stop after this long (default 10 000 ms).
+    #[serde(default = "default_capture_ms")]
+    pub duration_ms: u64,
+    /// Bytes kept of each frame (default and maximum 262144: whole frames).
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+}
+
+/// Result of `capture_start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStarted {
+    pub id: u64,
+    /// The port as the switch names it.
+    pub port: String,
+    pub point: crate::capture::CapturePoint,
+    /// The filter in words (`icmp and host 10.244.1.2`), empty for none.
+    pub filter: String,
+    pub snaplen: u32,
+    pub max_frames: u64,
+    pub duration_ms: u64,
+    /// Frames the capture ring holds between two reads.
+    pub ring_slots: usize,
+    /// On the underlay: the VXLAN UDP port (tell tshark when it is not
+    /// 4789: `-d udp.port==8472,vxlan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_udp_port: Option<u16>,
+}
+
+/// One captured frame, as `capture_read` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFrame {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// The frame's length on the wire (`data` may be cut by the snaplen).
+    pub orig_len: u32,
+    pub direction: crate::capture::Direction,
+    /// The bytes, base64 (RFC 4648 §4, padded): an Ethernet frame.
+    pub data: String,
+}
+
+/// Result of `capture_read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureBatch {
+    pub frames: Vec<CaptureFrame>,
+    /// The capture ended and every frame was read; the id is forgotten.
+    pub done: bool,
+    /// Frames put in the ring so far.
+    pub captured: u64,
+    /// Matching frames lost because the ring was full (the reader was slow).
+    pub dropped: u64,
+    /// Frames at the capture point that the filter did not select.
+    pub filtered: u64,
+}
+
 /// Every request of API version 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -484,6 +568,21 @@ pub enum Request {
         #[serde(default)]
         filter: FlowFilter,
     },
+    /// Arm a packet capture on a port (or the underlay); frames are then
+    /// taken with `capture_read` until it answers `done`. Result:
+    /// [`CaptureStarted`].
+    CaptureStart(CaptureSpec),
+    /// The frames captured since the last read (about `max_bytes` of frame
+    /// data at most, default 4 MiB) and the counts so far; `done` once the
+    /// capture ended and everything was read. Result: [`CaptureBatch`].
+    CaptureRead {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<usize>,
+    },
+    /// Stop capture `id` now; what it took can still be read. Result:
+    /// [`crate::capture::CaptureCounts`].
+    CaptureStop { id: u64 },
     /// Result: [`Topology`].
     GetTopology,
     /// Result: `[PortInfo]`.
@@ -684,6 +783,18 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct CaptureRead {
+        id: u64,
+        #[serde(default)]
+        max_bytes: Option<usize>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CaptureId {
+        id: u64,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Patch {
         #[serde(default)]
         add: Vec<PodSpec>,
@@ -725,6 +836,14 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
         })?,
         "flush_flows" => {
             decode_args::<FlushFlows>(args).map(|a| Request::FlushFlows { filter: a.filter })?
+        }
+        "capture_start" => decode_args::<CaptureSpec>(args).map(Request::CaptureStart)?,
+        "capture_read" => decode_args::<CaptureRead>(args).map(|a| Request::CaptureRead {
+            id: a.id,
+            max_bytes: a.max_bytes,
+        })?,
+        "capture_stop" => {
+            decode_args::<CaptureId>(args).map(|a| Request::CaptureStop { id: a.id })?
         }
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
@@ -826,6 +945,40 @@ mod tests {
                 .code,
             ErrorCode::InvalidArgument
         );
+    }
+
+    #[test]
+    fn capture_requests_round_trip_and_bad_filters_name_the_field() {
+        let r =
+            decode_request(r#"{"v":1,"op":"capture_start","args":{"port":"default/a"}}"#).unwrap();
+        let Request::CaptureStart(spec) = &r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(spec.point, crate::capture::CapturePoint::Both);
+        assert_eq!(spec.max_frames, crate::capture::DEFAULT_MAX_FRAMES);
+        assert_eq!(spec.duration_ms, crate::capture::DEFAULT_DURATION_MS);
+        assert_eq!(spec.snaplen, crate::capture::MAX_SNAPLEN);
+        assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
+        let r = Request::CaptureRead {
+            id: 3,
+            max_bytes: Some(10),
+        };
+        assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
+        let r = Request::CaptureStop { id: 3 };
+        assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
+        let e = decode_request(
+            r#"{"v":1,"op":"capture_start","args":{"port":"a","filter":{"proto":"sctp"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("filter.proto"), "{e}");
+        let e = decode_request(
+            r#"{"v":1,"op":"capture_start","args":{"port":"a","filter":{"host":"10.1.2"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("filter.host"), "{e}");
+        let e = decode_request(r#"{"v":1,"op":"capture_start","args":{"port":"a","point":"up"}}"#)
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("point"), "{e}");
     }
 
     #[test]

@@ -566,46 +566,6 @@ mod tests {
     use crate::tables::services::NodeView;
     use etherparse::PacketBuilder;
 
-    const VIP: [u8; 4] = [10, 96, 0, 10];
-
-    fn svc_tables(endpoints: &[([u8; 4], bool)], affinity: Option<u32>) -> Tables {
-        let mut t = tables();
-        let spec = ServiceSpec {
-            name: "default/web".into(),
-            cluster_ips: vec![VIP.into()],
-            external_ips: vec![],
-            ports: vec![ServicePortSpec {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 8080,
-                node_port: None,
-                endpoints: endpoints
-                    .iter()
-                    .map(|(ip, term)| EndpointSpec {
-                        ip: (*ip).into(),
-                        port: 80,
-                        node: Some("n1".into()),
-                        ready: !term,
-                        terminating: *term,
-                    })
-                    .collect(),
-            }],
-            affinity_timeout_secs: affinity,
-            external_traffic_local: false,
-            internal_traffic_local: false,
-        };
-        let node = NodeView {
-            name: "n1",
-            node_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            gateway_ip: t.gateway.ipv4,
-            mode: ClusterMode::Native,
-            maglev_size: 251,
-        };
-        t.services =
-            Arc::new(ServiceTable::build([&spec], &ServiceSettings::default(), &node).unwrap());
-        t
-    }
-
     fn syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC)
             .ipv4(src, dst, 64)

@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use etherparse::PacketBuilder;
 
+use crate::control::api::{
+    ClusterMode, EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
+};
 use crate::metrics::WorkerCounters;
+use crate::tables::services::{NodeView, ServiceTable};
 use crate::tables::{Gateway, PodPort, Tables};
 use crate::wire::vnet_hdr::{self, VnetHdr};
 
@@ -134,4 +138,46 @@ pub fn fix_ipv4(f: &mut [u8], total_len: u16) {
     ip[11] = 0;
     let c = crate::wire::checksum::checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+pub const VIP: [u8; 4] = [10, 96, 0, 10];
+
+/// A node with one Service, `default/web` on VIP:8080/TCP, whose
+/// endpoints (port 80, `true`: terminating) are `endpoints`.
+pub fn svc_tables(endpoints: &[([u8; 4], bool)], affinity: Option<u32>) -> Tables {
+    let mut t = tables();
+    let spec = ServiceSpec {
+        name: "default/web".into(),
+        cluster_ips: vec![VIP.into()],
+        external_ips: vec![],
+        ports: vec![ServicePortSpec {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+            node_port: None,
+            endpoints: endpoints
+                .iter()
+                .map(|(ip, term)| EndpointSpec {
+                    ip: (*ip).into(),
+                    port: 80,
+                    node: Some("n1".into()),
+                    ready: !term,
+                    terminating: *term,
+                })
+                .collect(),
+        }],
+        affinity_timeout_secs: affinity,
+        external_traffic_local: false,
+        internal_traffic_local: false,
+    };
+    let node = NodeView {
+        name: "n1",
+        node_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        gateway_ip: t.gateway.ipv4,
+        mode: ClusterMode::Native,
+        maglev_size: 251,
+    };
+    t.services =
+        Arc::new(ServiceTable::build([&spec], &ServiceSettings::default(), &node).unwrap());
+    t
 }
