@@ -7,8 +7,9 @@ use podswitch_switch::capture::file::CaptureFormat;
 use podswitch_switch::capture::{CaptureFilter, CapturePoint, CaptureProto};
 use podswitch_switch::control::api::CaptureSpec;
 use podswitch_switch::control::api::{
-    FlowFilter, Flows, Hello, PortInfo, Protocol, Request, ServiceSettings, ServiceSpec, Stats,
-    Topology,
+    ClusterMode, FlowFilter, Flows, Hello, Nodes, PortInfo, Protocol, Request, RouteEntry,
+    RouteHop, RouteLookup, Routes, RunningConfig, ServiceSettings, ServiceSpec, ServiceState,
+    Stats, Topology,
 };
 use podswitch_switch::control::client;
 
@@ -45,8 +46,17 @@ enum CtlCommand {
     Stats,
     /// The switch's current topology (node and pods).
     Topology,
-    /// The Services the switch holds: frontends and endpoints.
-    Services,
+    /// This node (underlay, pod CIDRs, gateway, mode, VTEP) and every
+    /// other node the switch knows.
+    Nodes,
+    /// The route stage's forwarding table, longest prefix first, and the
+    /// service/masquerade side; `--lookup` shows what one address matches.
+    Routes(RoutesArgs),
+    /// The Services the switch holds: frontends, endpoints, and each
+    /// frontend's Maglev table (size, slots and share per endpoint).
+    Services(ServicesArgs),
+    /// The daemon's running configuration (as loaded: file, then flags).
+    Config,
     /// Conntrack flows: list (filtered), count, or flush.
     Conntrack(ConntrackArgs),
     /// Dry-run a synthetic packet through the stages (nothing is sent).
@@ -54,6 +64,19 @@ enum CtlCommand {
     /// Capture frames at a port's ingress/egress or on the underlay into a
     /// pcap/pcapng file (`-w -`: stdout, e.g. `| tshark -r -`).
     Capture(CaptureArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RoutesArgs {
+    /// Print only the entry this destination matches (like `ip route get`).
+    #[arg(long, value_name = "ADDRESS")]
+    lookup: Option<std::net::IpAddr>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServicesArgs {
+    /// Only this Service (`namespace/name`).
+    name: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -244,6 +267,313 @@ fn services_table(r: &ServicesResult) -> String {
     out
 }
 
+/// Aligns `rows` (the first is the header) in columns two spaces apart;
+/// the last column is not padded.
+fn render_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |x| x.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+fn join<T: std::fmt::Display>(v: &[T]) -> String {
+    if v.is_empty() {
+        return "-".to_string();
+    }
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `ctl nodes`: this node's addresses and mode, then every node.
+fn nodes_table(n: &Nodes) -> String {
+    let l = &n.local;
+    let mode = match (&l.mode, &l.vxlan) {
+        (ClusterMode::Vxlan, Some(v)) => format!(
+            "vxlan (VNI {}, UDP port {}, VTEP {} on {})",
+            v.vni, v.udp_port, v.vtep_mac, v.local_ipv4
+        ),
+        (ClusterMode::Vxlan, None) => "vxlan".to_string(),
+        (ClusterMode::Native, _) => "native (pod IPs on the underlay)".to_string(),
+    };
+    let mut out = format!(
+        "node {}  underlay {}  mode {}\ngateway {} {}  pod MTU {}  host port {}\n\n",
+        l.name,
+        l.underlay_ipv4.map_or("-".to_string(), |a| a.to_string()),
+        mode,
+        l.gateway_ipv4,
+        l.gateway_mac,
+        l.mtu,
+        l.host_interface.as_deref().unwrap_or("-"),
+    );
+    let vtep =
+        |m: Option<podswitch_switch::control::api::Mac>| m.map_or("-".into(), |m| m.to_string());
+    let mut rows = vec![row(["NODE", "UNDERLAY", "POD CIDRS", "VTEP MAC"])];
+    rows.push(vec![
+        format!("{} (this node)", l.name),
+        l.underlay_ipv4.map_or("-".to_string(), |a| a.to_string()),
+        join(&l.pod_cidrs),
+        vtep(l.vxlan.as_ref().map(|v| v.vtep_mac)),
+    ]);
+    for r in &n.remote {
+        rows.push(vec![
+            r.name.clone(),
+            r.underlay_ipv4.to_string(),
+            join(&r.pod_cidrs),
+            vtep(r.vtep_mac),
+        ]);
+    }
+    out.push_str(&render_table(&rows));
+    out
+}
+
+/// A route's target in words.
+fn describe_hop(h: &RouteHop) -> String {
+    match h {
+        RouteHop::Pod { port, pod } => format!("pod {pod} (port {port})"),
+        RouteHop::Host { port, interface } => {
+            format!("host port {interface} (port {port}): the node's stack routes it")
+        }
+        RouteHop::Overlay {
+            node,
+            underlay_ipv4,
+            vtep_mac,
+        } => format!("node {node} over VXLAN to {underlay_ipv4} (VTEP {vtep_mac})"),
+        RouteHop::Unassigned => "unassigned: dropped, ICMP host unreachable".to_string(),
+        RouteHop::NoRoute => "nowhere: dropped, ICMP net unreachable".to_string(),
+    }
+}
+
+fn routes_table(r: &Routes) -> String {
+    let mut rows = vec![row(["PREFIX", "TARGET"])];
+    for e in &r.routes {
+        rows.push(vec![e.prefix.to_string(), describe_hop(&e.hop)]);
+    }
+    let mut out = format!(
+        "forwarding table (generation {}, {} mode), longest prefix first\n",
+        r.generation,
+        match r.mode {
+            ClusterMode::Native => "native",
+            ClusterMode::Vxlan => "vxlan",
+        }
+    );
+    out.push_str(&render_table(&rows));
+    if !r.kernel_routes.is_empty() {
+        out.push_str("\nnode kernel routes installed by the switch (after the host port)\n");
+        let mut rows = vec![row(["PREFIX", "VIA", "NODE"])];
+        for k in &r.kernel_routes {
+            rows.push(vec![
+                k.prefix.to_string(),
+                k.via.to_string(),
+                k.node.clone(),
+            ]);
+        }
+        out.push_str(&render_table(&rows));
+    }
+    let s = &r.services;
+    out.push_str(&format!(
+        "\nservices: {} frontends  service CIDRs {}  cluster CIDRs {}  NodePorts {}-{}\n",
+        s.frontends,
+        join(&s.service_cidrs),
+        join(&s.cluster_cidrs),
+        s.node_port_range.0,
+        s.node_port_range.1
+    ));
+    out.push_str(&match (s.masquerade, s.node_ip) {
+        (true, Some(ip)) => format!(
+            "masquerade: pod traffic leaving the cluster gets {ip}; not for the cluster and service CIDRs{}\n",
+            if s.masquerade_exclude.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", join(&s.masquerade_exclude))
+            }
+        ),
+        (true, None) => "masquerade: on, but the node has no underlay address (inactive)\n".into(),
+        (false, _) => "masquerade: off\n".into(),
+    });
+    out
+}
+
+fn lookup_text(l: &RouteLookup) -> String {
+    let mut out = match &l.route {
+        Some(RouteEntry { prefix, hop }) => {
+            format!("{} via {prefix}: {}\n", l.dst, describe_hop(hop))
+        }
+        None => format!("{}: no route (dropped, ICMP net unreachable)\n", l.dst),
+    };
+    if let Some(n) = &l.node {
+        out.push_str(&format!("  pod CIDR of node {n}"));
+        if let Some(via) = l.via {
+            out.push_str(&format!(", which the node's kernel reaches via {via}"));
+        }
+        out.push('\n');
+    }
+    if l.gateway {
+        out.push_str("  the pods' gateway: answered by the switch (ARP, ICMP echo)\n");
+    }
+    if !l.services.is_empty() {
+        out.push_str(&format!(
+            "  frontend of {}: translated to an endpoint before routing\n",
+            l.services.join(", ")
+        ));
+    }
+    if l.masquerade {
+        out.push_str("  pod traffic to it is masqueraded to the node's address\n");
+    }
+    out
+}
+
+/// Each frontend's Maglev table: size M, eligible N, and per endpoint its
+/// slots and share (Maglev gives each floor(M/N) or ceil(M/N) slots).
+fn maglev_table(state: &[ServiceState]) -> String {
+    let mut rows = vec![row([
+        "SERVICE", "FRONTEND", "KIND", "M", "N", "ENDPOINT", "NODE", "STATE", "SLOTS", "SHARE",
+        "VS M/N",
+    ])];
+    for s in state {
+        let mut first_of_service = true;
+        for f in &s.frontends {
+            let kind = serde_json::to_value(f.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let head = vec![
+                if first_of_service {
+                    s.name.clone()
+                } else {
+                    String::new()
+                },
+                format!("{}:{}/{}", f.ip, f.port, protocol_str(f.protocol)),
+                kind,
+                f.table_size.to_string(),
+                f.eligible.to_string(),
+            ];
+            first_of_service = false;
+            if f.backends.is_empty() {
+                let mut r = head;
+                r.extend(["<none>".to_string()]);
+                rows.push(r);
+                continue;
+            }
+            let ideal = if f.eligible == 0 {
+                0.0
+            } else {
+                f.table_size as f64 / f.eligible as f64
+            };
+            for (i, b) in f.backends.iter().enumerate() {
+                let mut r = if i == 0 {
+                    head.clone()
+                } else {
+                    vec![String::new(); 5]
+                };
+                let state = match (b.ready, b.terminating, b.eligible) {
+                    (_, true, _) => "terminating",
+                    (true, _, true) => "ready",
+                    (true, _, false) => "ready, not local",
+                    (false, _, _) => "not-ready",
+                };
+                r.extend([
+                    format!("{}:{}", b.ip, b.port),
+                    b.node.clone().unwrap_or_else(|| "-".into()),
+                    state.to_string(),
+                    b.slots.to_string(),
+                    format!("{:.2}%", b.share * 100.0),
+                    if b.eligible && ideal > 0.0 {
+                        format!("{:+.2}%", (b.slots as f64 - ideal) / ideal * 100.0)
+                    } else {
+                        "-".to_string()
+                    },
+                ]);
+                rows.push(r);
+            }
+        }
+    }
+    render_table(&rows)
+}
+
+/// A JSON value as TOML-ish lines: scalars first as `key = value`, then
+/// each table as `[path]`; `null` as a comment.
+fn toml_ish(v: &serde_json::Value) -> String {
+    fn scalar(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::Array(a) => {
+                format!("[{}]", a.iter().map(scalar).collect::<Vec<_>>().join(", "))
+            }
+            other => other.to_string(),
+        }
+    }
+    fn walk(path: &str, v: &serde_json::Value, out: &mut String) {
+        let Some(obj) = v.as_object() else { return };
+        if !path.is_empty() {
+            out.push_str(&format!("\n[{path}]\n"));
+        }
+        for (k, x) in obj {
+            match x {
+                serde_json::Value::Object(_) => {}
+                serde_json::Value::Null => out.push_str(&format!("# {k} = (none)\n")),
+                _ => out.push_str(&format!("{k} = {}\n", scalar(x))),
+            }
+        }
+        for (k, x) in obj {
+            if x.is_object() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(&p, x, out);
+            }
+        }
+    }
+    let mut out = String::new();
+    walk("", v, &mut out);
+    out
+}
+
+fn config_text(c: &RunningConfig) -> anyhow::Result<String> {
+    let mut out = format!(
+        "# podswitch {} running configuration (as loaded: file, then flags; workers resolved)\n",
+        c.switch_version
+    );
+    out.push_str(&format!(
+        "# log format {}  log filter {:?}  state file {}{}\n",
+        c.log_format.as_deref().unwrap_or("(unknown)"),
+        c.log_filter,
+        c.state_file.display(),
+        if c.node_from_state {
+            " (the node below was restored from it)"
+        } else {
+            ""
+        }
+    ));
+    out.push_str(&toml_ish(&serde_json::to_value(&c.config)?));
+    Ok(out)
+}
+
 /// `ctl capture`: arms the capture, writes the file, prints tcpdump-style
 /// lines on stderr (stdout may be the capture).
 fn capture(socket: &std::path::Path, c: CaptureArgs, json: bool) -> anyhow::Result<()> {
@@ -400,22 +730,25 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                     d.batches
                 );
                 outln!("forwarded {}  gso superframes {}  arp replies {}  echo replies {}  icmp errors {}", d.forwarded_local, d.gso_superframes, d.arp_replies, d.icmp_echo_replies, d.icmp_errors_sent);
-                outln!(
-                    "\n{:<8} {:<26} {:>10} {:>12}  DESCRIPTION",
-                    "STAGE",
-                    "REASON",
-                    "PACKETS",
-                    "BYTES"
-                );
-                for r in &d.drops {
-                    outln!(
-                        "{:<8} {:<26} {:>10} {:>12}  {}",
-                        r.stage,
-                        r.reason,
-                        r.packets,
-                        r.bytes,
-                        r.description
-                    );
+                if d.drops.is_empty() {
+                    outln!("\nno drops");
+                } else {
+                    let mut drops = d.drops.clone();
+                    drops.sort_by(|a, b| (&a.stage, &a.reason).cmp(&(&b.stage, &b.reason)));
+                    let mut rows =
+                        vec![row(["STAGE", "REASON", "PACKETS", "BYTES", "DESCRIPTION"])];
+                    for r in &drops {
+                        rows.push(vec![
+                            r.stage.clone(),
+                            r.reason.clone(),
+                            r.packets.to_string(),
+                            r.bytes.to_string(),
+                            r.description.clone(),
+                        ]);
+                    }
+                    let total: u64 = drops.iter().map(|r| r.packets).sum();
+                    outln!("\ndrops by stage and reason ({total} packets)");
+                    out!("{}", render_table(&rows));
                 }
             }
         }
@@ -522,13 +855,57 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        CtlCommand::Services => {
+        CtlCommand::Services(a) => {
+            let state: Vec<ServiceState> = client::call(
+                &args.socket,
+                &Request::GetServiceState {
+                    name: a.name.clone(),
+                },
+            )?;
+            let mut r: ServicesResult = client::call(&args.socket, &Request::GetServices)?;
+            if let Some(n) = &a.name {
+                r.services.retain(|s| &s.name == n);
+            }
             if json {
-                let v: serde_json::Value = client::call(&args.socket, &Request::GetServices)?;
-                outln!("{}", serde_json::to_string_pretty(&v)?);
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "settings": r.settings,
+                        "services": r.services,
+                        "state": state,
+                    }))?
+                );
             } else {
-                let r: ServicesResult = client::call(&args.socket, &Request::GetServices)?;
                 out!("{}", services_table(&r));
+                outln!("\nMaglev tables (M slots over N eligible endpoints: floor(M/N) or ceil(M/N) each)");
+                out!("{}", maglev_table(&state));
+            }
+        }
+        CtlCommand::Nodes => {
+            let n: Nodes = client::call(&args.socket, &Request::GetNodes)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&n)?);
+            } else {
+                out!("{}", nodes_table(&n));
+            }
+        }
+        CtlCommand::Routes(a) => {
+            let r: Routes = client::call(&args.socket, &Request::GetRoutes { lookup: a.lookup })?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                match &r.lookup {
+                    Some(l) => out!("{}", lookup_text(l)),
+                    None => out!("{}", routes_table(&r)),
+                }
+            }
+        }
+        CtlCommand::Config => {
+            let c: RunningConfig = client::call(&args.socket, &Request::GetConfig)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                out!("{}", config_text(&c)?);
             }
         }
         CtlCommand::Topology => {
@@ -537,4 +914,64 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_align_and_the_last_is_not_padded() {
+        let t = render_table(&[row(["A", "LONGER", "Z"]), row(["xyz", "b", "end"])]);
+        assert_eq!(t, "A    LONGER  Z\nxyz  b       end\n");
+    }
+
+    #[test]
+    fn toml_ish_puts_scalars_before_tables_and_marks_nulls() {
+        let v = serde_json::json!({
+            "b": {"c": 1, "d": {"e": "x"}},
+            "a": [1, 2],
+            "m": null,
+            "s": "t",
+        });
+        assert_eq!(
+            toml_ish(&v),
+            "a = [1, 2]\n# m = (none)\ns = \"t\"\n\n[b]\nc = 1\n\n[b.d]\ne = \"x\"\n"
+        );
+    }
+
+    #[test]
+    fn lookup_text_names_the_entry_node_and_next_hop() {
+        let l = RouteLookup {
+            dst: "10.244.2.3".parse().unwrap(),
+            route: Some(RouteEntry {
+                prefix: "0.0.0.0/0".parse().unwrap(),
+                hop: RouteHop::Host {
+                    port: 0,
+                    interface: "psw0".into(),
+                },
+            }),
+            node: Some("node-2".into()),
+            via: Some("198.18.0.2".parse().unwrap()),
+            gateway: false,
+            services: Vec::new(),
+            masquerade: false,
+        };
+        let t = lookup_text(&l);
+        assert!(
+            t.starts_with("10.244.2.3 via 0.0.0.0/0: host port psw0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("pod CIDR of node node-2, which the node's kernel reaches via 198.18.0.2"),
+            "{t}"
+        );
+        let none = RouteLookup {
+            route: None,
+            node: None,
+            via: None,
+            ..l
+        };
+        assert!(lookup_text(&none).contains("no route"));
+    }
 }

@@ -27,6 +27,7 @@ macro_rules! out {
     }};
 }
 
+mod bench;
 mod ctl;
 mod lab;
 mod tool;
@@ -69,6 +70,9 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// A standalone lab cluster of network namespaces (no Kubernetes needed).
     Lab(lab::LabArgs),
+    /// Overlay vs native vs kernel: latency, connection rate, throughput,
+    /// packet rate and CPU per GB, interleaved in one run, with plots.
+    Bench(bench::BenchArgs),
     /// Traffic tools run inside pod namespaces by tests and the report.
     #[command(hide = true)]
     Tool(tool::ToolArgs),
@@ -237,6 +241,7 @@ fn main() {
         } => switch_run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Tool(args) => tool::run(args),
     };
     if let Err(e) = result {

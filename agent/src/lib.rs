@@ -2,6 +2,7 @@
 //! CNI plugin and the standalone lab.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cni;
 pub mod lab;
 pub mod source;

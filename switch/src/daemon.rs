@@ -20,14 +20,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::conntrack::{ConnTrack, ConntrackConfig};
 use crate::control::api::{
-    ApiError, Applied, ClusterMode, ErrorCode, FlowFilter, Flows, Hello, Mac, NodeSpec, PodSpec,
-    PortInfo, RemoteNode, Request, ServiceSettings, ServiceSpec, ServicesApplied, Stats, Topology,
-    VxlanSpec,
+    ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FrontendState,
+    Hello, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PortInfo, RemoteNode,
+    RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig,
+    ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied, Stats, Topology,
+    VtepState, VxlanSpec,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
 use crate::tables::services::{NodeView, ServiceTable};
-use crate::tables::{Gateway, PodPort, PortId, PortKind, TablePublisher, Tables};
+use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
 use crate::worker::{PortIo, Snapshot, Worker};
 
 /// How the daemon is started.
@@ -148,6 +150,8 @@ pub struct SwitchState {
     apply_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Packet captures, shared with the workers.
     captures: Arc<crate::capture::CaptureHub>,
+    /// The configuration as loaded, for `get_config`.
+    running_config: crate::control::api::RunningConfig,
 }
 
 impl SwitchState {
@@ -888,6 +892,273 @@ impl SwitchState {
         .with_field("port"))
     }
 
+    /// This node and the others, read from the published snapshot (the
+    /// overlay's nodes in VXLAN mode; in native mode the remote nodes
+    /// live in the node's kernel routes, so they come from the desired
+    /// state the switch installed them from).
+    fn nodes(&self) -> Nodes {
+        let snapshot = self.publisher.load_full();
+        let t = &snapshot.tables;
+        let local = LocalNodeState {
+            name: t.node.clone(),
+            underlay_ipv4: self.node.underlay_ipv4,
+            pod_cidrs: t.pod_cidrs.clone(),
+            gateway_ipv4: t.gateway.ipv4,
+            gateway_mac: Mac(t.gateway.mac),
+            mtu: self.node.mtu,
+            mode: self.node.mode,
+            host_interface: self.host.as_ref().map(|h| h.name.clone()),
+            vxlan: t.overlay.as_ref().map(|o| VtepState {
+                vni: o.vni,
+                udp_port: o.udp_port,
+                local_ipv4: o.local_ipv4,
+                vtep_mac: Mac(o.vtep_mac),
+            }),
+        };
+        let remote = match &t.overlay {
+            Some(o) => o
+                .nodes
+                .iter()
+                .map(|n| RemoteNodeState {
+                    name: n.name.clone(),
+                    underlay_ipv4: n.underlay_ipv4,
+                    pod_cidrs: n.pod_cidrs.clone(),
+                    vtep_mac: Some(Mac(n.vtep_mac)),
+                })
+                .collect(),
+            None => self
+                .remote_nodes
+                .iter()
+                .map(|n| RemoteNodeState {
+                    name: n.name.clone(),
+                    underlay_ipv4: n.underlay_ipv4,
+                    pod_cidrs: n.pod_cidrs.clone(),
+                    vtep_mac: None,
+                })
+                .collect(),
+        };
+        Nodes {
+            generation: t.generation,
+            local,
+            remote,
+        }
+    }
+
+    /// The route stage's table as the published snapshot holds it, and
+    /// what `lookup` matches.
+    fn routes(&self, lookup: Option<std::net::IpAddr>) -> Routes {
+        let snapshot = self.publisher.load_full();
+        let t = &snapshot.tables;
+        let hop = |target: RouteTarget| -> RouteHop {
+            match target {
+                RouteTarget::Local(id) => match t.port(id) {
+                    Some(p) if p.kind == PortKind::Host => RouteHop::Host {
+                        port: id,
+                        interface: p.ifname.clone(),
+                    },
+                    Some(p) => RouteHop::Pod {
+                        port: id,
+                        pod: p.pod.clone(),
+                    },
+                    // A port removed under a stale route: forwarded nowhere.
+                    None => RouteHop::Unassigned,
+                },
+                RouteTarget::Node(i) => {
+                    match t.overlay.as_ref().and_then(|o| o.nodes.get(usize::from(i))) {
+                        Some(n) => RouteHop::Overlay {
+                            node: n.name.clone(),
+                            underlay_ipv4: n.underlay_ipv4,
+                            vtep_mac: Mac(n.vtep_mac),
+                        },
+                        None => RouteHop::NoRoute,
+                    }
+                }
+                RouteTarget::Unassigned => RouteHop::Unassigned,
+            }
+        };
+        let routes: Vec<RouteEntry> = t
+            .routes
+            .entries()
+            .into_iter()
+            .map(|(prefix, target)| RouteEntry {
+                prefix,
+                hop: hop(target),
+            })
+            .collect();
+        let kernel_routes: Vec<KernelRoute> = if t.overlay.is_none() && self.host.is_some() {
+            self.remote_nodes
+                .iter()
+                .flat_map(|n| {
+                    n.pod_cidrs.iter().map(|c| KernelRoute {
+                        prefix: *c,
+                        node: n.name.clone(),
+                        via: n.underlay_ipv4,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let svc = &t.services;
+        let settings = &self.service_settings;
+        let lookup = lookup.map(|dst| {
+            let route = t
+                .routes
+                .lookup_entry(dst)
+                .map(|(prefix, target)| RouteEntry {
+                    prefix,
+                    hop: hop(target),
+                });
+            let owner = if t.pod_cidrs.iter().any(|c| c.contains(&dst)) {
+                Some((t.node.clone(), None))
+            } else {
+                self.remote_nodes
+                    .iter()
+                    .find(|n| n.pod_cidrs.iter().any(|c| c.contains(&dst)))
+                    .map(|n| (n.name.clone(), Some(n.underlay_ipv4)))
+            };
+            // The kernel next hop matters only where the switch hands the
+            // packet to the node's stack (native mode).
+            let via = match (&route, &owner) {
+                (
+                    Some(RouteEntry {
+                        hop: RouteHop::Host { .. },
+                        ..
+                    }),
+                    Some((_, via)),
+                ) => *via,
+                _ => None,
+            };
+            let v4 = match dst {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            };
+            let mut services: Vec<String> = v4
+                .map(|a| {
+                    svc.fronts
+                        .iter()
+                        .filter(|f| {
+                            f.ip == a && f.kind != crate::tables::services::FrontendKind::NodePort
+                        })
+                        .filter_map(|f| svc.names.get(f.service as usize).cloned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            services.dedup();
+            RouteLookup {
+                dst,
+                route,
+                node: owner.map(|o| o.0),
+                via,
+                gateway: v4 == Some(t.gateway.ipv4),
+                services,
+                masquerade: v4.is_some_and(|a| svc.masquerades(a)),
+            }
+        });
+        Routes {
+            generation: t.generation,
+            mode: self.node.mode,
+            routes,
+            kernel_routes,
+            services: ServiceRouting {
+                node_ip: svc.node_ip,
+                masquerade: svc.masquerade,
+                cluster_cidrs: settings.cluster_cidrs.clone(),
+                service_cidrs: settings.service_cidrs.clone(),
+                masquerade_exclude: settings.masquerade_exclude.clone(),
+                node_port_range: settings.node_port_range,
+                frontends: svc.fronts.len(),
+            },
+            lookup,
+        }
+    }
+
+    /// Each Service's frontends with their Maglev state, from the
+    /// published service table; endpoint nodes come from the specs.
+    fn service_state(&self, name: Option<&str>) -> Result<Vec<ServiceState>, ApiError> {
+        if let Some(n) = name {
+            if !self.services.contains_key(n) {
+                return Err(
+                    ApiError::new(ErrorCode::NotFound, format!("no service {n}"))
+                        .with_field("name"),
+                );
+            }
+        }
+        let snapshot = self.publisher.load_full();
+        let table = &snapshot.tables.services;
+        let mut out: Vec<ServiceState> = Vec::new();
+        for f in &table.fronts {
+            let Some(svc_name) = table.names.get(f.service as usize) else {
+                continue;
+            };
+            if name.is_some_and(|n| n != svc_name) {
+                continue;
+            }
+            let spec = self.services.get(svc_name);
+            let node_of = |ip: Ipv4Addr, port: u16| {
+                spec.into_iter()
+                    .flat_map(|s| s.ports.iter())
+                    .flat_map(|p| p.endpoints.iter())
+                    .find(|e| e.ip == ip && e.port == port)
+                    .and_then(|e| e.node.clone())
+            };
+            let m = f.maglev.size();
+            let shares = f.maglev_shares();
+            let backends = (f.backends.start..f.backends.end)
+                .filter_map(|i| table.backends.get(i as usize).map(|b| (i, b)))
+                .map(|(i, b)| {
+                    let slots = shares
+                        .iter()
+                        .find(|s| s.backend == i)
+                        .map_or(0, |s| s.slots);
+                    BackendState {
+                        ip: b.ip,
+                        port: b.port,
+                        node: node_of(b.ip, b.port),
+                        local: b.local,
+                        ready: b.ready,
+                        terminating: b.terminating,
+                        eligible: f.eligible.contains(&i),
+                        slots,
+                        share: if m == 0 { 0.0 } else { slots as f64 / m as f64 },
+                    }
+                })
+                .collect();
+            let front = FrontendState {
+                kind: f.kind,
+                ip: f.ip,
+                port: f.port,
+                protocol: if f.proto == crate::control::api::Protocol::Udp.number() {
+                    crate::control::api::Protocol::Udp
+                } else {
+                    crate::control::api::Protocol::Tcp
+                },
+                table_size: m,
+                eligible: f.eligible.len(),
+                affinity_secs: f.affinity_secs,
+                local_only: f.local_only,
+                backends,
+            };
+            match out.last_mut().filter(|s| &s.name == svc_name) {
+                Some(s) => s.frontends.push(front),
+                None => out.push(ServiceState {
+                    name: svc_name.clone(),
+                    frontends: vec![front],
+                }),
+            }
+        }
+        // A Service without frontends (headless) is still listed by name.
+        if let Some(n) = name {
+            if out.is_empty() {
+                out.push(ServiceState {
+                    name: n.to_string(),
+                    frontends: Vec::new(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn dispatch(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
         let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| ApiError::internal(e.to_string()))
@@ -1037,6 +1308,12 @@ impl SwitchState {
                 to_json(serde_json::to_value(self.captures.read(id, max_bytes)?))
             }
             Request::CaptureStop { id } => to_json(serde_json::to_value(self.captures.stop(id)?)),
+            Request::GetNodes => to_json(serde_json::to_value(self.nodes())),
+            Request::GetRoutes { lookup } => to_json(serde_json::to_value(self.routes(lookup))),
+            Request::GetServiceState { name } => {
+                to_json(serde_json::to_value(self.service_state(name.as_deref())?))
+            }
+            Request::GetConfig => to_json(serde_json::to_value(&self.running_config)),
             Request::GetTopology => to_json(serde_json::to_value(Topology {
                 node: self.node.clone(),
                 pods: self.ports.values().map(|p| p.spec.clone()).collect(),
@@ -1142,6 +1419,14 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", state_file.display())),
     };
+    let running_config = RunningConfig {
+        switch_version: env!("CARGO_PKG_VERSION").to_string(),
+        config: config.clone(),
+        log_format: log_format_of_this_process(),
+        log_filter: std::env::var("PODSWITCH_LOG").unwrap_or_else(|_| "info".to_string()),
+        state_file: state_file.clone(),
+        node_from_state: saved.is_some(),
+    };
     let node = saved
         .as_ref()
         .map(|s| s.node.clone())
@@ -1230,6 +1515,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         state_file,
         apply_seconds: crate::exporter::apply_latency_histogram(),
         captures: Arc::clone(&captures),
+        running_config,
     };
     if let Some(name) = state.node.host_interface.clone() {
         // The node forwards between its pods, the host port and the underlay.
@@ -1336,6 +1622,33 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// The log format `podswitch` was started with: its global
+/// `--log-format` flag, else `PODSWITCH_LOG_FORMAT`, else `text` (the
+/// CLI's precedence). `None` when this process is not the `podswitch`
+/// binary (a test harness running the daemon in-process).
+fn log_format_of_this_process() -> Option<String> {
+    let mut args = std::env::args();
+    let exe = args.next()?;
+    if !Path::new(&exe)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("podswitch"))
+    {
+        return None;
+    }
+    let mut flag = None;
+    while let Some(a) = args.next() {
+        if a == "--log-format" {
+            flag = args.next();
+        } else if let Some(v) = a.strip_prefix("--log-format=") {
+            flag = Some(v.to_string());
+        }
+    }
+    Some(
+        flag.or_else(|| std::env::var("PODSWITCH_LOG_FORMAT").ok())
+            .unwrap_or_else(|| "text".to_string()),
+    )
 }
 
 /// The default state directory for a node.

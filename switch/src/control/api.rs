@@ -499,6 +499,215 @@ pub struct CaptureBatch {
     pub filtered: u64,
 }
 
+/// This node as the switch holds it (`get_nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalNodeState {
+    pub name: String,
+    /// The node's underlay address (its InternalIP), if known.
+    pub underlay_ipv4: Option<Ipv4Addr>,
+    pub pod_cidrs: Vec<IpNet>,
+    /// The pods' default gateway and the MAC proxy ARP answers with.
+    pub gateway_ipv4: Ipv4Addr,
+    pub gateway_mac: Mac,
+    /// Pod MTU.
+    pub mtu: u32,
+    pub mode: ClusterMode,
+    /// The host port (`psw0`), if the switch has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+    /// VXLAN mode: this node's VTEP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VtepState>,
+}
+
+/// This node's VXLAN tunnel endpoint, as the overlay uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VtepState {
+    pub vni: u32,
+    pub udp_port: u16,
+    pub local_ipv4: Ipv4Addr,
+    pub vtep_mac: Mac,
+}
+
+/// Another node as the switch holds it (`get_nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteNodeState {
+    pub name: String,
+    pub underlay_ipv4: Ipv4Addr,
+    pub pod_cidrs: Vec<IpNet>,
+    /// VXLAN mode: the VTEP MAC inner frames to it are addressed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<Mac>,
+}
+
+/// Result of `get_nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nodes {
+    /// The snapshot the answer was read from.
+    pub generation: u64,
+    pub local: LocalNodeState,
+    pub remote: Vec<RemoteNodeState>,
+}
+
+/// Where a route of the switch's forwarding table leads (`get_routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "target", rename_all = "snake_case")]
+pub enum RouteHop {
+    /// A pod on this node: forwarded to its port.
+    Pod { port: u32, pod: String },
+    /// The node's own stack (the host port): its kernel routes the packet
+    /// on (the node itself, other nodes in native mode, the outside).
+    Host { port: u32, interface: String },
+    /// A pod CIDR of another node, VXLAN-encapsulated to its VTEP.
+    Overlay {
+        node: String,
+        underlay_ipv4: Ipv4Addr,
+        vtep_mac: Mac,
+    },
+    /// Inside a local pod CIDR with no pod: dropped, ICMP host unreachable.
+    Unassigned,
+    /// Leads nowhere (a node index the overlay no longer has): dropped,
+    /// ICMP net unreachable.
+    NoRoute,
+}
+
+/// One route of the switch's forwarding table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub prefix: IpNet,
+    #[serde(flatten)]
+    pub hop: RouteHop,
+}
+
+/// A route the switch installed in the node's kernel (native mode): the
+/// node's stack sends the pod CIDR of `node` to its underlay address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelRoute {
+    pub prefix: IpNet,
+    pub node: String,
+    pub via: Ipv4Addr,
+}
+
+/// The service side of routing: what is translated and what is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRouting {
+    /// Pod traffic to destinations outside the cluster leaves with this
+    /// address (the node's), when masquerade is on.
+    pub node_ip: Option<Ipv4Addr>,
+    pub masquerade: bool,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub service_cidrs: Vec<IpNet>,
+    pub masquerade_exclude: Vec<IpNet>,
+    pub node_port_range: (u16, u16),
+    /// Frontends (ClusterIP, NodePort, external) in the table.
+    pub frontends: usize,
+}
+
+/// What one destination matches (`get_routes` with `lookup`, like `ip
+/// route get`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteLookup {
+    pub dst: std::net::IpAddr,
+    /// The matching entry; `null` when nothing matches (`no_route`).
+    pub route: Option<RouteEntry>,
+    /// The node whose pod CIDR holds `dst`: this one or another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Native mode: the underlay next hop the node's kernel uses after the
+    /// host port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+    /// `dst` is the pods' gateway: the switch answers it itself (ARP, ICMP
+    /// echo) before routing.
+    pub gateway: bool,
+    /// `dst` is a frontend address of these Services: translated to an
+    /// endpoint before routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// Pod traffic to `dst` is masqueraded to the node's address.
+    pub masquerade: bool,
+}
+
+/// Result of `get_routes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    /// The snapshot the answer was read from.
+    pub generation: u64,
+    pub mode: ClusterMode,
+    /// The route stage's table, longest prefix first (the order it
+    /// prefers them in).
+    pub routes: Vec<RouteEntry>,
+    /// Native mode: what the node's kernel does with remote pod CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_routes: Vec<KernelRoute>,
+    pub services: ServiceRouting,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<RouteLookup>,
+}
+
+/// One endpoint of a frontend with its part of the Maglev table
+/// (`get_service_state`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendState {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// The node it runs on, as the EndpointSlice says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// On this node.
+    pub local: bool,
+    pub ready: bool,
+    pub terminating: bool,
+    /// New flows may go to it (ready; local under a Local policy).
+    pub eligible: bool,
+    /// Maglev table slots it owns (0 when not eligible).
+    pub slots: usize,
+    /// `slots / table_size`: the fraction of new flows it gets.
+    pub share: f64,
+}
+
+/// A frontend's load-balancing state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontendState {
+    pub kind: crate::tables::services::FrontendKind,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Maglev table size `M` (a prime; 0 with no eligible backend).
+    pub table_size: usize,
+    /// Backends new flows may go to (`N`); each owns `floor(M/N)` or
+    /// `ceil(M/N)` slots.
+    pub eligible: usize,
+    /// Session affinity timeout in seconds; 0 for none.
+    pub affinity_secs: u32,
+    /// Traffic policy Local for this frontend's kind.
+    pub local_only: bool,
+    pub backends: Vec<BackendState>,
+}
+
+/// A Service's frontends as the switch load-balances them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub frontends: Vec<FrontendState>,
+}
+
+/// Result of `get_config`: the daemon's configuration as it was loaded
+/// (file, then flags), with the worker count resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunningConfig {
+    pub switch_version: String,
+    pub config: crate::daemon::DaemonConfig,
+    /// `text` or `json`; `null` if the daemon was not told.
+    pub log_format: Option<String>,
+    /// The tracing filter (`PODSWITCH_LOG`, default `info`).
+    pub log_filter: String,
+    /// Where the node and its pods are remembered across restarts.
+    pub state_file: PathBuf,
+    /// The node came from `state_file` (a restart), not from `config.node`.
+    pub node_from_state: bool,
+}
+
 /// Every request of API version 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -583,6 +792,25 @@ pub enum Request {
     /// Stop capture `id` now; what it took can still be read. Result:
     /// [`crate::capture::CaptureCounts`].
     CaptureStop { id: u64 },
+    /// This node and the others, as the switch's tables hold them.
+    /// Result: [`Nodes`].
+    GetNodes,
+    /// The route stage's forwarding table and the service/masquerade
+    /// side; with `lookup`, also which entry that destination matches.
+    /// Result: [`Routes`].
+    GetRoutes {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lookup: Option<std::net::IpAddr>,
+    },
+    /// Each Service's frontends with their Maglev state (table size,
+    /// slots and share per backend); only `name` if given (unknown:
+    /// `not_found`). Result: `[ServiceState]`.
+    GetServiceState {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// The daemon's configuration as loaded. Result: [`RunningConfig`].
+    GetConfig,
     /// Result: [`Topology`].
     GetTopology,
     /// Result: `[PortInfo]`.
@@ -795,6 +1023,18 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct GetRoutes {
+        #[serde(default)]
+        lookup: Option<std::net::IpAddr>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct GetServiceState {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Patch {
         #[serde(default)]
         add: Vec<PodSpec>,
@@ -845,6 +1085,13 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
         "capture_stop" => {
             decode_args::<CaptureId>(args).map(|a| Request::CaptureStop { id: a.id })?
         }
+        "get_nodes" => decode_args::<NoArgs>(args).map(|_| Request::GetNodes)?,
+        "get_routes" => {
+            decode_args::<GetRoutes>(args).map(|a| Request::GetRoutes { lookup: a.lookup })?
+        }
+        "get_service_state" => decode_args::<GetServiceState>(args)
+            .map(|a| Request::GetServiceState { name: a.name })?,
+        "get_config" => decode_args::<NoArgs>(args).map(|_| Request::GetConfig)?,
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
@@ -979,6 +1226,130 @@ mod tests {
         let e = decode_request(r#"{"v":1,"op":"capture_start","args":{"port":"a","point":"up"}}"#)
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("point"), "{e}");
+    }
+
+    #[test]
+    fn inspection_requests_round_trip_and_bad_args_name_the_field() {
+        for r in [
+            Request::GetNodes,
+            Request::GetConfig,
+            Request::GetRoutes { lookup: None },
+            Request::GetRoutes {
+                lookup: Some("10.244.2.3".parse().unwrap()),
+            },
+            Request::GetRoutes {
+                lookup: Some("fd00::1".parse().unwrap()),
+            },
+            Request::GetServiceState { name: None },
+            Request::GetServiceState {
+                name: Some("default/api".into()),
+            },
+        ] {
+            assert_eq!(decode_request(&encode_request(&r)).unwrap(), r, "{r:?}");
+        }
+        assert_eq!(
+            decode_request(r#"{"v":1,"op":"get_nodes"}"#).unwrap(),
+            Request::GetNodes
+        );
+        assert_eq!(
+            decode_request(r#"{"v":1,"op":"get_routes","args":{"lookup":"10.244.1.2"}}"#).unwrap(),
+            Request::GetRoutes {
+                lookup: Some("10.244.1.2".parse().unwrap())
+            }
+        );
+        assert_eq!(
+            decode_request(r#"{"v":1,"op":"get_service_state","args":{}}"#).unwrap(),
+            Request::GetServiceState { name: None }
+        );
+        for (line, field) in [
+            (
+                r#"{"v":1,"op":"get_routes","args":{"lookup":"10.244.1"}}"#,
+                Some("lookup"),
+            ),
+            (
+                r#"{"v":1,"op":"get_routes","args":{"lookup":"10.244.1.300"}}"#,
+                Some("lookup"),
+            ),
+            (
+                r#"{"v":1,"op":"get_routes","args":{"lookup":42}}"#,
+                Some("lookup"),
+            ),
+            (
+                r#"{"v":1,"op":"get_service_state","args":{"name":7}}"#,
+                Some("name"),
+            ),
+            (r#"{"v":1,"op":"get_nodes","args":{"all":true}}"#, None),
+            (r#"{"v":1,"op":"get_config","args":{"x":1}}"#, None),
+            (
+                r#"{"v":1,"op":"get_routes","args":{"dst":"10.0.0.1"}}"#,
+                None,
+            ),
+        ] {
+            let e = decode_request(line).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{line}: {e}");
+            if field.is_some() {
+                assert_eq!(e.field.as_deref(), field, "{line}: {e}");
+            }
+            assert!(!e.message.is_empty());
+        }
+        let e = decode_request(r#"{"v":1,"op":"get_route"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn inspection_results_round_trip() {
+        let routes = Routes {
+            generation: 4,
+            mode: ClusterMode::Vxlan,
+            routes: vec![
+                RouteEntry {
+                    prefix: "10.244.1.2/32".parse().unwrap(),
+                    hop: RouteHop::Pod {
+                        port: 2,
+                        pod: "default/a".into(),
+                    },
+                },
+                RouteEntry {
+                    prefix: "10.244.2.0/24".parse().unwrap(),
+                    hop: RouteHop::Overlay {
+                        node: "node-2".into(),
+                        underlay_ipv4: "198.18.0.2".parse().unwrap(),
+                        vtep_mac: Mac::for_vtep("198.18.0.2".parse().unwrap()),
+                    },
+                },
+                RouteEntry {
+                    prefix: "10.244.1.0/24".parse().unwrap(),
+                    hop: RouteHop::Unassigned,
+                },
+            ],
+            kernel_routes: Vec::new(),
+            services: ServiceRouting {
+                node_ip: Some("198.18.0.1".parse().unwrap()),
+                masquerade: true,
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+                masquerade_exclude: Vec::new(),
+                node_port_range: (30000, 32767),
+                frontends: 0,
+            },
+            lookup: Some(RouteLookup {
+                dst: "10.244.2.7".parse().unwrap(),
+                route: None,
+                node: Some("node-2".into()),
+                via: None,
+                gateway: false,
+                services: Vec::new(),
+                masquerade: false,
+            }),
+        };
+        let v = serde_json::to_value(&routes).unwrap();
+        // The hop is flattened into the entry: {"prefix", "target", ...}.
+        assert_eq!(v["routes"][0]["target"], "pod");
+        assert_eq!(v["routes"][0]["pod"], "default/a");
+        assert_eq!(v["routes"][1]["target"], "overlay");
+        assert_eq!(v["routes"][1]["vtep_mac"], "02:56:c6:12:00:02");
+        assert_eq!(v["routes"][2]["target"], "unassigned");
+        assert_eq!(serde_json::from_value::<Routes>(v).unwrap(), routes);
     }
 
     #[test]

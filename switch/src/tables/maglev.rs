@@ -289,6 +289,19 @@ impl Maglev {
         self.backends
     }
 
+    /// Slots owned by each backend index (`floor(M/N)` or `ceil(M/N)`
+    /// each, summing to `M`). Counts the whole table: for the control
+    /// API, not the fast path.
+    pub fn slot_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.backends];
+        for &b in self.table.iter() {
+            if let Some(c) = counts.get_mut(usize::from(b)) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
     /// The table itself: entry `i` is the backend index for flow hashes
     /// congruent to `i` mod [`Maglev::size`].
     pub fn as_slice(&self) -> &[u16] {
@@ -351,6 +364,18 @@ mod tests {
             // Exactly M mod N backends get the extra slot.
             assert_eq!(c.iter().filter(|&&k| k == hi && hi > lo).count(), M % n);
         }
+    }
+
+    #[test]
+    fn slot_counts_are_the_balance_the_table_promises() {
+        for (n, m) in [(3, 1021), (1, 251), (7, 7), (10, 101)] {
+            let t = Maglev::build(&keys(n), m).unwrap();
+            let c = t.slot_counts();
+            assert_eq!(c, counts(&t));
+            assert_eq!(c.iter().sum::<usize>(), m);
+            assert!(c.iter().all(|&k| k == m / n || k == m.div_ceil(n)), "{c:?}");
+        }
+        assert!(Maglev::build(&[], 251).unwrap().slot_counts().is_empty());
     }
 
     /// Fraction of slots owned before and after by backends present in both,

@@ -188,6 +188,62 @@ impl RouteTable {
     }
 }
 
+/// Listing and explaining routes, for the control API (`ctl routes`); off
+/// the fast path: these allocate and walk every level.
+impl RouteTable {
+    /// Every route, longest prefix first and then by address (IPv4 before
+    /// IPv6): the order in which [`RouteTable::lookup`] prefers them.
+    pub fn entries(&self) -> Vec<(IpNet, RouteTarget)> {
+        let mut out: Vec<(IpNet, RouteTarget)> = self
+            .hosts
+            .iter()
+            .map(|(a, t)| (IpNet::from(*a), *t))
+            .collect();
+        for l in &self.v4 {
+            let len = l.mask.count_ones() as u8;
+            out.extend(l.routes.iter().map(|(net, t)| {
+                let n = ipnet::Ipv4Net::new(Ipv4Addr::from(*net), len)
+                    .expect("a netmask has at most 32 bits");
+                (IpNet::V4(n), *t)
+            }));
+        }
+        out.extend(self.v6.iter().map(|(n, t)| (IpNet::V6(n), *t)));
+        out.sort_by_key(|(n, _)| {
+            (
+                matches!(n, IpNet::V6(_)),
+                std::cmp::Reverse(n.prefix_len()),
+                n.addr(),
+            )
+        });
+        out
+    }
+
+    /// The route `addr` matches, with its prefix: the entry
+    /// [`RouteTable::lookup`] picks (like `ip route get`).
+    pub fn lookup_entry(&self, addr: IpAddr) -> Option<(IpNet, RouteTarget)> {
+        if let Some(t) = self.hosts.get(&addr) {
+            return Some((IpNet::from(addr), *t));
+        }
+        match addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().find_map(|l| {
+                    let net = a & l.mask;
+                    l.routes.get(&net).map(|t| {
+                        let n = ipnet::Ipv4Net::new(Ipv4Addr::from(net), l.mask.count_ones() as u8)
+                            .expect("a netmask has at most 32 bits");
+                        (IpNet::V4(n), *t)
+                    })
+                })
+            }
+            IpAddr::V6(a) => self
+                .v6
+                .get_lpm(&Ipv6Net::from(a))
+                .map(|(n, t)| (IpNet::V6(n), *t)),
+        }
+    }
+}
+
 impl PrefixLevel {
     fn new(mask: u32) -> Self {
         PrefixLevel {
@@ -371,6 +427,86 @@ mod tests {
         r.insert(net("10.244.2.0/24"), RouteTarget::Unassigned);
         assert_eq!(at(&r, "10.244.2.5"), Some(RouteTarget::Unassigned));
         assert_eq!(r.v4.len(), 4, "one level per length");
+    }
+
+    #[test]
+    fn entries_list_longest_prefix_first_and_lookup_entry_agrees() {
+        let mut r = RouteTable::default();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        r.insert(net("0.0.0.0/0"), RouteTarget::Local(9));
+        r.insert(net("10.244.2.0/24"), RouteTarget::Node(0));
+        r.insert(net("10.244.1.0/24"), RouteTarget::Unassigned);
+        r.insert(net("10.244.1.3/32"), RouteTarget::Local(2));
+        r.insert(net("10.244.1.2/32"), RouteTarget::Local(1));
+        r.insert(net("10.0.0.0/8"), RouteTarget::Node(1));
+        r.insert(net("fd00::/64"), RouteTarget::Unassigned);
+        r.insert(net("fd00::5/128"), RouteTarget::Local(3));
+        let listed: Vec<String> = r
+            .entries()
+            .iter()
+            .map(|(n, t)| format!("{n} {t:?}"))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "10.244.1.2/32 Local(1)",
+                "10.244.1.3/32 Local(2)",
+                "10.244.1.0/24 Unassigned",
+                "10.244.2.0/24 Node(0)",
+                "10.0.0.0/8 Node(1)",
+                "0.0.0.0/0 Local(9)",
+                "fd00::5/128 Local(3)",
+                "fd00::/64 Unassigned",
+            ]
+        );
+        let at = |a: &str| r.lookup_entry(a.parse().unwrap());
+        assert_eq!(
+            at("10.244.1.2"),
+            Some((net("10.244.1.2/32"), RouteTarget::Local(1)))
+        );
+        assert_eq!(
+            at("10.244.1.77"),
+            Some((net("10.244.1.0/24"), RouteTarget::Unassigned))
+        );
+        assert_eq!(
+            at("10.244.2.9"),
+            Some((net("10.244.2.0/24"), RouteTarget::Node(0)))
+        );
+        assert_eq!(
+            at("10.9.9.9"),
+            Some((net("10.0.0.0/8"), RouteTarget::Node(1)))
+        );
+        assert_eq!(
+            at("192.0.2.1"),
+            Some((net("0.0.0.0/0"), RouteTarget::Local(9)))
+        );
+        assert_eq!(
+            at("fd00::7"),
+            Some((net("fd00::/64"), RouteTarget::Unassigned))
+        );
+        assert_eq!(at("fd01::7"), None);
+        // The listing's answer is the fast path's answer, everywhere.
+        for a in [
+            "10.244.1.2",
+            "10.244.1.3",
+            "10.244.1.4",
+            "10.244.2.200",
+            "10.1.0.1",
+            "11.0.0.1",
+            "fd00::5",
+            "fd00::6",
+            "fe80::1",
+        ] {
+            let a: IpAddr = a.parse().unwrap();
+            assert_eq!(r.lookup_entry(a).map(|e| e.1), r.lookup(a), "{a}");
+            if let Some((n, _)) = r.lookup_entry(a) {
+                assert!(n.contains(&a), "{n} does not contain {a}");
+            }
+        }
+        // Without a default route, no entry.
+        let t = RouteTable::default();
+        assert!(t.entries().is_empty());
+        assert_eq!(t.lookup_entry("10.0.0.1".parse().unwrap()), None);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn maglev_size_for(n: usize, cap: usize) -> usize {
 type MaglevCache = FxHashMap<(usize, Vec<u64>), Arc<Maglev>>;
 
 /// What kind of address a frontend listens on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FrontendKind {
     ClusterIp,
@@ -99,6 +99,32 @@ pub struct Frontend {
     pub affinity_secs: u32,
     /// Traffic policy Local for this frontend's kind.
     pub local_only: bool,
+}
+
+/// One eligible backend's part of a frontend's Maglev table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevShare {
+    /// Index into [`ServiceTable::backends`].
+    pub backend: u32,
+    /// Table slots that map to it (of [`Maglev::size`]).
+    pub slots: usize,
+}
+
+impl Frontend {
+    /// The slots each eligible backend owns in this frontend's Maglev
+    /// table, in `eligible` order; they sum to the table size. Counts the
+    /// table (O(M)): for the control API, not the fast path.
+    pub fn maglev_shares(&self) -> Vec<MaglevShare> {
+        let counts = self.maglev.slot_counts();
+        self.eligible
+            .iter()
+            .enumerate()
+            .map(|(i, &backend)| MaglevShare {
+                backend,
+                slots: counts.get(i).copied().unwrap_or(0),
+            })
+            .collect()
+    }
 }
 
 /// The whole service table.
@@ -417,5 +443,77 @@ impl ServiceTable {
     /// Endpoints in the table (counted once per frontend port).
     pub fn endpoint_count(&self) -> usize {
         self.backends.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::{EndpointSpec, Protocol, ServicePortSpec};
+
+    fn endpoint(last: u8, ready: bool, terminating: bool) -> EndpointSpec {
+        EndpointSpec {
+            ip: Ipv4Addr::new(10, 244, 2, last),
+            port: 80,
+            node: Some("node-2".into()),
+            ready,
+            terminating,
+        }
+    }
+
+    #[test]
+    fn maglev_shares_cover_the_table_near_equally_over_eligible_backends() {
+        let svc = ServiceSpec {
+            name: "default/api".into(),
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 1, 0)],
+            external_ips: Vec::new(),
+            ports: vec![ServicePortSpec {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+                node_port: None,
+                endpoints: vec![
+                    endpoint(2, true, false),
+                    endpoint(3, true, false),
+                    endpoint(4, false, true),
+                    endpoint(5, true, false),
+                ],
+            }],
+            affinity_timeout_secs: None,
+            external_traffic_local: false,
+            internal_traffic_local: false,
+        };
+        let view = NodeView {
+            name: "node-1",
+            node_ip: None,
+            gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
+            mode: ClusterMode::Native,
+            maglev_size: maglev::DEFAULT_TABLE_SIZE,
+        };
+        let t = ServiceTable::build([&svc], &ServiceSettings::default(), &view).unwrap();
+        let f = &t.fronts[0];
+        // Three eligible (the terminating one gets no new flows): M = 1021,
+        // the smallest size giving each at least 100 slots.
+        let m = f.maglev.size();
+        assert_eq!(m, 1021);
+        let shares = f.maglev_shares();
+        let ips: Vec<u8> = shares
+            .iter()
+            .map(|s| t.backends[s.backend as usize].ip.octets()[3])
+            .collect();
+        assert_eq!(ips, [2, 3, 5]);
+        assert_eq!(shares.iter().map(|s| s.slots).sum::<usize>(), m);
+        // Maglev's balance: floor(M/N) or ceil(M/N) each, M mod N of them ceil.
+        let slots: Vec<usize> = shares.iter().map(|s| s.slots).collect();
+        assert!(slots.iter().all(|&s| s == 340 || s == 341), "{slots:?}");
+        assert_eq!(slots.iter().filter(|&&s| s == 341).count(), 1021 % 3);
+        // No eligible backend: no shares, an empty table.
+        let mut none = svc.clone();
+        for e in &mut none.ports[0].endpoints {
+            e.ready = false;
+        }
+        let t = ServiceTable::build([&none], &ServiceSettings::default(), &view).unwrap();
+        assert!(t.fronts[0].maglev_shares().is_empty());
+        assert_eq!(t.fronts[0].maglev.size(), 0);
     }
 }

@@ -1,0 +1,208 @@
+//! The statistics `podswitch bench` reports: medians and ranges over the
+//! interleaved rounds, latency percentiles from an HDR histogram, the
+//! ratio of a podswitch mode to its kernel baseline, and the disagreement
+//! flag of the iperf3/sockperf cross-check. Pure functions, no I/O.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Two measurements of the same thing disagree when they differ by more
+/// than this fraction of the reference.
+pub const DISAGREEMENT_LIMIT: f64 = 0.10;
+
+/// Median of `v` (the mean of the two middle values for an even count);
+/// `None` for an empty slice or one holding a NaN.
+pub fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() || v.iter().any(|x| x.is_nan()) {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    Some(if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    })
+}
+
+/// Smallest and largest of `v`; `None` when empty.
+pub fn min_max(v: &[f64]) -> Option<(f64, f64)> {
+    let mut it = v.iter().copied();
+    let first = it.next()?;
+    Some(it.fold((first, first), |(lo, hi), x| (lo.min(x), hi.max(x))))
+}
+
+/// `a / b` when both are finite and `b` is positive; `None` otherwise.
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+}
+
+/// The median of the per-round ratios `a[i] / b[i]`: rounds are measured
+/// back to back (interleaved), so pairing them cancels slow drifts of the
+/// machine (another build starting, thermal throttling) that a ratio of
+/// two medians would keep.
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
+    let ratios: Vec<f64> = a.iter().zip(b).filter_map(|(&x, &y)| ratio(x, y)).collect();
+    median(&ratios)
+}
+
+/// How far `measured` is from `reference`, as a fraction of the reference
+/// (0.1 = 10 %); `None` when the reference is not positive.
+pub fn disagreement(measured: f64, reference: f64) -> Option<f64> {
+    ratio((measured - reference).abs(), reference)
+}
+
+/// Whether two measurements disagree by more than [`DISAGREEMENT_LIMIT`];
+/// one that cannot be compared (a zero or non-finite value) counts as
+/// disagreeing.
+pub fn disagrees(measured: f64, reference: f64) -> bool {
+    disagreement(measured, reference).is_none_or(|d| d > DISAGREEMENT_LIMIT)
+}
+
+/// Latency percentiles of one run, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of nanoseconds; `None` when it is empty.
+    pub fn from_histogram(h: &Histogram<u64>) -> Option<Self> {
+        if h.is_empty() {
+            return None;
+        }
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Some(Percentiles {
+            p50: us(0.50),
+            p90: us(0.90),
+            p99: us(0.99),
+            p999: us(0.999),
+        })
+    }
+
+    /// As (name, value) pairs in report order.
+    pub fn named(&self) -> [(&'static str, f64); 4] {
+        [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p99.9", self.p999),
+        ]
+    }
+}
+
+/// A histogram of nanoseconds, 1 ns .. 60 s at 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// The cumulative distribution of a histogram of nanoseconds, as
+/// (microseconds, fraction at or below) points, at most `max_points` of
+/// them spread evenly over the quantiles, always ending at the maximum.
+pub fn cdf(h: &Histogram<u64>, max_points: usize) -> Vec<[f64; 2]> {
+    if h.is_empty() || max_points < 2 {
+        return Vec::new();
+    }
+    let mut pts: Vec<[f64; 2]> = h
+        .iter_recorded()
+        .map(|v| {
+            [
+                h.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0,
+                v.percentile() / 100.0,
+            ]
+        })
+        .collect();
+    if pts.len() > max_points {
+        let step = pts.len() as f64 / (max_points - 1) as f64;
+        let last = *pts.last().expect("non-empty");
+        pts = (0..max_points - 1)
+            .map(|i| pts[(i as f64 * step) as usize])
+            .chain(std::iter::once(last))
+            .collect();
+    }
+    pts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[7.0]), Some(7.0));
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[1.0, f64::NAN]), None);
+    }
+
+    #[test]
+    fn min_max_of_samples() {
+        assert_eq!(min_max(&[2.0, -1.0, 5.0]), Some((-1.0, 5.0)));
+        assert_eq!(min_max(&[]), None);
+    }
+
+    #[test]
+    fn ratio_needs_a_positive_finite_reference() {
+        assert_eq!(ratio(3.0, 2.0), Some(1.5));
+        assert_eq!(ratio(3.0, 0.0), None);
+        assert_eq!(ratio(f64::INFINITY, 2.0), None);
+        assert_eq!(ratio(1.0, -1.0), None);
+    }
+
+    #[test]
+    fn paired_ratio_is_the_median_of_round_ratios() {
+        // Rounds: 2/1, 3/3, 8/2 -> ratios 2, 1, 4 -> median 2.
+        assert_eq!(paired_ratio(&[2.0, 3.0, 8.0], &[1.0, 3.0, 2.0]), Some(2.0));
+        // A round without a usable reference is left out.
+        assert_eq!(paired_ratio(&[2.0, 5.0], &[1.0, 0.0]), Some(2.0));
+        assert_eq!(paired_ratio(&[], &[]), None);
+    }
+
+    #[test]
+    fn disagreement_flag_is_over_ten_percent() {
+        assert_eq!(disagreement(110.0, 100.0), Some(0.1));
+        assert!(!disagrees(109.0, 100.0));
+        assert!(!disagrees(91.0, 100.0));
+        assert!(disagrees(111.0, 100.0));
+        assert!(disagrees(89.0, 100.0));
+        assert!(disagrees(1.0, 0.0));
+        assert!(disagrees(f64::NAN, 1.0));
+    }
+
+    #[test]
+    fn percentiles_from_a_histogram() {
+        let mut h = latency_histogram();
+        for us in 1..=1000u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let p = Percentiles::from_histogram(&h).unwrap();
+        // 3 significant digits: within 0.1 % of the exact value.
+        assert!((p.p50 - 500.0).abs() <= 0.5, "{p:?}");
+        assert!((p.p90 - 900.0).abs() <= 0.9, "{p:?}");
+        assert!((p.p99 - 990.0).abs() <= 1.0, "{p:?}");
+        assert!((p.p999 - 999.0).abs() <= 1.0, "{p:?}");
+        assert!(p.p50 <= p.p90 && p.p90 <= p.p99 && p.p99 <= p.p999);
+        assert!(Percentiles::from_histogram(&latency_histogram()).is_none());
+    }
+
+    #[test]
+    fn cdf_is_monotonic_bounded_and_ends_at_one() {
+        let mut h = latency_histogram();
+        for i in 0..10_000u64 {
+            h.record(10_000 + (i * 7919) % 90_000).unwrap();
+        }
+        let c = cdf(&h, 50);
+        assert!(c.len() <= 50 && c.len() > 10, "{}", c.len());
+        assert!(c
+            .windows(2)
+            .all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]));
+        assert!((c.last().unwrap()[1] - 1.0).abs() < 1e-9);
+        assert!(c[0][0] >= 10.0 && c.last().unwrap()[0] <= 100.1);
+        assert!(cdf(&latency_histogram(), 50).is_empty());
+    }
+}

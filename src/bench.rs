@@ -1,0 +1,121 @@
+//! `podswitch bench`: overlay vs native vs kernel, measured interleaved in
+//! one run (see `podswitch_agent::bench`). Parses the flags, runs the
+//! bench, prints the table and writes the JSON and SVG files.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use podswitch_agent::bench::{self, BenchConfig, Mode, Test};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Short measurements (CI, the README demo): under a minute on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the plot (latency CDFs, throughput bars) as SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Modes to measure, comma-separated (default: all): podswitch-local,
+    /// kernel-bridge, podswitch-native, kernel-hostgw, podswitch-vxlan,
+    /// kernel-vxlan, podswitch-services, kernel-iptables.
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Tests to run, comma-separated (default: all): tcp-rr-64, tcp-rr-1k,
+    /// udp-rr-64, udp-rr-1k, tcp-crr, tcp-stream-1, tcp-stream-n, udp-pps-64.
+    #[arg(long, value_delimiter = ',')]
+    tests: Vec<String>,
+    /// Interleaved rounds (default 3, --quick 2).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds per request/response measurement (default 0.8, --quick 0.15).
+    #[arg(long)]
+    rr_secs: Option<f64>,
+    /// Seconds per new-connection measurement (default 1, --quick 0.15).
+    #[arg(long)]
+    crr_secs: Option<f64>,
+    /// Seconds per throughput measurement (default 1.5, --quick 0.3).
+    #[arg(long)]
+    stream_secs: Option<f64>,
+    /// Seconds per small-packet measurement (default 1, --quick 0.15).
+    #[arg(long)]
+    pps_secs: Option<f64>,
+    /// Seconds of each iperf3/sockperf cross-check run (default 2, --quick 1).
+    #[arg(long)]
+    crosscheck_secs: Option<u64>,
+    /// Alternating runs of each side in the cross-check (default 3, --quick 1).
+    #[arg(long)]
+    crosscheck_runs: Option<usize>,
+    /// Skip the iperf3/sockperf cross-check.
+    #[arg(long)]
+    no_crosscheck: bool,
+    /// Streams of tcp-stream-n.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Services on both Service sides.
+    #[arg(long, default_value_t = 100)]
+    services: usize,
+    /// Worker threads per switch (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut cfg = BenchConfig::new(args.quick);
+    if !args.modes.is_empty() {
+        cfg.modes = args
+            .modes
+            .iter()
+            .map(|m| Mode::parse(m.trim()))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if !args.tests.is_empty() {
+        cfg.tests = args
+            .tests
+            .iter()
+            .map(|t| Test::parse(t.trim()))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(r) = args.rounds {
+        cfg.rounds = r;
+    }
+    if let Some(s) = args.rr_secs {
+        cfg.rr_secs = s;
+    }
+    if let Some(s) = args.crr_secs {
+        cfg.crr_secs = s;
+    }
+    if let Some(s) = args.stream_secs {
+        cfg.stream_secs = s;
+    }
+    if let Some(s) = args.pps_secs {
+        cfg.pps_secs = s;
+    }
+    if let Some(s) = args.crosscheck_secs {
+        cfg.crosscheck_secs = s;
+    }
+    if let Some(n) = args.crosscheck_runs {
+        cfg.crosscheck_runs = n;
+    }
+    cfg.crosscheck = !args.no_crosscheck;
+    cfg.streams = args.streams;
+    cfg.services = args.services;
+    cfg.workers = args.workers;
+    let exe = std::env::current_exe().context("locating the podswitch binary")?;
+    // A per-run prefix: parallel runs never collide and a crashed run's
+    // leftovers never block the next (TESTBED.md).
+    let name = format!("bn{}", std::process::id());
+    let report = bench::run(&cfg, &exe, &name)?;
+    out!("{}", bench::report::render(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, bench::plot::render_svg(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
