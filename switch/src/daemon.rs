@@ -1592,6 +1592,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             .context("installing signal handler")?;
     }
     tracing::info!(node = %config.node.name, workers = config.workers, socket = %config.control_socket.display(), "switch running");
+    tracing::debug!(?config, "daemon configuration");
     // The flow table's sweeper runs here, off the workers.
     let mut last_sweep = std::time::Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
