@@ -336,6 +336,34 @@ fn nodes_routes_services_config(mode: &str) {
         "ctl config",
     );
 
+    // --- ports: the client's port with its tap, MAC, address, queues and
+    // counters after three pings across the nodes.
+    let ping = lab.exec(
+        &client.0,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", &api.1],
+    );
+    assert!(ping.status.success(), "{mode}: ping: {ping:?}");
+    let ports = ctl_json(&s1, &["ports"]);
+    let port = ports
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["ipv4"] == client.1.as_str())
+        .unwrap_or_else(|| panic!("{mode}: no port with {}: {ports}", client.1))
+        .clone();
+    assert!(port["pod"].as_str().unwrap().ends_with("client"), "{port}");
+    assert_eq!(port["ifname"], "eth0", "{port}");
+    assert_eq!(port["mac"].as_str().unwrap().len(), 17, "{port}");
+    assert!(port["queues"].as_u64().unwrap() >= 1, "{port}");
+    assert!(port["stats"]["rx_packets"].as_u64().unwrap() >= 3, "{port}");
+    assert!(port["stats"]["tx_packets"].as_u64().unwrap() >= 3, "{port}");
+    let text = ctl_text(&s1, &["ports"]);
+    assert_contains(
+        &text,
+        &[port["pod"].as_str().unwrap(), &client.1],
+        "ctl ports",
+    );
+
     // --- stats: drops by stage and reason as a table (or "no drops").
     let text = ctl_text(&s1, &["stats"]);
     assert!(
