@@ -149,9 +149,11 @@ impl ConntrackStage {
         let packets = batch.packets_mut();
         for w in &work {
             let p = &mut packets[w.at];
-            match w.what {
+            // By reference: a copy of the `Track` onto the stack is read
+            // back in wider loads than it was written with (a stall).
+            match &w.what {
                 WorkKind::Related => self.related(p, c),
-                WorkKind::Track(t) => self.track(p, &t, tables, svc, c, now_s, now),
+                WorkKind::Track(t) => self.track(p, t, tables, svc, c, now_s, now),
             }
         }
         work.clear();

@@ -61,8 +61,9 @@ pub fn tuple_at(f: &[u8], l3: usize, l4: usize, proto: u8) -> Option<FlowKey> {
 }
 
 /// The tuple of a packet from `src` to `dst` whose L4 header is at `l4`
-/// in `f`: only the ports (or the echo identifier) are read.
-#[inline]
+/// in `f`: only the ports (or the echo identifier) are read. Always
+/// inlined, so the tuple stays in registers (see `vnet_hdr::Repr::parse`).
+#[inline(always)]
 fn tuple_with(f: &[u8], src: Ipv4Addr, dst: Ipv4Addr, l4: usize, proto: u8) -> Option<FlowKey> {
     match proto {
         6 | 17 if f.len() >= l4 + 4 => {

@@ -43,12 +43,17 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
         return Err(DropReason::FrameTooShort);
     }
     let frame_len = p.len() - vnet_hdr::LEN;
-    let vnet = {
-        let hdr = VnetHdr::new_checked(&p.data()[..vnet_hdr::LEN])
-            .map_err(|_| DropReason::FrameTooShort)?;
-        vnet_hdr::Repr::parse(&hdr, frame_len).map_err(|_| DropReason::VnetHdrInvalid)?
-    };
-    p.meta.vnet = vnet;
+    let hdr =
+        VnetHdr::new_checked(&p.data()[..vnet_hdr::LEN]).map_err(|_| DropReason::FrameTooShort)?;
+    // A plain frame (the common case) gets the constant, stored field by
+    // field; a parsed `Repr` is built on the stack and copied in wider
+    // loads than it was written with, which stalls the store buffer.
+    if hdr.is_plain() {
+        p.meta.vnet = vnet_hdr::Repr::NONE;
+    } else {
+        p.meta.vnet =
+            vnet_hdr::Repr::parse(&hdr, frame_len).map_err(|_| DropReason::VnetHdrInvalid)?;
+    }
     let port = tables
         .port(p.ingress)
         .ok_or(DropReason::UnknownIngressPort)?;
@@ -76,7 +81,7 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     p.meta.l3_off = ETH_LEN as u16;
     match ether_type {
         EtherType::ARP => {
-            if vnet.is_gso() {
+            if p.meta.vnet.is_gso() {
                 return Err(DropReason::GsoMismatch);
             }
             p.meta.l3 = L3::Arp;

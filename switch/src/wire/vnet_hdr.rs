@@ -102,6 +102,13 @@ impl<T: AsRef<[u8]>> VnetHdr<T> {
         u16::from_le_bytes([b[r.start], b[r.start + 1]])
     }
 
+    /// No checksum offload, no GSO, no header-length hint: what
+    /// [`Repr::NONE`] means (most frames).
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        self.flags() == 0 && self.gso_type() == 0 && self.hdr_len() == 0
+    }
+
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
@@ -179,6 +186,11 @@ impl Repr {
     /// Parses and validates a header against the length of the Ethernet
     /// frame that follows it (`frame_len`). Nothing here trusts the sender:
     /// a pod controls these fields through `PACKET_VNET_HDR` sockets.
+    ///
+    /// Always inlined: returned through memory, the result is written
+    /// field by field and read back in wider loads, a store-forwarding
+    /// stall on every packet.
+    #[inline(always)]
     pub fn parse<T: AsRef<[u8]>>(hdr: &VnetHdr<T>, frame_len: usize) -> Result<Repr, VnetHdrError> {
         let ecn = hdr.gso_type() & gso::ECN != 0;
         let gso = match hdr.gso_type() & !gso::ECN {
