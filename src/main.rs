@@ -27,6 +27,7 @@ macro_rules! out {
     }};
 }
 
+mod agent;
 mod bench;
 mod ctl;
 mod lab;
@@ -73,6 +74,8 @@ enum Command {
     /// Overlay vs native vs kernel: latency, connection rate, throughput,
     /// packet rate and CPU per GB, interleaved in one run, with plots.
     Bench(bench::BenchArgs),
+    /// The node agent: topology from the Kubernetes API or manifest files, pushed to the switch.
+    Agent(agent::AgentArgs),
     /// Traffic tools run inside pod namespaces by tests and the report.
     #[command(hide = true)]
     Tool(tool::ToolArgs),
@@ -242,6 +245,7 @@ fn main() {
         Command::Ctl(args) => ctl::run(args),
         Command::Lab(args) => lab::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Tool(args) => tool::run(args),
     };
     if let Err(e) = result {

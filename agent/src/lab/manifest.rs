@@ -498,6 +498,53 @@ pub fn echo_ports(pod: &LabPod) -> (Vec<u16>, Vec<u16>) {
 // ---------------------------------------------------------------------------
 // Document splitting and decoding
 
+/// One object of a manifest text, not yet decoded into its type: for
+/// sources that accept more kinds than the lab runs (the agent's file
+/// source reads Nodes and EndpointSlices too).
+#[derive(Debug, Clone)]
+pub struct RawObject {
+    pub at: Origin,
+    pub value: Value,
+}
+
+/// Splits `text` as [`parse_manifests`] does (YAML stream or JSON,
+/// `kind: List` expanded, empty documents skipped) without decoding the
+/// objects. A syntax error is the whole text's error.
+pub fn split_objects(text: &str, source: &str) -> Result<Vec<RawObject>, ManifestError> {
+    let mut out = Vec::new();
+    for doc in split_documents(text, source)? {
+        let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
+        let is_list =
+            kind == "List" || (kind.ends_with("List") && doc.value.get("items").is_some());
+        match (&doc.value, is_list) {
+            (Value::Null, _) => {}
+            (_, true) => {
+                let items = doc.value.get("items").and_then(Value::as_array);
+                for (i, item) in items.into_iter().flatten().enumerate() {
+                    out.push(RawObject {
+                        at: Origin {
+                            item: Some(i),
+                            ..doc.at.clone()
+                        },
+                        value: item.clone(),
+                    });
+                }
+            }
+            _ => out.push(RawObject {
+                at: doc.at,
+                value: doc.value,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a Pod, Deployment or Service as [`parse_manifests`] does
+/// (typed, validated; errors name the field).
+pub fn decode_raw_object(raw: RawObject) -> Result<Object, ManifestError> {
+    decode_object(raw.value, None, raw.at)
+}
+
 /// One document of the input, decoded into a generic value.
 struct Document {
     at: Origin,

@@ -12,7 +12,8 @@
 //! - the EndpointSlice controller's ([`endpoint_groups`],
 //!   [`resolve_target_port`]): the pods a selector matches, per Service
 //!   port, with named target ports resolved from each pod's containerPorts,
-//!   and ready/serving/terminating conditions;
+//!   and ready/serving/terminating conditions (the rules themselves are
+//!   `translate/endpoints.rs`, shared with the agent's file source);
 //! - the input kube-proxy would program, here sent to the switches over the
 //!   control API ([`switch_spec`], [`settings`]).
 //!
@@ -32,6 +33,8 @@ use podswitch_switch::control::api::{
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{self, LabPod};
+use crate::translate::endpoints::{conditions, find_port, group_by_ports};
+pub use crate::translate::endpoints::{ResolvedPort, MAX_ENDPOINTS_PER_SLICE};
 
 /// The service CIDR (ClusterIPs), kube-apiserver's default
 /// `--service-cluster-ip-range` and ../shared/TESTBED.md's plan.
@@ -57,10 +60,6 @@ pub const DEFAULT_GRACE_PERIOD_SECS: u32 = 2;
 /// for a real cluster (`terminationGracePeriodSeconds: 3600`) does not
 /// block `lab delete` for an hour.
 pub const MAX_GRACE_PERIOD_SECS: u32 = 30;
-
-/// The most endpoints one EndpointSlice holds (the controller's default
-/// `--max-endpoints-per-slice`).
-pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
 /// The grace period the lab gives `pod` when it is deleted: its
 /// `terminationGracePeriodSeconds`, [`DEFAULT_GRACE_PERIOD_SECS`] when
@@ -924,14 +923,6 @@ pub struct PodEndpoint {
     pub terminating: bool,
 }
 
-/// One resolved port of an EndpointSlice.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ResolvedPort {
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-}
-
 /// The endpoints that share one set of resolved ports: one EndpointSlice
 /// (Kubernetes groups endpoints by their port mapping, so pods that map a
 /// named port to different numbers land in different slices).
@@ -948,30 +939,34 @@ pub struct EndpointGroup {
 pub fn resolve_target_port(pod: &LabPod, port: &LabServicePort) -> Option<u16> {
     match &port.target_port {
         TargetPort::Number(n) => Some(*n),
-        TargetPort::Name(name) => pod
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .find(|p| {
-                p.name.as_deref() == Some(name.as_str())
-                    && p.protocol.as_str() == protocol_str(port.protocol)
-            })
-            .map(|p| p.container_port),
+        TargetPort::Name(name) => find_port(
+            pod.containers
+                .iter()
+                .flat_map(|c| &c.ports)
+                .filter_map(|p| {
+                    let protocol = match p.protocol {
+                        manifest::Protocol::Tcp => Protocol::Tcp,
+                        manifest::Protocol::Udp => Protocol::Udp,
+                        manifest::Protocol::Sctp => return None,
+                    };
+                    Some((p.name.as_deref(), protocol, p.container_port))
+                }),
+            name,
+            port.protocol,
+        ),
     }
 }
 
 fn pod_endpoint(svc: &LabService, p: &PodInfo<'_>) -> PodEndpoint {
-    // "ready" is never true for a terminating endpoint, unless the
-    // Service publishes not-ready addresses (EndpointConditions docs).
-    let ready = svc.publish_not_ready_addresses || (p.running && !p.terminating);
+    let c = conditions(p.running, p.terminating, svc.publish_not_ready_addresses);
     PodEndpoint {
         namespace: p.pod.namespace.clone(),
         pod: p.pod.name.clone(),
         ip: p.ip,
         node: p.node.to_owned(),
-        ready,
-        serving: p.running,
-        terminating: p.terminating,
+        ready: c.ready,
+        serving: c.serving,
+        terminating: c.terminating,
     }
 }
 
@@ -991,8 +986,7 @@ pub fn endpoint_groups(svc: &LabService, pods: &[PodInfo<'_>]) -> Vec<EndpointGr
     if svc.selector.is_none() {
         return Vec::new();
     }
-    let mut groups: BTreeMap<Vec<ResolvedPort>, Vec<PodEndpoint>> = BTreeMap::new();
-    for p in selected(svc, pods) {
+    let endpoints = selected(svc, pods).map(|p| {
         let ports: Vec<ResolvedPort> = svc
             .ports
             .iter()
@@ -1004,25 +998,12 @@ pub fn endpoint_groups(svc: &LabService, pods: &[PodInfo<'_>]) -> Vec<EndpointGr
                 })
             })
             .collect();
-        groups.entry(ports).or_default().push(pod_endpoint(svc, p));
-    }
-    if groups.is_empty() {
-        return vec![EndpointGroup {
-            ports: Vec::new(),
-            endpoints: Vec::new(),
-        }];
-    }
-    let mut out = Vec::new();
-    for (ports, mut endpoints) in groups {
-        endpoints.sort_by_key(|e| e.ip);
-        for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
-            out.push(EndpointGroup {
-                ports: ports.clone(),
-                endpoints: chunk.to_vec(),
-            });
-        }
-    }
-    out
+        (ports, pod_endpoint(svc, p))
+    });
+    group_by_ports(endpoints, |e| e.ip)
+        .into_iter()
+        .map(|(ports, endpoints)| EndpointGroup { ports, endpoints })
+        .collect()
 }
 
 /// The name of the `index`-th EndpointSlice of `svc`: `<svc>-<5 chars>`,

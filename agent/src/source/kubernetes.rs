@@ -107,6 +107,26 @@ pub async fn run_kubernetes_source<S: TopologySink>(
     run_kubernetes_source_with_client(client, config, sink).await
 }
 
+/// A client from the kubeconfig at `kubeconfig`, or, without one, as
+/// [`run_kubernetes_source`] infers it (`$KUBECONFIG`, `~/.kube/config`,
+/// the in-cluster service account).
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<Client, SourceError> {
+    let config = match kubeconfig {
+        None => kube::Config::infer().await.map_err(SourceError::Config)?,
+        Some(path) => {
+            let bad = |e: kube::config::KubeconfigError| SourceError::Kubeconfig {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(bad)?
+        }
+    };
+    Client::try_from(config).map_err(SourceError::Client)
+}
+
 /// Runs the source with `client`.
 pub async fn run_kubernetes_source_with_client<S: TopologySink>(
     client: Client,

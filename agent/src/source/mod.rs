@@ -4,7 +4,7 @@
 //! ```text
 //!  Kubernetes API ── watchers (kubernetes.rs) ─┐
 //!                                              ├─> ClusterEvent stream
-//!  (file source, lab: later) ──────────────────┘        │
+//!  manifest files ── polling (files.rs) ───────┘        │
 //!                                                        v
 //!        store.rs   ClusterStore: the objects, re-lists applied whole
 //!                                                        │ changed
@@ -20,8 +20,10 @@
 //! is unreachable: the switch keeps forwarding on its last topology
 //! (fail-static).
 
+pub mod files;
 pub mod kubernetes;
 pub mod push;
+pub mod status;
 pub mod store;
 pub mod switch_sink;
 
@@ -31,13 +33,16 @@ use serde::Serialize;
 
 use crate::translate::{FullSync, ObjectKind, Problem, TopologyPatch};
 
+pub use files::{run_file_source, FileSourceConfig};
 pub use kubernetes::{
     cluster_events, run_kubernetes_source, run_kubernetes_source_with_client,
     KubernetesSourceConfig,
 };
 pub use push::{run_push_loop, PushConfig};
+pub use status::{StatusFileSink, DEFAULT_STATUS_FILE};
 pub use store::{ClusterEvent, ClusterStore, WatchFailure};
 pub use switch_sink::SwitchSink;
+pub use tokio::runtime::Runtime;
 
 /// Why a sink could not take a topology. The push loop logs it, retries
 /// with backoff and then sends a full sync.
@@ -91,6 +96,9 @@ pub struct SourceStatus {
     pub listed: bool,
     /// Problems of the last translation.
     pub problems: Vec<Problem>,
+    /// Problems of the input itself (the file source: a file that does
+    /// not parse, a document that does not decode).
+    pub input_problems: Vec<InputProblem>,
     /// Watch and list failures per resource since start.
     pub watch_errors: BTreeMap<ObjectKind, u64>,
     /// The last of them.
@@ -101,6 +109,26 @@ pub struct SourceStatus {
     pub last_sink_error: Option<String>,
 }
 
+/// A problem with a source's input, before translation: which file,
+/// where in it, what.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct InputProblem {
+    pub file: String,
+    /// Document, list item, line, when known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub at: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for InputProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at.is_empty() {
+            true => write!(f, "{}: {}", self.file, self.message),
+            false => write!(f, "{}: {}: {}", self.file, self.at, self.message),
+        }
+    }
+}
+
 /// Why a source stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -109,9 +137,26 @@ pub enum SourceError {
     Config(#[source] kube::config::InferConfigError),
     #[error("cannot build the Kubernetes client")]
     Client(#[source] kube::Error),
+    /// The kubeconfig given could not be read or used.
+    #[error("cannot use the kubeconfig {path}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A sink call panicked.
     #[error("the topology sink panicked")]
     SinkPanicked(#[source] tokio::task::JoinError),
+}
+
+/// The async runtime the agent's sources run on (two worker threads:
+/// the watchers and the push loop are light; sink calls block on their
+/// own threads).
+pub fn runtime() -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 /// An error and its causes on one line (`a: b: c`).

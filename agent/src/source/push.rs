@@ -1,14 +1,18 @@
 //! The push loop: cluster events in, debounced translations out to a
 //! [`TopologySink`].
 //!
-//! Every event that changes what translation reads marks the state dirty;
-//! a push happens [`PushConfig::debounce`] after the last such event (so
-//! a burst, like a Deployment's rollout, becomes one push), but at most
-//! [`PushConfig::max_delay`] after the first (so a steady stream cannot
-//! starve the switch). A push translates the whole store and sends a full
+//! Every event that changes what translation reads marks the state dirty.
+//! The first change after a quiet period is pushed at once (one endpoint
+//! change reaches the switch in milliseconds); while changes keep coming,
+//! a push happens [`PushConfig::debounce`] after the last one (so the
+//! rest of a burst, like a Deployment's rollout, becomes one push), but
+//! at most [`PushConfig::max_delay`] after the first (so a steady stream
+//! cannot starve the switch). A push translates what changed and sends a full
 //! sync when the sink's state is unknown (start, a failed push, a switch
 //! that restarted, every [`PushConfig::resync_period`]) and otherwise the
-//! diff against what the sink holds, if it is not empty. A failed push is
+//! patch from what the sink holds, if it is not empty. Translation is
+//! incremental ([`Translator`]): only the Services touched since the last
+//! push are translated again. A failed push is
 //! retried with exponential backoff, as a full sync.
 
 use std::collections::BTreeSet;
@@ -18,17 +22,20 @@ use futures::{Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::store::{ClusterEvent, ClusterStore, WatchFailure};
-use super::{error_chain, SinkError, SourceError, SourceStatus, TopologySink};
-use crate::translate::{
-    diff, needs_full_sync, translate, FullSync, NodeTopology, Problem, TopologyPatch,
-    TranslateConfig,
-};
+use super::{error_chain, InputProblem, SinkError, SourceError, SourceStatus, TopologySink};
+use crate::translate::{FullSync, Problem, TopologyPatch, TranslateConfig, Translator};
 
 /// Timing of the push loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushConfig {
-    /// Quiet time after the last change before a push.
+    /// Quiet time after the last change before a push, while changes
+    /// come in bursts.
     pub debounce: Duration,
+    /// The delay of the first change after a quiet period (at least
+    /// `debounce` since the last push): pushed at once, after only this
+    /// moment to take the events already queued with it, so one endpoint
+    /// change reaches the switch in milliseconds.
+    pub first_delay: Duration,
     /// Longest a change waits for a push while changes keep coming.
     pub max_delay: Duration,
     /// A full sync this often, whatever happened (repairs any drift).
@@ -44,6 +51,7 @@ impl Default for PushConfig {
     fn default() -> Self {
         PushConfig {
             debounce: Duration::from_millis(20),
+            first_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(200),
             resync_period: Duration::from_secs(300),
             sink_check_interval: Duration::from_millis(250),
@@ -85,6 +93,13 @@ fn log_new_problems(old: &[Problem], new: &[Problem]) {
     }
 }
 
+/// Logs the input problems that are new.
+fn log_new_input_problems(old: &[InputProblem], new: &[InputProblem]) {
+    for p in new.iter().filter(|p| !old.contains(p)) {
+        tracing::warn!(problem = %p, "input not (fully) read");
+    }
+}
+
 /// Consumes `events` (the watchers' merged stream) and keeps `sink` in
 /// step with their translation until the stream ends; the last change is
 /// pushed before returning.
@@ -102,10 +117,13 @@ where
     let mut sink = Some(sink);
     let mut store = ClusterStore::default();
     let mut status = SourceStatus::default();
-    // What the sink holds; `None`: unknown, the next push is a full sync.
-    let mut pushed: Option<NodeTopology> = None;
+    let mut translator = Translator::new(translate_config);
+    // The sink holds the translator's last output; else its state is
+    // unknown and the next push is a full sync.
+    let mut in_sync = false;
     let mut dirty_since: Option<Instant> = None;
     let mut last_change = Instant::now();
+    let mut last_push = Instant::now() - config.debounce;
     let mut retry_at: Option<Instant> = None;
     let mut retry_delay = config.retry_min;
     let mut resync_at = Instant::now() + config.resync_period;
@@ -115,7 +133,11 @@ where
     loop {
         let push_at = match (dirty_since, store.all_listed()) {
             (Some(first), true) => {
-                let at = (last_change + config.debounce).min(first + config.max_delay);
+                let quiet = first.saturating_duration_since(last_push) >= config.debounce;
+                let at = match quiet {
+                    true => first + config.first_delay,
+                    false => (last_change + config.debounce).min(first + config.max_delay),
+                };
                 Some(retry_at.map_or(at, |r| r.max(at)))
             }
             _ => None,
@@ -124,8 +146,19 @@ where
             return Ok(());
         }
         tokio::select! {
+            // Queued events first: a push sees everything that arrived.
+            biased;
             item = events.next(), if !stream_ended => match item {
                 None => stream_ended = true,
+                Some(Ok(ClusterEvent::InputProblems(problems))) => {
+                    log_new_input_problems(&status.input_problems, &problems);
+                    if status.input_problems != problems {
+                        status.input_problems = problems;
+                        if let Some(s) = sink.as_mut() {
+                            s.report(&status);
+                        }
+                    }
+                }
                 Some(Ok(event)) => {
                     if store.apply(event) {
                         let now = Instant::now();
@@ -148,15 +181,20 @@ where
                 }
             },
             _ = sleep_until(push_at.unwrap_or_else(Instant::now)), if push_at.is_some() => {
-                let topology = translate(store.objects(), &translate_config);
-                log_new_problems(&status.problems, &topology.problems);
-                status.problems = topology.problems.clone();
-                let push = match &pushed {
-                    Some(old) if !needs_full_sync(old, &topology) => {
-                        let patch = diff(old, &topology);
-                        (!patch.is_empty()).then_some(Push::Patch(patch))
-                    }
-                    _ => Some(Push::Full(topology.full_sync())),
+                let started = Instant::now();
+                last_push = started;
+                let changes = store.take_changes();
+                let patch = translator.update(store.objects(), &changes);
+                let topology = translator.topology();
+                let translate_us = started.elapsed().as_micros() as u64;
+                if status.problems != topology.problems {
+                    log_new_problems(&status.problems, &topology.problems);
+                    status.problems = topology.problems.clone();
+                }
+                let services = topology.services.len();
+                let push = match in_sync {
+                    true => (!patch.is_empty()).then_some(Push::Patch(patch)),
+                    false => Some(Push::Full(topology.full_sync())),
                 };
                 dirty_since = None;
                 let Some(push) = push else {
@@ -165,7 +203,6 @@ where
                     }
                     continue;
                 };
-                let started = Instant::now();
                 let taken = sink.take().expect("the sink is back after every call");
                 let (back, result) = with_sink(taken, move |s| match &push {
                     Push::Full(sync) => s.full_sync(sync).map(|()| true),
@@ -180,9 +217,9 @@ where
                         } else {
                             status.patches += 1;
                         }
-                        tracing::debug!(full, services = topology.services.len(),
+                        tracing::debug!(full, services, translate_us,
                             took_us = started.elapsed().as_micros() as u64, "pushed");
-                        pushed = Some(topology);
+                        in_sync = true;
                         retry_at = None;
                         retry_delay = config.retry_min;
                     }
@@ -192,7 +229,7 @@ where
                             "push to the switch failed; it keeps its last topology");
                         status.sink_errors += 1;
                         status.last_sink_error = Some(error_chain(&e));
-                        pushed = None;
+                        in_sync = false;
                         dirty_since = Some(Instant::now());
                         retry_at = Some(Instant::now() + retry_delay);
                         retry_delay = (retry_delay * 2).min(config.retry_max);
@@ -204,18 +241,18 @@ where
             },
             _ = sleep_until(resync_at) => {
                 resync_at = Instant::now() + config.resync_period;
-                if pushed.take().is_some() {
+                if std::mem::take(&mut in_sync) {
                     dirty_since.get_or_insert(Instant::now());
                 }
             },
-            _ = sleep_until(check_at), if pushed.is_some() => {
+            _ = sleep_until(check_at), if in_sync => {
                 check_at = Instant::now() + config.sink_check_interval;
                 let taken = sink.take().expect("the sink is back after every call");
                 let (back, lost) = with_sink(taken, |s| s.needs_full_sync()).await?;
                 sink = Some(back);
                 if lost {
                     tracing::info!("the switch lost its topology (restarted?); sending a full sync");
-                    pushed = None;
+                    in_sync = false;
                     let now = Instant::now();
                     dirty_since = Some(now);
                     last_change = now - config.debounce;
@@ -402,29 +439,42 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_of_changes_is_one_push_after_the_debounce() {
+    async fn a_change_after_quiet_is_pushed_at_once_and_the_rest_of_a_burst_after_the_debounce() {
         let config = PushConfig::default();
         let mut h = start(config.clone());
         listed_empty(&h);
         finish_listing(&h);
         assert!(matches!(next_call(&mut h).await, SinkCall::Full(_)));
+        settle(config.debounce).await;
 
         // 5 changes 10 ms apart (each within the 20 ms debounce).
         let first = Instant::now();
-        for i in 0..5 {
-            h.events
-                .send(Ok(ClusterEvent::Service(Event::Apply(service(
-                    &format!("s{i}"),
-                    &format!("10.96.0.{}", 10 + i),
-                )))))
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let sender = h.events.clone();
+        tokio::spawn(async move {
+            for i in 0..5 {
+                sender
+                    .send(Ok(ClusterEvent::Service(Event::Apply(service(
+                        &format!("s{i}"),
+                        &format!("10.96.0.{}", 10 + i),
+                    )))))
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let SinkCall::Patch(patch) = next_call(&mut h).await else {
+            panic!("a patch");
+        };
+        assert_eq!(patch.upsert.len(), 1, "the first change, at once");
+        assert!(
+            first.elapsed() <= config.first_delay,
+            "{:?}",
+            first.elapsed()
+        );
         let SinkCall::Patch(patch) = next_call(&mut h).await else {
             panic!("a patch");
         };
         let waited = first.elapsed();
-        assert_eq!(patch.upsert.len(), 5, "one push for the burst");
+        assert_eq!(patch.upsert.len(), 4, "one push for the rest of the burst");
         assert!(
             waited >= Duration::from_millis(40) + config.debounce
                 && waited < Duration::from_millis(100),
@@ -441,6 +491,7 @@ pub(crate) mod tests {
         listed_empty(&h);
         finish_listing(&h);
         assert!(matches!(next_call(&mut h).await, SinkCall::Full(_)));
+        settle(config.debounce).await;
         let first = Instant::now();
         let sender = h.events.clone();
         tokio::spawn(async move {
@@ -453,10 +504,14 @@ pub(crate) mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
+        // The first at once, then the stream is held at most max_delay.
+        assert!(matches!(next_call(&mut h).await, SinkCall::Patch(_)));
         assert!(matches!(next_call(&mut h).await, SinkCall::Patch(_)));
         let waited = first.elapsed();
+        let second_change = Duration::from_millis(5);
         assert!(
-            waited >= config.max_delay && waited < config.max_delay + config.debounce,
+            waited >= second_change + config.max_delay
+                && waited < second_change + config.max_delay + config.debounce,
             "{waited:?}"
         );
     }

@@ -11,14 +11,15 @@
 //! container statuses) are not counted as changes, so they cause no
 //! translation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 
 use crate::translate::{
-    object_key, ClusterObjects, ObjectKind, FLANNEL_BACKEND_DATA_ANNOTATION, VTEP_MAC_ANNOTATION,
+    object_key, Changes, ClusterObjects, ObjectKind, FLANNEL_BACKEND_DATA_ANNOTATION,
+    VTEP_MAC_ANNOTATION,
 };
 
 /// One watcher event of one of the watched resources.
@@ -31,6 +32,9 @@ pub enum ClusterEvent {
     Pod(Event<Pod>),
     Service(Event<Service>),
     EndpointSlice(Event<EndpointSlice>),
+    /// The problems of the source's input as a whole (the file source's
+    /// unreadable files and undecodable documents): replaces the last.
+    InputProblems(Vec<super::InputProblem>),
 }
 
 /// A failed list or watch of one resource (the watcher retries it).
@@ -148,11 +152,12 @@ impl<K> Default for Listing<K> {
 }
 
 /// Applies one event to `objects`; whether anything translation reads
-/// changed.
+/// changed. The keys of changed objects go to `changed`.
 fn apply<K: Watched>(
     objects: &mut BTreeMap<String, K>,
     listing: &mut Listing<K>,
     event: Event<K>,
+    changed: &mut BTreeSet<String>,
 ) -> bool {
     match event {
         Event::Init => {
@@ -168,26 +173,45 @@ fn apply<K: Watched>(
         }
         Event::InitDone => {
             let fresh = listing.relist.take().unwrap_or_default();
-            let changed = !listing.listed
-                || fresh.len() != objects.len()
-                || fresh.iter().any(|(k, new)| {
-                    objects
-                        .get(k)
-                        .is_none_or(|old| !old.same_for_translation(new))
-                });
+            let mut any = !listing.listed;
+            for (k, new) in &fresh {
+                if objects
+                    .get(k)
+                    .is_none_or(|old| !old.same_for_translation(new))
+                {
+                    changed.insert(k.clone());
+                    any = true;
+                }
+            }
+            for k in objects.keys() {
+                if !fresh.contains_key(k) {
+                    changed.insert(k.clone());
+                    any = true;
+                }
+            }
             *objects = fresh;
             listing.listed = true;
-            changed
+            any
         }
         Event::Apply(obj) => {
             let key = obj.key();
-            let changed = objects
+            let any = objects
                 .get(&key)
                 .is_none_or(|old| !old.same_for_translation(&obj));
+            if any {
+                changed.insert(key.clone());
+            }
             objects.insert(key, obj);
-            changed
+            any
         }
-        Event::Delete(obj) => objects.remove(&obj.key()).is_some(),
+        Event::Delete(obj) => {
+            let key = obj.key();
+            let any = objects.remove(&key).is_some();
+            if any {
+                changed.insert(key);
+            }
+            any
+        }
     }
 }
 
@@ -199,20 +223,42 @@ pub struct ClusterStore {
     pods: Listing<Pod>,
     services: Listing<Service>,
     endpoint_slices: Listing<EndpointSlice>,
+    changes: Changes,
 }
 
 impl ClusterStore {
     /// Applies one event; whether translation would see a difference.
     pub fn apply(&mut self, event: ClusterEvent) -> bool {
         let o = &mut self.objects;
+        let c = &mut self.changes;
+        let mut scratch = BTreeSet::new();
         match event {
-            ClusterEvent::Node(e) => apply(&mut o.nodes, &mut self.nodes, e),
-            ClusterEvent::Pod(e) => apply(&mut o.pods, &mut self.pods, e),
-            ClusterEvent::Service(e) => apply(&mut o.services, &mut self.services, e),
-            ClusterEvent::EndpointSlice(e) => {
-                apply(&mut o.endpoint_slices, &mut self.endpoint_slices, e)
+            ClusterEvent::Node(e) => {
+                let any = apply(&mut o.nodes, &mut self.nodes, e, &mut scratch);
+                c.nodes |= any;
+                any
             }
+            ClusterEvent::Pod(e) => {
+                let any = apply(&mut o.pods, &mut self.pods, e, &mut scratch);
+                c.pods |= any;
+                any
+            }
+            ClusterEvent::Service(e) => {
+                apply(&mut o.services, &mut self.services, e, &mut c.services)
+            }
+            ClusterEvent::EndpointSlice(e) => apply(
+                &mut o.endpoint_slices,
+                &mut self.endpoint_slices,
+                e,
+                &mut c.endpoint_slices,
+            ),
+            ClusterEvent::InputProblems(_) => false,
         }
+    }
+
+    /// What changed since the last call (for [`crate::translate::Translator`]).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
     }
 
     /// Every resource has been listed completely at least once: only then

@@ -10,11 +10,17 @@
 //! [`TopologySink::needs_full_sync`]) fails, and the agent sends a full
 //! sync to the new switch.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podswitch_switch::control::api::{Hello, Request};
-use podswitch_switch::control::client::{Client, ClientError};
+use podswitch_switch::control::api::{
+    ApiError, Hello, RemoteNode, ServiceSettings, ServiceSpec, API_VERSION,
+};
+use podswitch_switch::control::client::ClientError;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 
 use super::{SinkError, TopologySink};
 use crate::translate::{FullSync, TopologyPatch};
@@ -23,21 +29,166 @@ use crate::translate::{FullSync, TopologyPatch};
 /// published in well under this).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The requests the agent sends, borrowing what they carry: encoded
+/// straight into the request line (no copy of the Services, no
+/// `serde_json::Value` in between), in the control API's shape
+/// (`{"v":1,"op":...,"args":...}`, see `switch/src/control/api.rs`).
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum WireRequest<'a> {
+    Hello,
+    SetRemoteNodes {
+        nodes: &'a [RemoteNode],
+    },
+    SetServices {
+        settings: &'a ServiceSettings,
+        services: &'a [ServiceSpec],
+    },
+    PatchServices {
+        upsert: &'a [ServiceSpec],
+        remove: &'a [String],
+    },
+}
+
+impl WireRequest<'_> {
+    fn op(&self) -> &'static str {
+        match self {
+            WireRequest::Hello => "hello",
+            WireRequest::SetRemoteNodes { .. } => "set_remote_nodes",
+            WireRequest::SetServices { .. } => "set_services",
+            WireRequest::PatchServices { .. } => "patch_services",
+        }
+    }
+
+    /// The request line, without its newline.
+    pub fn encode(&self) -> String {
+        #[derive(Serialize)]
+        struct Line<'r, 'a> {
+            v: u32,
+            #[serde(flatten)]
+            request: &'r WireRequest<'a>,
+        }
+        serde_json::to_string(&Line {
+            v: API_VERSION,
+            request: self,
+        })
+        .expect("control requests always encode")
+    }
+}
+
+/// The requests of a full sync, in order: nodes first, so that routes
+/// to remote endpoints exist when their Services appear.
+pub fn full_sync_requests(sync: &FullSync) -> Vec<WireRequest<'_>> {
+    vec![
+        WireRequest::SetRemoteNodes {
+            nodes: &sync.remote_nodes,
+        },
+        WireRequest::SetServices {
+            settings: &sync.settings,
+            services: &sync.services,
+        },
+    ]
+}
+
+/// The requests of a patch: `set_remote_nodes` if the nodes changed,
+/// then one atomic `patch_services` if any Service did.
+pub fn patch_requests(patch: &TopologyPatch) -> Vec<WireRequest<'_>> {
+    let mut out = Vec::new();
+    if let Some(nodes) = &patch.remote_nodes {
+        out.push(WireRequest::SetRemoteNodes { nodes });
+    }
+    if !patch.upsert.is_empty() || !patch.remove.is_empty() {
+        out.push(WireRequest::PatchServices {
+            upsert: &patch.upsert,
+            remove: &patch.remove,
+        });
+    }
+    out
+}
+
+/// One response line.
+#[derive(Deserialize)]
+struct Reply<T> {
+    ok: bool,
+    #[serde(default = "Option::default")]
+    result: Option<T>,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+/// One connection to the switch.
+struct Connection {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    line: String,
+}
+
+impl Connection {
+    fn open(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let io = |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        Ok(Connection {
+            path: path.to_path_buf(),
+            reader: BufReader::new(stream),
+            writer,
+            line: String::new(),
+        })
+    }
+
+    fn call<T: DeserializeOwned>(
+        &mut self,
+        req: &WireRequest<'_>,
+    ) -> Result<Option<T>, ClientError> {
+        let io = |path: &Path, source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut out = req.encode();
+        out.push('\n');
+        self.writer
+            .write_all(out.as_bytes())
+            .map_err(|e| io(&self.path, e))?;
+        self.line.clear();
+        let n = self
+            .reader
+            .read_line(&mut self.line)
+            .map_err(|e| io(&self.path, e))?;
+        let protocol = |message: String| ClientError::Protocol {
+            path: self.path.clone(),
+            message,
+        };
+        if n == 0 {
+            return Err(protocol("connection closed".into()));
+        }
+        let reply: Reply<T> =
+            serde_json::from_str(&self.line).map_err(|e| protocol(e.to_string()))?;
+        if !reply.ok {
+            return Err(ClientError::Api(
+                reply
+                    .error
+                    .unwrap_or_else(|| ApiError::internal("error without details")),
+            ));
+        }
+        Ok(reply.result)
+    }
+}
+
 /// The switch on `socket`, serving `node`.
 pub struct SwitchSink {
     socket: PathBuf,
     node: String,
     timeout: Duration,
-    client: Option<Client>,
-}
-
-fn op_name(req: &Request) -> &'static str {
-    match req {
-        Request::SetRemoteNodes { .. } => "set_remote_nodes",
-        Request::SetServices { .. } => "set_services",
-        Request::PatchServices { .. } => "patch_services",
-        _ => "a request",
-    }
+    client: Option<Connection>,
 }
 
 impl SwitchSink {
@@ -51,13 +202,19 @@ impl SwitchSink {
         }
     }
 
-    fn connected(&mut self) -> Result<&mut Client, SinkError> {
+    fn connected(&mut self) -> Result<&mut Connection, SinkError> {
         if self.client.is_none() {
             let mut client =
-                Client::connect(&self.socket, self.timeout).map_err(SinkError::Unreachable)?;
+                Connection::open(&self.socket, self.timeout).map_err(SinkError::Unreachable)?;
             let hello: Hello = client
-                .call(&Request::Hello)
-                .map_err(SinkError::Unreachable)?;
+                .call(&WireRequest::Hello)
+                .map_err(SinkError::Unreachable)?
+                .ok_or_else(|| {
+                    SinkError::Unreachable(ClientError::Protocol {
+                        path: self.socket.clone(),
+                        message: "hello without a result".into(),
+                    })
+                })?;
             if hello.node != self.node {
                 return Err(SinkError::WrongSwitch {
                     expected: self.node.clone(),
@@ -74,15 +231,15 @@ impl SwitchSink {
     /// Sends `requests` in order; all are tried (a refused node list must
     /// not hold back the Services), the first error is returned. A
     /// connection error drops the connection and stops.
-    fn send(&mut self, requests: &[Request]) -> Result<(), SinkError> {
+    fn send(&mut self, requests: &[WireRequest<'_>]) -> Result<(), SinkError> {
         let mut first_error = None;
         for req in requests {
             let client = self.connected()?;
-            match client.call::<serde_json::Value>(req) {
+            match client.call::<IgnoredAny>(req) {
                 Ok(_) => {}
                 Err(ClientError::Api(source)) => {
                     let e = SinkError::Refused {
-                        op: op_name(req),
+                        op: req.op(),
                         source,
                     };
                     tracing::error!(error = %super::error_chain(&e), "the switch refused a translated request");
@@ -100,18 +257,18 @@ impl SwitchSink {
 
 impl TopologySink for SwitchSink {
     fn full_sync(&mut self, sync: &FullSync) -> Result<(), SinkError> {
-        self.send(&sync.requests())
+        self.send(&full_sync_requests(sync))
     }
 
     fn apply_patch(&mut self, patch: &TopologyPatch) -> Result<(), SinkError> {
-        self.send(&patch.requests())
+        self.send(&patch_requests(patch))
     }
 
     fn needs_full_sync(&mut self) -> bool {
         let Some(client) = self.client.as_mut() else {
             return true;
         };
-        match client.call::<Hello>(&Request::Hello) {
+        match client.call::<IgnoredAny>(&WireRequest::Hello) {
             Ok(_) => false,
             Err(e) => {
                 tracing::info!(error = %super::error_chain(&e), "lost the switch connection");
@@ -127,7 +284,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
-    use podswitch_switch::control::api::{decode_request, ServiceSettings};
+    use podswitch_switch::control::api::{decode_request, Request};
 
     use super::*;
 
@@ -154,7 +311,12 @@ mod tests {
                         Request::SetRemoteNodes { .. } => serde_json::json!({"ok": false, "error":
                             {"code": "invalid_argument", "field": "nodes[0].pod_cidrs", "message": "overlap"}}),
                         other => {
-                            ops.push(op_name(&other).to_string());
+                            let op = match other {
+                                Request::SetServices { .. } => "set_services",
+                                Request::PatchServices { .. } => "patch_services",
+                                _ => "other",
+                            };
+                            ops.push(op.to_string());
                             serde_json::json!({"ok": true, "result": null})
                         }
                     };
@@ -225,5 +387,38 @@ mod tests {
         drop(sink);
         assert!(server.join().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wire_requests_decode_as_the_switch_decodes_them() {
+        let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "name": "ns/a", "cluster_ips": ["10.96.0.10"],
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                "endpoints": [{"ip": "10.244.1.2", "port": 8080, "node": "node-1",
+                    "ready": true, "terminating": false}]}]
+        }))
+        .unwrap();
+        let sync = FullSync {
+            settings: ServiceSettings::default(),
+            remote_nodes: Vec::new(),
+            services: vec![spec.clone()],
+        };
+        for (wire, expected) in full_sync_requests(&sync).iter().zip(sync.requests()) {
+            assert_eq!(decode_request(&wire.encode()).unwrap(), expected);
+        }
+        let patch = TopologyPatch {
+            remote_nodes: Some(Vec::new()),
+            upsert: vec![spec],
+            remove: vec!["ns/b".into()],
+        };
+        let wires = patch_requests(&patch);
+        assert_eq!(wires.len(), 2);
+        for (wire, expected) in wires.iter().zip(patch.requests()) {
+            assert_eq!(decode_request(&wire.encode()).unwrap(), expected);
+        }
+        assert_eq!(
+            decode_request(&WireRequest::Hello.encode()).unwrap(),
+            Request::Hello
+        );
     }
 }

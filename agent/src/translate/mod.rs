@@ -21,10 +21,13 @@
 //! the lab shares), [`pods`].
 
 pub mod diff;
+pub mod endpoints;
+pub mod incremental;
 pub mod nodes;
 pub mod pods;
 pub mod problem;
 pub mod services;
+pub mod synthetic;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,6 +38,7 @@ use podswitch_switch::control::api::{RemoteNode, ServiceSettings, ServiceSpec};
 use serde::Serialize;
 
 pub use diff::{diff, needs_full_sync, FullSync, TopologyPatch};
+pub use incremental::{Changes, Translator};
 pub use nodes::{LocalNode, FLANNEL_BACKEND_DATA_ANNOTATION, VTEP_MAC_ANNOTATION};
 pub use pods::LocalPod;
 pub use problem::{ObjectKind, ObjectRef, Outcome, Problem, Reason};
