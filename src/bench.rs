@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// Skip the iperf3/sockperf cross-check.
     #[arg(long)]
     no_crosscheck: bool,
+    /// Leave CPU idle states on. By default the run holds
+    /// /dev/cpu_dma_latency at 0 so that a CPU waking from idle (tens of
+    /// microseconds on a VM) does not dominate every round trip.
+    #[arg(long)]
+    allow_cpu_idle: bool,
     /// Streams of tcp-stream-n.
     #[arg(long, default_value_t = 4)]
     streams: usize,
@@ -100,6 +105,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         cfg.crosscheck_runs = n;
     }
     cfg.crosscheck = !args.no_crosscheck;
+    cfg.allow_cpu_idle = args.allow_cpu_idle;
     cfg.streams = args.streams;
     cfg.services = args.services;
     cfg.workers = args.workers;

@@ -77,6 +77,12 @@ fn quick_bench_measures_every_mode_and_writes_table_json_and_svg() {
             "meta.{key}"
         );
     }
+    // As root the run holds the CPUs out of deep idle states (and says so).
+    let idle = r["meta"]["cpu_idle_states"].as_str().unwrap_or_default();
+    assert!(
+        idle.starts_with("off: /dev/cpu_dma_latency held at 0"),
+        "cpu_idle_states: {idle:?}"
+    );
     let modes = r["modes"].as_array().expect("modes");
     assert_eq!(modes.len(), MODES.len(), "{:?}", r["settings"]);
     let rounds = r["settings"]["rounds"].as_u64().unwrap() as usize;

@@ -188,3 +188,52 @@ mod tests {
         assert!(ticks_per_second() > 0);
     }
 }
+
+/// The PM QoS device: while a process holds it open with a value written,
+/// no CPU enters an idle state whose exit latency exceeds that value
+/// (Documentation/power/pm_qos_interface.rst).
+const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
+
+/// Keeps the CPUs out of idle states deeper than polling for as long as it
+/// lives (`/dev/cpu_dma_latency` held at 0 µs), as latency benchmarks do:
+/// otherwise every request/response measures how long an idle CPU takes to
+/// wake (on a VM whose vCPUs halt when idle, tens of µs), on both sides of
+/// a comparison, more than the datapath. The kernel drops the request when
+/// the file is closed, also if the process dies.
+#[derive(Debug)]
+pub struct IdleStatesHold {
+    _file: Option<std::fs::File>,
+    /// What was done, for the report (`held at 0 us`, or why not).
+    pub status: String,
+}
+
+impl IdleStatesHold {
+    /// Takes the hold when `enable`, else records that idle states were left on.
+    pub fn take(enable: bool) -> Self {
+        use std::io::Write;
+        if !enable {
+            return IdleStatesHold {
+                _file: None,
+                status: "left on (--allow-cpu-idle)".into(),
+            };
+        }
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .open(CPU_DMA_LATENCY)
+            .and_then(|mut f| f.write_all(&0i32.to_ne_bytes()).map(|()| f));
+        match held {
+            Ok(f) => IdleStatesHold {
+                _file: Some(f),
+                status: format!("off: {CPU_DMA_LATENCY} held at 0 us"),
+            },
+            Err(e) => IdleStatesHold {
+                _file: None,
+                status: format!("left on ({CPU_DMA_LATENCY}: {e})"),
+            },
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self._file.is_some()
+    }
+}

@@ -240,6 +240,9 @@ pub struct BenchConfig {
     pub crosscheck: bool,
     /// Alternating runs of each side in the cross-check.
     pub crosscheck_runs: usize,
+    /// Leave CPU idle states on (by default the run holds
+    /// `/dev/cpu_dma_latency` at 0 so wake-ups do not dominate latency).
+    pub allow_cpu_idle: bool,
 }
 
 impl BenchConfig {
@@ -266,6 +269,7 @@ impl BenchConfig {
             workers: 0,
             crosscheck: true,
             crosscheck_runs: cc_runs,
+            allow_cpu_idle: false,
         }
     }
 
@@ -1137,6 +1141,8 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
             .unwrap_or(0),
     );
     let load_start = load_average();
+    // Held until the report is made (dropped at the end of `run`).
+    let idle_hold = cpu::IdleStatesHold::take(!cfg.allow_cpu_idle);
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = Arc::clone(&interrupted);
@@ -1261,6 +1267,7 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
             load_start,
             load_end: load_average(),
             elapsed_s: started.elapsed().as_secs_f64(),
+            cpu_idle_states: idle_hold.status.clone(),
         },
         settings: Settings {
             quick: cfg.quick,

@@ -269,6 +269,7 @@ mod tests {
                 load_start: 0.0,
                 load_end: 0.0,
                 elapsed_s: 1.0,
+                cpu_idle_states: String::new(),
             },
             settings: Settings {
                 quick: true,

@@ -35,6 +35,9 @@ pub struct Meta {
     pub load_end: f64,
     /// How long the whole run took, seconds.
     pub elapsed_s: f64,
+    /// CPU idle states during the run (see `cpu::IdleStatesHold`).
+    #[serde(default)]
+    pub cpu_idle_states: String,
 }
 
 /// One mode's lab, as measured.
@@ -292,7 +295,7 @@ pub fn render(r: &Report) -> String {
     let st = &r.settings;
     let _ = writeln!(
         s,
-        "{} interleaved rounds{}; per measurement: rr {} s, crr {} s, stream {} s ({} streams for tcp-stream-n), pps {} s; load average {:.2} at start, {:.2} at end; {:.0} s in all",
+        "{} interleaved rounds{}; per measurement: rr {} s, crr {} s, stream {} s ({} streams for tcp-stream-n), pps {} s; load average {:.2} at start, {:.2} at end; {:.0} s in all; CPU idle states {}",
         st.rounds,
         if st.quick { " (--quick)" } else { "" },
         st.rr_secs,
@@ -302,7 +305,8 @@ pub fn render(r: &Report) -> String {
         st.pps_secs,
         m.load_start,
         m.load_end,
-        m.elapsed_s
+        m.elapsed_s,
+        m.cpu_idle_states
     );
     let _ = writeln!(
         s,
@@ -498,6 +502,7 @@ mod tests {
                 load_start: 0.5,
                 load_end: 0.7,
                 elapsed_s: 42.0,
+                cpu_idle_states: "off".into(),
             },
             settings: Settings {
                 quick: true,
