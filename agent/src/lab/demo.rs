@@ -316,6 +316,10 @@ pub fn run(lab: &Lab, quick: bool, json_out: Option<&Path>, workers: usize) -> a
     let secs = if quick { 1.5 } else { 3.0 };
     let rr_secs = if quick { 1.0 } else { 2.0 };
     eprintln!("[4/4] measuring, {rounds} interleaved rounds (podswitch, kernel bridge, ...) ...");
+    // As `podswitch bench` does: keep the CPUs out of deep idle states while
+    // measuring, so a round trip does not measure a vCPU's wake-up.
+    let idle_hold = crate::bench::cpu::IdleStatesHold::take(true);
+    eprintln!("      CPU idle states {}", idle_hold.status);
     // The same-node comparison needs two pods on one node.
     let (a, b) = pods
         .iter()
