@@ -83,6 +83,9 @@ pub fn ipv4_decrement_ttl(ipv4: &mut [u8]) {
     ipv4[10..12].copy_from_slice(&update_u16(check, old, new).to_be_bytes());
 }
 
+/// Where a UDP header keeps its checksum (RFC 768).
+const UDP_CSUM_OFFSET: usize = 6;
+
 /// Completes a partial (NEEDS_CSUM) checksum in place: sums `frame` from
 /// `start` to the end (the checksum field already holds the pseudo-header
 /// sum, as the kernel leaves it) and stores the result at `start + offset`.
@@ -94,8 +97,10 @@ pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
         return false;
     }
     let mut c = checksum(&frame[start..]);
-    // A computed UDP checksum of 0 is sent as 0xffff (RFC 768); harmless for TCP.
-    if c == 0 {
+    // A computed UDP checksum of 0 is sent as 0xffff (RFC 768: 0 means "no
+    // checksum"). The kernel asks for UDP with csum_offset 6 (`struct
+    // udphdr`'s check); a TCP checksum (offset 16) stays 0, as Linux sends it.
+    if c == 0 && offset == UDP_CSUM_OFFSET {
         c = 0xffff;
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
@@ -105,6 +110,18 @@ pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_checksum_is_0xffff_for_udp_only() {
+        // Data summing to 0xffff: the checksum (its complement) is 0.
+        let mut udp = [0xff, 0xff, 0, 0, 0, 0, 0, 0];
+        assert!(complete_partial(&mut udp, 0, 6));
+        assert_eq!(&udp[6..], &[0xff, 0xff], "RFC 768: sent as all ones");
+        let mut tcp = [0u8; 18];
+        tcp[..2].copy_from_slice(&[0xff, 0xff]);
+        assert!(complete_partial(&mut tcp, 0, 16));
+        assert_eq!(&tcp[16..], &[0, 0], "TCP keeps 0, as Linux sends it");
+    }
 
     #[test]
     fn rfc1071_example() {
