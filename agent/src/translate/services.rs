@@ -642,8 +642,10 @@ pub fn resolve_frontends(
         for (i, p) in svc.ports.iter_mut().enumerate() {
             let Some(np) = p.node_port else { continue };
             let f = (node_ip, np, p.protocol);
+            // Any owner clashes, this Service included: two of its ports
+            // on one nodePort/protocol are as much a conflict as two Services.
             match owner.get(&f) {
-                Some(o) if o != key => {
+                Some(o) => {
                     problems.push(Problem::new(
                         &object(key),
                         Some(format!("spec.ports[{i}].nodePort")),
