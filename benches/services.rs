@@ -97,7 +97,7 @@ use podswitch_switch::control::api::{
 use podswitch_switch::metrics::WorkerCounters;
 use podswitch_switch::pipeline::{Batch, DropReason, Packet, Pipeline, Verdict};
 use podswitch_switch::tables::maglev::{Maglev, DEFAULT_TABLE_SIZE};
-use podswitch_switch::tables::services::{maglev_size_for, NodeView, ServiceTable};
+use podswitch_switch::tables::services::{maglev_size_for, NodeView, ServiceLayout, ServiceTable};
 use podswitch_switch::tables::{Gateway, Overlay, OverlayNode, PodPort, PortId, PortKind, Tables};
 use podswitch_switch::wire::{checksum, vnet_hdr, vxlan};
 
@@ -857,6 +857,77 @@ fn bench_build(c: &mut Criterion) {
     group.finish();
 }
 
+/// One endpoint change among 10k Services with a NodePort each (issue #5:
+/// one change reaches the datapath within 10 ms): `ServiceLayout::patch`
+/// replaces one Service (its first endpoint a new pod), and the table it
+/// replaces is dropped, both inside the clock, as the daemon does. The
+/// Service changed walks through all 10k (stride 487). `copy_10k_table` is
+/// the part of a patch that does not shrink with it: the copy of the
+/// table's flat arrays and maps, and the drop of the old one.
+fn bench_patch(c: &mut Criterion) {
+    let scale = Scale::get();
+    let settings = ServiceSettings {
+        node_port_range: (30000, 30000 + scale.services.max(2768) as u16 - 1),
+        ..ServiceSettings::default()
+    };
+    let node = node_view();
+    let mut group = c.benchmark_group("services");
+    group.throughput(Throughput::Elements(1));
+    let mut case: Option<(Vec<ServiceSpec>, ServiceTable, ServiceLayout)> = None;
+    let mut generation = 0u32;
+    group.bench_function("patch_one_of_10k_services", |b| {
+        let (specs, table, layout) = case.get_or_insert_with(|| {
+            let specs = many_services(scale.services, true);
+            let started = Instant::now();
+            let (table, layout) = ServiceLayout::build(&specs, &settings, &node, None)
+                .expect("services are valid");
+            eprintln!(
+                "patch_one_of_10k_services: {} services, {} frontends built in {:.2?} (untimed set-up)",
+                specs.len(),
+                table.fronts.len(),
+                started.elapsed()
+            );
+            (specs, table, layout)
+        });
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                generation += 1;
+                let i = generation as usize * 487 % specs.len();
+                let mut svc = specs[i].clone();
+                svc.ports[0].endpoints[0].ip = Ipv4Addr::from(0x0b00_0000 + generation);
+                let start = Instant::now();
+                let patched = layout
+                    .patch(table, &[(0, &svc)], &[], "upsert")
+                    .expect("the patch is valid");
+                assert!(patched.endpoints_lost, "the old pod left");
+                drop(std::mem::replace(table, patched.table));
+                timed += start.elapsed();
+            }
+            timed
+        });
+    });
+    group.bench_function("copy_10k_table", |b| {
+        let (_, table, _) = case.as_ref().expect("patch_one_of_10k_services ran first");
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                drop(black_box(table.clone()));
+            }
+            start.elapsed()
+        });
+    });
+    // What a patch that takes an endpoint away adds in the daemon: the
+    // walk of the whole flow table for flows it stranded (empty table of
+    // the default 262144 flows, as in the lab).
+    group.bench_function("stale_flow_walk_262k_empty", |b| {
+        let (_, table, _) = case.as_ref().expect("patch_one_of_10k_services ran first");
+        let ct = ConnTrack::new(ConntrackConfig::default(), 1);
+        b.iter(|| black_box(ct.remove_where(|f| table.flow_is_stale(f))));
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     // A few seconds per packet case, so the whole file runs in about a
     // minute; `--quick` stops earlier still.
@@ -869,6 +940,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_established, bench_build
+    targets = bench_established, bench_build, bench_patch
 }
 criterion_main!(benches);

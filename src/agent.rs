@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
+use std::time::Duration;
+
 use podswitch_agent::source::{
-    self, kubernetes, status, FileSourceConfig, KubernetesSourceConfig, StatusFileSink, SwitchSink,
-    DEFAULT_STATUS_FILE,
+    self, kubernetes, status, FileSourceConfig, KubernetesSourceConfig, PushConfig, StatusFileSink,
+    SwitchSink, DEFAULT_STATUS_FILE,
 };
 use podswitch_switch::control::api::ServiceSettings;
 
@@ -84,6 +86,24 @@ struct Common {
     /// Where the agent writes its status (`podswitch agent status`).
     #[arg(long, default_value = DEFAULT_STATUS_FILE)]
     status_file: PathBuf,
+    /// A full sync of the switch this often (seconds), whatever happened.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    resync_secs: u64,
+    /// The longest wait between retries of a failed push (milliseconds;
+    /// they start at 100 ms and double). It bounds how long a restarted
+    /// switch waits for its topology.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
+    retry_max_ms: u64,
+}
+
+impl Common {
+    fn push_config(&self) -> PushConfig {
+        PushConfig {
+            resync_period: Duration::from_secs(self.resync_secs),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+            ..PushConfig::default()
+        }
+    }
 }
 
 /// The agent's config file.
@@ -143,7 +163,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 &common.node_name,
                 "kubernetes",
             );
-            let config = KubernetesSourceConfig::new(common.node_name, settings);
+            let mut config = KubernetesSourceConfig::new(common.node_name.clone(), settings);
+            config.push = common.push_config();
             run_until_signal(async move {
                 let client = kubernetes::kube_client(kubeconfig.as_deref()).await?;
                 source::run_kubernetes_source_with_client(client, config, sink).await
@@ -166,8 +187,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 &common.node_name,
                 &format!("files:{}", dir.display()),
             );
-            let mut config = FileSourceConfig::new(dir, common.node_name);
+            let mut config = FileSourceConfig::new(dir, common.node_name.clone());
             config.settings = settings;
+            config.push = common.push_config();
             config.poll_interval = std::time::Duration::from_millis(poll_ms.max(10));
             run_until_signal(source::run_file_source(config, sink))
         }

@@ -13,6 +13,9 @@
 //!   the agent leaves traffic flowing (fail-static), a restarted agent
 //!   resyncs what changed meanwhile, a restarted switch gets its Services
 //!   back from the agent.
+//!
+//! The lab's own agent of the node these tests drive is stopped first
+//! (tests/lab_agents.rs tests the lab's agents).
 
 mod common;
 
@@ -25,6 +28,31 @@ use podswitch_agent::source::{SwitchSink, TopologySink};
 use podswitch_agent::translate::{synthetic, Changes, TranslateConfig, Translator};
 use podswitch_switch::control::api::{Request, ServiceSettings};
 use podswitch_switch::control::client;
+
+/// Stops the lab's own agent of `node` (the lab runs one per node, see
+/// tests/lab_agents.rs): these tests drive that node's switch themselves,
+/// and two agents with different manifests would undo each other's full
+/// syncs.
+fn stop_lab_agent(lab: &TestLab, node: &str) {
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/podswitch/lab/{}/lab.json", lab.name)).unwrap(),
+    )
+    .unwrap();
+    let pid = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["agent_pid"].as_i64())
+        .expect("the lab's agent");
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    }));
+}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -58,6 +86,7 @@ fn ten_thousand_services_and_single_endpoint_changes_reach_a_real_switch_in_time
         return;
     }
     let lab = TestLab::up_with("agent10k", &["--nodes", "1"]);
+    stop_lab_agent(&lab, "node-1");
     let socket = lab.socket("node-1");
     const SERVICES: usize = 10_000;
     const ENDPOINTS: usize = 5;
@@ -225,6 +254,7 @@ fn agent_files_feeds_the_switch_reports_problems_and_survives_restarts() {
         return;
     }
     let lab = TestLab::up_with("agentfiles", &["--nodes", "1"]);
+    stop_lab_agent(&lab, "node-1");
     let socket = lab.socket("node-1");
     let pods = lab.pods();
     assert!(pods.len() >= 2, "the default lab's pods: {pods:?}");
@@ -390,12 +420,13 @@ fn the_daemonset_argv_matches_the_agent_cli() {
     }
 }
 
-/// The first step of moving the lab onto agents: what the lab's API
-/// server holds (`lab get nodes|pods|svc -o json`: Nodes, Pods with their
-/// IPs and status, Services with their allocated ClusterIPs and
-/// NodePorts), read by the agent's file source (EndpointSlices derived by
-/// the shared endpoints controller) and translated for each node, is the
-/// table the lab pushed to that node's switch.
+/// What the lab's API server holds (`lab get nodes|pods|svc -o json`:
+/// Nodes, Pods with their IPs and status, Services with their allocated
+/// ClusterIPs and NodePorts), read by the agent's file source
+/// (EndpointSlices derived by the shared endpoints controller) and
+/// translated for each node, is the table the lab computes for every
+/// switch (`LabState::service_specs`, what `lab apply` waits for) and what
+/// each node's switch holds, given by that node's agent.
 #[test]
 fn the_file_source_on_the_labs_objects_gives_the_labs_service_table() {
     if !require_root() {
@@ -433,6 +464,17 @@ fn the_file_source_on_the_labs_objects_gives_the_labs_service_table() {
             client::call(Path::new(&lab.socket(node)), &Request::GetServices).unwrap();
         let theirs = v["services"].as_array().unwrap().clone();
         assert!(!theirs.is_empty());
+        let st = podswitch_agent::lab::cluster::Lab::new(&lab.name, exe())
+            .unwrap()
+            .state()
+            .unwrap()
+            .unwrap();
+        let labs: Vec<serde_json::Value> = st
+            .service_specs()
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
+        assert_eq!(ours, labs, "{node}: agent (left) vs the lab's own table");
         assert_eq!(
             serde_json::to_string_pretty(&ours).unwrap(),
             serde_json::to_string_pretty(&theirs).unwrap(),

@@ -21,6 +21,12 @@
 //! whole and sent to the push loop as a re-list of every kind, which
 //! keeps only real differences and debounces them (20 ms).
 //!
+//! **A path that does not exist (yet)** is a reported problem, not an
+//! error: the first sync is then an empty full sync (the switch holds no
+//! Services rather than stale ones from before a restart), and the path
+//! is picked up by the next poll after it appears. A path that vanishes
+//! later keeps what was read from it (fail-static), also reported.
+//!
 //! **Bad input** never stops the source and never holds back valid
 //! objects: a file that does not parse keeps its last good objects
 //! (fail-static) and is reported; a document that does not decode is
@@ -92,14 +98,15 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// The manifest files under `path` with their stamps, sorted.
 fn scan(path: &Path) -> Result<Vec<(PathBuf, Stamp)>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read: {e} (still watched: read as soon as it appears)"))?;
     if !meta.is_dir() {
         return Ok(stamp(path)
             .map(|s| (path.to_path_buf(), s))
             .into_iter()
             .collect());
     }
-    let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let entries = std::fs::read_dir(path).map_err(|e| format!("cannot list: {e}"))?;
     let mut files: Vec<(PathBuf, Stamp)> = entries
         .flatten()
         .map(|e| e.path())
@@ -569,6 +576,57 @@ spec:
         assert_eq!(input.len(), 2, "{input:?}");
         assert!(input[0].file.ends_with("20-broken.yaml"), "{input:?}");
         assert!(input[1].message.contains("spec.containers"), "{input:?}");
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_directory_is_an_empty_full_sync_and_a_problem_until_it_appears() {
+        let parent = TempDir::new("missing");
+        let dir = parent.0.join("manifests");
+        let (sink, mut calls) = fake_sink();
+        let status = sink.status.clone();
+        let mut config = FileSourceConfig::new(&dir, "node-1");
+        config.poll_interval = Duration::from_millis(20);
+        let task = tokio::spawn(run_file_source(config, sink));
+        async fn next(calls: &mut mpsc::UnboundedReceiver<SinkCall>) -> SinkCall {
+            tokio::time::timeout(Duration::from_secs(2), calls.recv())
+                .await
+                .expect("a push within the deadline")
+                .expect("the source runs")
+        }
+
+        let SinkCall::Full(first) = next(&mut calls).await else {
+            panic!("the first push is a full sync");
+        };
+        assert!(first.services.is_empty(), "{:?}", first.services);
+        assert!(first.remote_nodes.is_empty());
+        let problems = status.lock().unwrap().input_problems.clone();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, dir.display().to_string());
+        assert!(
+            problems[0].message.contains("No such file or directory")
+                && problems[0].message.contains("as soon as it appears"),
+            "{problems:?}"
+        );
+
+        // The directory appears, written as the lab writes it.
+        std::fs::create_dir(&dir).unwrap();
+        let appeared = TempDir(dir.clone());
+        appeared.write("00-cluster.yaml", NODE_AND_SERVICE);
+        appeared.write("10-pods.yaml", &pods(&["10.244.1.2"]));
+        let call = next(&mut calls).await;
+        assert_eq!(endpoints_of(&call), ["10.244.1.2:8080"]);
+        let cleared = tokio::time::timeout(Duration::from_secs(2), async {
+            while !status.lock().unwrap().input_problems.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            cleared.is_ok(),
+            "{:?}",
+            status.lock().unwrap().input_problems
+        );
         task.abort();
     }
 

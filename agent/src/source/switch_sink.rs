@@ -1,5 +1,6 @@
-//! The real sink: this node's switch, over its control socket
-//! (`switch/src/control/client.rs`, JSON lines).
+//! The real sink: this node's switch, over its control socket, with the
+//! switch's own client (`switch/src/control/client.rs`, JSON lines); the
+//! request lines are encoded here, borrowing what they carry.
 //!
 //! One connection is kept. On connecting, `hello` checks that the switch
 //! serves this agent's node. A full sync is `set_remote_nodes` then
@@ -10,17 +11,15 @@
 //! [`TopologySink::needs_full_sync`]) fails, and the agent sends a full
 //! sync to the new switch.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use podswitch_switch::control::api::{
-    ApiError, Hello, RemoteNode, ServiceSettings, ServiceSpec, API_VERSION,
+    Hello, RemoteNode, ServiceSettings, ServiceSpec, API_VERSION,
 };
-use podswitch_switch::control::client::ClientError;
-use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::{Deserialize, Serialize};
+use podswitch_switch::control::client::{Client, ClientError};
+use serde::de::IgnoredAny;
+use serde::Serialize;
 
 use super::{SinkError, TopologySink};
 use crate::translate::{FullSync, TopologyPatch};
@@ -106,89 +105,12 @@ pub fn patch_requests(patch: &TopologyPatch) -> Vec<WireRequest<'_>> {
     out
 }
 
-/// One response line.
-#[derive(Deserialize)]
-struct Reply<T> {
-    ok: bool,
-    #[serde(default = "Option::default")]
-    result: Option<T>,
-    #[serde(default)]
-    error: Option<ApiError>,
-}
-
-/// One connection to the switch.
-struct Connection {
-    path: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    line: String,
-}
-
-impl Connection {
-    fn open(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let io = |source| ClientError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        stream.set_read_timeout(Some(timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(timeout)).map_err(io)?;
-        let writer = stream.try_clone().map_err(io)?;
-        Ok(Connection {
-            path: path.to_path_buf(),
-            reader: BufReader::new(stream),
-            writer,
-            line: String::new(),
-        })
-    }
-
-    fn call<T: DeserializeOwned>(
-        &mut self,
-        req: &WireRequest<'_>,
-    ) -> Result<Option<T>, ClientError> {
-        let io = |path: &Path, source| ClientError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut out = req.encode();
-        out.push('\n');
-        self.writer
-            .write_all(out.as_bytes())
-            .map_err(|e| io(&self.path, e))?;
-        self.line.clear();
-        let n = self
-            .reader
-            .read_line(&mut self.line)
-            .map_err(|e| io(&self.path, e))?;
-        let protocol = |message: String| ClientError::Protocol {
-            path: self.path.clone(),
-            message,
-        };
-        if n == 0 {
-            return Err(protocol("connection closed".into()));
-        }
-        let reply: Reply<T> =
-            serde_json::from_str(&self.line).map_err(|e| protocol(e.to_string()))?;
-        if !reply.ok {
-            return Err(ClientError::Api(
-                reply
-                    .error
-                    .unwrap_or_else(|| ApiError::internal("error without details")),
-            ));
-        }
-        Ok(reply.result)
-    }
-}
-
 /// The switch on `socket`, serving `node`.
 pub struct SwitchSink {
     socket: PathBuf,
     node: String,
     timeout: Duration,
-    client: Option<Connection>,
+    client: Option<Client>,
 }
 
 impl SwitchSink {
@@ -202,19 +124,13 @@ impl SwitchSink {
         }
     }
 
-    fn connected(&mut self) -> Result<&mut Connection, SinkError> {
+    fn connected(&mut self) -> Result<&mut Client, SinkError> {
         if self.client.is_none() {
             let mut client =
-                Connection::open(&self.socket, self.timeout).map_err(SinkError::Unreachable)?;
+                Client::connect(&self.socket, self.timeout).map_err(SinkError::Unreachable)?;
             let hello: Hello = client
-                .call(&WireRequest::Hello)
-                .map_err(SinkError::Unreachable)?
-                .ok_or_else(|| {
-                    SinkError::Unreachable(ClientError::Protocol {
-                        path: self.socket.clone(),
-                        message: "hello without a result".into(),
-                    })
-                })?;
+                .call_line(&WireRequest::Hello.encode())
+                .map_err(SinkError::Unreachable)?;
             if hello.node != self.node {
                 return Err(SinkError::WrongSwitch {
                     expected: self.node.clone(),
@@ -235,7 +151,7 @@ impl SwitchSink {
         let mut first_error = None;
         for req in requests {
             let client = self.connected()?;
-            match client.call::<IgnoredAny>(req) {
+            match client.call_line::<IgnoredAny>(&req.encode()) {
                 Ok(_) => {}
                 Err(ClientError::Api(source)) => {
                     let e = SinkError::Refused {
@@ -268,7 +184,7 @@ impl TopologySink for SwitchSink {
         let Some(client) = self.client.as_mut() else {
             return true;
         };
-        match client.call::<IgnoredAny>(&WireRequest::Hello) {
+        match client.call_line::<IgnoredAny>(&WireRequest::Hello.encode()) {
             Ok(_) => false,
             Err(e) => {
                 tracing::info!(error = %super::error_chain(&e), "lost the switch connection");

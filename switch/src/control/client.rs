@@ -59,13 +59,20 @@ impl Client {
 
     /// Sends one request and decodes its result.
     pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
+        self.call_line(&encode_request(req))
+    }
+
+    /// Sends one request already encoded as a request line (without its
+    /// newline; a caller that encodes borrowed data straight into the
+    /// line, as the agent does, need not build a [`Request`]) and decodes
+    /// its result.
+    pub fn call_line<T: DeserializeOwned>(&mut self, line: &str) -> Result<T, ClientError> {
         let io = |source| ClientError::Io {
             path: self.path.clone(),
             source,
         };
-        let mut line = encode_request(req);
-        line.push('\n');
         self.writer.write_all(line.as_bytes()).map_err(io)?;
+        self.writer.write_all(b"\n").map_err(io)?;
         let mut resp = String::new();
         let n = self
             .reader
