@@ -84,6 +84,11 @@ enum LabCommand {
     Apply {
         #[arg(short = 'f', long)]
         file: PathBuf,
+        /// Return once the objects are written, as `kubectl apply` does,
+        /// instead of when every node's agent has brought its switch in
+        /// step.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Delete what the manifests name (-f), or objects by kind and name.
     /// Pods are deleted gracefully: their Service endpoints turn
@@ -107,6 +112,9 @@ enum LabCommand {
         /// (0: at once).
         #[arg(long, value_name = "SECONDS")]
         grace_period: Option<u32>,
+        /// Do not wait for the agents to bring the switches in step.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// List pods, nodes, services or endpointslices.
     Get {
@@ -129,12 +137,28 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Restart a node's switch (pods keep their taps).
+    /// Restart a node's switch (pods keep their taps; its agent gives it
+    /// the nodes and Services again).
     RestartSwitch {
         node: String,
         /// SIGKILL instead of SIGTERM.
         #[arg(long)]
         hard: bool,
+        /// Return once the new switch answers, not when its agent has
+        /// given it the Services again.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Restart a node's agent (its switch keeps forwarding meanwhile; the
+    /// new agent makes a full sync).
+    RestartAgent {
+        node: String,
+        /// SIGKILL instead of SIGTERM.
+        #[arg(long)]
+        hard: bool,
+        /// Return once the agent is started, not when it has synced.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Bring up the default lab, check connectivity, compare latency and
     /// throughput with the kernel bridge, print a report, tear down.
@@ -224,6 +248,17 @@ fn named_object(kind: DeleteKind, name: &str) -> anyhow::Result<manifest::Object
     })
 }
 
+fn print_restart(what: &str, node: &str, r: &cluster::RestartReport) {
+    match r.resynced_in {
+        Some(t) => outln!(
+            "{what} of {node} restarted (pid {}); switch in step after {:.1} ms",
+            r.pid,
+            t.as_secs_f64() * 1000.0
+        ),
+        None => outln!("{what} of {node} restarted (pid {})", r.pid),
+    }
+}
+
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let name = args.name.as_deref();
     match args.command {
@@ -279,8 +314,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 r.namespaces
             );
         }
-        LabCommand::Apply { file } => {
-            let lab = lab_named(name, None)?;
+        LabCommand::Apply { file, no_wait } => {
+            let mut lab = lab_named(name, None)?;
+            lab.set_wait_for_agents(!no_wait);
             let objects = manifest::load_path(&file)?;
             let r = lab
                 .apply(&objects)
@@ -306,8 +342,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             kind,
             names,
             grace_period,
+            no_wait,
         } => {
-            let lab = lab_named(name, None)?;
+            let mut lab = lab_named(name, None)?;
+            lab.set_wait_for_agents(!no_wait);
             let objects = match (file, kind) {
                 (Some(file), _) => manifest::load_path(&file)?,
                 (None, Some(kind)) => names
@@ -381,10 +419,25 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             };
             return Err(cluster::exec_in_netns(&netns, &cmd));
         }
-        LabCommand::RestartSwitch { node, hard } => {
-            let lab = lab_named(name, None)?;
-            let pid = lab.restart_switch(&node, hard)?;
-            outln!("switch of {node} restarted (pid {pid})");
+        LabCommand::RestartSwitch {
+            node,
+            hard,
+            no_wait,
+        } => {
+            let mut lab = lab_named(name, None)?;
+            lab.set_wait_for_agents(!no_wait);
+            let r = lab.restart_switch(&node, hard)?;
+            print_restart("switch", &node, &r);
+        }
+        LabCommand::RestartAgent {
+            node,
+            hard,
+            no_wait,
+        } => {
+            let mut lab = lab_named(name, None)?;
+            lab.set_wait_for_agents(!no_wait);
+            let r = lab.restart_agent(&node, hard)?;
+            print_restart("agent", &node, &r);
         }
         LabCommand::Demo {
             quick,

@@ -1,7 +1,13 @@
-//! The lab's cluster: nodes (a network namespace and a switch process
-//! each), pods (a network namespace, a port on their node's switch, and a
-//! workload process), and the state file that remembers them between
-//! commands.
+//! The lab's cluster: nodes (a network namespace, a switch process and an
+//! agent process each), pods (a network namespace, a port on their node's
+//! switch, and a workload process), and the state file that remembers them
+//! between commands.
+//!
+//! The lab plays the Kubernetes control plane: `apply` and `delete`
+//! validate, allocate (ClusterIPs, NodePorts, pod IPs) and write the
+//! objects to the manifest directory; each node's agent carries them to
+//! its switch (`agents.rs`). The lab itself still wires pods to switches
+//! (`add_port`), as the CNI plugin does in a cluster.
 //!
 //! Layout on the machine, for a lab called `NAME` (all names carry the
 //! prefix `psw-NAME-`, so labs never collide and a crashed one is found
@@ -13,7 +19,10 @@
 //! /run/podswitch/lab/NAME/lab.json    lab state (nodes, pods, pids, IPs)
 //! /run/podswitch/lab/NAME/node-1.sock switch control socket (0600)
 //! /run/podswitch/lab/NAME/node-1/     switch state (survives switch restarts)
-//! /run/podswitch/lab/NAME/logs/       switch and workload logs
+//! /run/podswitch/lab/NAME/manifests/  Nodes, Pods, Services: what the agents read
+//! /run/podswitch/lab/NAME/agent.toml  the agents' service settings
+//! /run/podswitch/lab/NAME/node-1-agent.json  node-1's agent status
+//! /run/podswitch/lab/NAME/logs/       switch, agent and workload logs
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,11 +44,12 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use ipnet::IpNet;
-use podswitch_switch::control::api::{ClusterMode, Mac, PodSpec, RemoteNode, Request, ServiceSpec};
+use podswitch_switch::control::api::{ClusterMode, Mac, PodSpec, Request, ServiceSpec};
 use podswitch_switch::control::client;
 use podswitch_switch::port::netlink::Netlink;
 use podswitch_switch::port::netns;
 
+use super::agents;
 use super::manifest::{self, LabPod, Object};
 use super::services::{self, LabService, PodInfo, ServiceError, ServiceRequest};
 
@@ -267,6 +277,9 @@ pub struct NodeState {
     pub control_socket: PathBuf,
     pub state_dir: PathBuf,
     pub switch_pid: Option<i32>,
+    /// The node's agent (`podswitch agent files` in the node's netns).
+    #[serde(default)]
+    pub agent_pid: Option<i32>,
     pub created: String,
 }
 
@@ -336,8 +349,9 @@ impl LabState {
             .collect()
     }
 
-    /// The service table every node's switch gets: the Services with their
-    /// endpoints as they are now.
+    /// The service table every node's switch should hold: the Services
+    /// with their endpoints as they are now (each node's agent derives the
+    /// same from the manifests; the lab waits for it).
     pub fn service_specs(&self) -> Vec<ServiceSpec> {
         services::switch_specs(self.services.values(), &self.pod_infos())
     }
@@ -486,6 +500,16 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub struct Lab {
     paths: LabPaths,
     exe: PathBuf,
+    wait_for_agents: bool,
+}
+
+/// What `restart_switch` and `restart_agent` did.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartReport {
+    pub pid: i32,
+    /// From the restarted process being up to the switch holding the
+    /// lab's Services again; `None` when not waited for.
+    pub resynced_in: Option<Duration>,
 }
 
 impl Lab {
@@ -495,7 +519,15 @@ impl Lab {
         Ok(Lab {
             paths: LabPaths::new(name)?,
             exe,
+            wait_for_agents: true,
         })
+    }
+
+    /// Whether `apply`, `delete` and the restarts wait until the agents
+    /// brought every switch in step (the default), or return once the
+    /// manifests are written (as `kubectl apply` does).
+    pub fn set_wait_for_agents(&mut self, wait: bool) {
+        self.wait_for_agents = wait;
     }
 
     pub fn paths(&self) -> &LabPaths {
@@ -539,9 +571,18 @@ impl Lab {
                     st.nodes.push(node);
                     self.paths.save(&st)?;
                 }
-                self.announce_nodes(&st)?;
-                // The settings (cluster and service CIDRs) before any Service.
-                self.push_services(&st)?;
+                // The Nodes (every switch learns the others from them) and
+                // the settings, then one agent per node.
+                agents::prepare(&self.paths, &st)?;
+                for i in 0..st.nodes.len() {
+                    let pid = agents::spawn_agent(&self.paths, &self.exe, &st.nodes[i])?;
+                    st.nodes[i].agent_pid = Some(pid);
+                    self.paths.save(&st)?;
+                }
+                for n in &st.nodes {
+                    let pid = n.agent_pid.context("agent not started")?;
+                    agents::wait_full_sync(&self.paths, n, pid, 0)?;
+                }
                 Ok(())
             })();
             if let Err(e) = result {
@@ -591,6 +632,7 @@ impl Lab {
             control_socket,
             state_dir,
             switch_pid: None,
+            agent_pid: None,
             created: now_rfc3339(),
             underlay_ip: Some(underlay_ip(index)),
         };
@@ -672,29 +714,6 @@ impl Lab {
     /// The outside host's namespace's name.
     pub fn outside_netns_name(&self) -> String {
         format!("{}outside", self.paths.prefix())
-    }
-
-    /// Tells every switch about the other nodes.
-    fn announce_nodes(&self, st: &LabState) -> anyhow::Result<()> {
-        for n in &st.nodes {
-            let others: Vec<RemoteNode> = st
-                .nodes
-                .iter()
-                .filter(|o| o.name != n.name)
-                .map(|o| RemoteNode {
-                    name: o.name.clone(),
-                    underlay_ipv4: o.underlay_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    pod_cidrs: vec![IpNet::V4(o.pod_cidr)],
-                    vtep_mac: Some(vtep_mac(o)),
-                })
-                .collect();
-            client::call::<serde_json::Value>(
-                &n.control_socket,
-                &Request::SetRemoteNodes { nodes: others },
-            )
-            .with_context(|| format!("telling {} about the other nodes", n.name))?;
-        }
-        Ok(())
     }
 
     /// Starts (or restarts) a node's switch and waits until it answers.
@@ -780,7 +799,7 @@ impl Lab {
 
     /// Restarts a node's switch (for tests of restart behaviour): kills it
     /// (SIGKILL if `hard`) and starts a new one on the same state.
-    pub fn restart_switch(&self, node_name: &str, hard: bool) -> anyhow::Result<i32> {
+    pub fn restart_switch(&self, node_name: &str, hard: bool) -> anyhow::Result<RestartReport> {
         let _lock = self.paths.lock()?;
         let mut st = self.require_state()?;
         let idx = st
@@ -796,13 +815,71 @@ impl Lab {
                 stop_pid(pid, Duration::from_secs(5));
             }
         }
+        let syncs = agents::full_syncs(&self.paths, node_name).unwrap_or(0);
         let pid = self.spawn_switch(&st.nodes[idx], &st.spec.clone())?;
+        let up = Instant::now();
         st.nodes[idx].switch_pid = Some(pid);
         self.paths.save(&st)?;
-        // The switch restores its pods from its own state; the Services are
-        // the control plane's to give it again, as kube-proxy resyncs.
-        self.push_services_to(&st, std::slice::from_ref(&st.nodes[idx]))?;
-        Ok(pid)
+        // The switch restores its pods from its own state; the nodes and
+        // Services are the control plane's: its agent sees the new switch
+        // and gives them again (a full sync), as kube-proxy resyncs.
+        let node = &st.nodes[idx];
+        let resynced_in = match (
+            self.wait_for_agents,
+            node.agent_pid.filter(|p| pid_alive(*p)),
+        ) {
+            (true, Some(agent)) => {
+                agents::wait_full_sync(&self.paths, node, agent, syncs)?;
+                agents::wait_switches(
+                    &self.paths,
+                    &st,
+                    std::slice::from_ref(node),
+                    &BTreeSet::new(),
+                )?;
+                Some(up.elapsed())
+            }
+            (true, None) => {
+                tracing::warn!(node = %node.name, "agent not running: the restarted switch has no Services until `podswitch lab restart-agent {}`", node.name);
+                None
+            }
+            (false, _) => None,
+        };
+        Ok(RestartReport { pid, resynced_in })
+    }
+
+    /// Restarts a node's agent (for tests of fail-static and resync):
+    /// stops it (SIGKILL if `hard`; a dead one is just started) and starts
+    /// a new one, which makes a full sync of the switch.
+    pub fn restart_agent(&self, node_name: &str, hard: bool) -> anyhow::Result<RestartReport> {
+        let _lock = self.paths.lock()?;
+        let mut st = self.require_state()?;
+        let idx = st
+            .nodes
+            .iter()
+            .position(|n| n.name == node_name)
+            .with_context(|| format!("no node {node_name}"))?;
+        if let Some(pid) = st.nodes[idx].agent_pid.filter(|p| pid_alive(*p)) {
+            agents::stop_agent(pid, hard);
+        }
+        let started = Instant::now();
+        let pid = agents::spawn_agent(&self.paths, &self.exe, &st.nodes[idx])?;
+        st.nodes[idx].agent_pid = Some(pid);
+        self.paths.save(&st)?;
+        let node = &st.nodes[idx];
+        let resynced_in = match self.wait_for_agents && node.switch_pid.is_some_and(pid_alive) {
+            true => {
+                agents::wait_full_sync(&self.paths, node, pid, 0)?;
+                agents::wait_switches(
+                    &self.paths,
+                    &st,
+                    std::slice::from_ref(node),
+                    &BTreeSet::new(),
+                )?;
+                Some(started.elapsed())
+            }
+            false => None,
+        };
+        Ok(RestartReport { pid, resynced_in })
     }
 
     fn pod_netns_name(&self, pod: &LabPod) -> String {
@@ -822,6 +899,7 @@ impl Lab {
         let _lock = self.paths.lock()?;
         let mut st = self.require_state()?;
         self.reap_expired(&mut st)?;
+        let services_before: BTreeSet<String> = st.services.keys().cloned().collect();
         let pods = manifest::expand_pods(objects)?;
         let next_services = plan_services(&st, objects)?;
         let mut report = ApplyReport::default();
@@ -933,7 +1011,7 @@ impl Lab {
                     self.paths.save(&st)?;
                     if !recreate.is_empty() {
                         // The re-created pods' old endpoints are gone.
-                        let _ = self.push_services(&st);
+                        let _ = agents::write_manifests(&self.paths, &st);
                     }
                     return Err(e.context(format!(
                         "creating pod {key} (rolled back the {} pod(s) this apply created)",
@@ -952,45 +1030,32 @@ impl Lab {
         st.services = next_services;
         report.created = created;
         self.paths.save(&st)?;
-        let pushed = self.push_services(&st);
+        let removed: BTreeSet<String> = services_before
+            .into_iter()
+            .filter(|k| !st.services.contains_key(k))
+            .collect();
+        let published = self.publish(&st, &removed);
         if !scaled_down.is_empty() {
-            report.deleted = self.drain_and_remove(&mut st, &scaled_down, None)?;
+            report.deleted = self.drain_and_remove(&mut st, &scaled_down, None, &removed)?;
         }
-        pushed?;
+        published?;
         Ok(report)
     }
 
-    /// Sends the service table (and the settings) to every node's switch.
-    /// A node whose switch is not running is skipped with a warning (it
-    /// gets the table when `restart-switch` starts it again); a switch that
-    /// refuses the table is an error, after every node has been tried.
-    fn push_services(&self, st: &LabState) -> anyhow::Result<()> {
-        self.push_services_to(st, &st.nodes)
-    }
-
-    fn push_services_to(&self, st: &LabState, nodes: &[NodeState]) -> anyhow::Result<()> {
-        let specs = st.service_specs();
-        let settings = services::settings(st.spec.cluster_cidr);
-        let mut first_err: Option<anyhow::Error> = None;
-        for n in nodes {
-            if !n.switch_pid.is_some_and(pid_alive) {
-                tracing::warn!(node = %n.name, "switch not running: it gets the service table when restarted");
-                continue;
-            }
-            let request = Request::SetServices {
-                settings: Some(settings.clone()),
-                services: specs.clone(),
-            };
-            if let Err(e) = client::call::<serde_json::Value>(&n.control_socket, &request) {
-                let e = anyhow::Error::new(e).context(format!(
-                    "giving the switch of {} the service table ({} Service(s))",
-                    n.name,
-                    specs.len()
-                ));
-                first_err.get_or_insert(e);
-            }
+    /// Writes the lab's objects for the agents and, unless told not to,
+    /// waits until they brought every switch in step (`agents.rs`):
+    /// holding the lab's Services, none of `removed`. A node whose switch
+    /// or agent is not running is skipped with a warning.
+    fn publish(&self, st: &LabState, removed: &BTreeSet<String>) -> anyhow::Result<()> {
+        agents::write_manifests(&self.paths, st)?;
+        if self.wait_for_agents {
+            let took = agents::wait_switches(&self.paths, st, &st.nodes, removed)?;
+            tracing::debug!(
+                took_ms = took.as_millis() as u64,
+                "every running agent brought its switch in step"
+            );
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Deletes pods as Kubernetes does, so that Services drain: each is
@@ -1005,6 +1070,7 @@ impl Lab {
         st: &mut LabState,
         keys: &[String],
         grace_override: Option<u32>,
+        removed: &BTreeSet<String>,
     ) -> anyhow::Result<Vec<String>> {
         let now = unix_ms();
         let mut draining = false;
@@ -1023,7 +1089,7 @@ impl Lab {
         self.paths.save(st)?;
         let mut first_err: Option<anyhow::Error> = None;
         if draining {
-            if let Err(e) = self.push_services(st) {
+            if let Err(e) = self.publish(st, removed) {
                 first_err.get_or_insert(e);
             }
         }
@@ -1050,7 +1116,7 @@ impl Lab {
                     }
                 }
                 self.paths.save(st)?;
-                if let Err(e) = self.push_services(st) {
+                if let Err(e) = self.publish(st, removed) {
                     first_err.get_or_insert(e);
                 }
             }
@@ -1082,7 +1148,7 @@ impl Lab {
             .map(|p| p.key())
             .collect();
         if !expired.is_empty() {
-            self.drain_and_remove(st, &expired, None)?;
+            self.drain_and_remove(st, &expired, None, &BTreeSet::new())?;
         }
         Ok(())
     }
@@ -1211,7 +1277,7 @@ impl Lab {
         let mut st = self.require_state()?;
         self.reap_expired(&mut st)?;
         let mut doomed: Vec<String> = Vec::new();
-        let mut services_changed = false;
+        let mut removed = BTreeSet::new();
         for o in objects {
             match o {
                 Object::Pod(_) => doomed.push(format!("{}/{}", o.namespace(), o.name())),
@@ -1225,10 +1291,10 @@ impl Lab {
                         .map(|p| p.key()),
                 ),
                 Object::Service(_) => {
-                    services_changed |= st
-                        .services
-                        .remove(&format!("{}/{}", o.namespace(), o.name()))
-                        .is_some();
+                    let key = format!("{}/{}", o.namespace(), o.name());
+                    if st.services.remove(&key).is_some() {
+                        removed.insert(key);
+                    }
                 }
             }
             st.objects
@@ -1238,12 +1304,12 @@ impl Lab {
         doomed.retain(|k| st.pods.contains_key(k) && seen.insert(k.clone()));
         self.paths.save(&st)?;
         if doomed.is_empty() {
-            if services_changed {
-                self.push_services(&st)?;
+            if !removed.is_empty() {
+                self.publish(&st, &removed)?;
             }
             return Ok(Vec::new());
         }
-        self.drain_and_remove(&mut st, &doomed, grace_period)
+        self.drain_and_remove(&mut st, &doomed, grace_period, &removed)
     }
 
     /// Removes everything of this lab: processes, namespaces, state. Works
@@ -1259,6 +1325,13 @@ impl Lab {
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                         report.processes += 1;
                     }
+                }
+            }
+            // Agents first: a switch going away is no news for them.
+            for n in &st.nodes {
+                if let Some(pid) = n.agent_pid.filter(|p| pid_alive(*p)) {
+                    agents::stop_agent(pid, false);
+                    report.processes += 1;
                 }
             }
             for n in &st.nodes {
@@ -1296,7 +1369,10 @@ impl Lab {
 
     /// Kills processes in, and deletes, every namespace with this lab's prefix.
     fn cleanup_leftovers(&self) -> (usize, usize) {
-        let mut procs = 0;
+        // Agents of a crashed run that are still about (they run in their
+        // node's netns, whose processes are killed below, but one that
+        // had not entered it yet would not be found there).
+        let mut procs = agents::kill_stale_agents(&self.paths);
         let mut count = 0;
         let names = netns::list_with_prefix(&self.paths.prefix());
         // Pods first, nodes last: a node's switch may still hold pod taps.

@@ -1,5 +1,6 @@
 //! The standalone lab: kubectl-shaped commands that build a cluster out of
 //! network namespaces on one machine (../shared/TESTBED.md).
+pub mod agents;
 pub mod bridge;
 pub mod cluster;
 pub mod demo;

@@ -14,12 +14,15 @@
 //!   port, with named target ports resolved from each pod's containerPorts,
 //!   and ready/serving/terminating conditions (the rules themselves are
 //!   `translate/endpoints.rs`, shared with the agent's file source);
-//! - the input kube-proxy would program, here sent to the switches over the
-//!   control API ([`switch_spec`], [`settings`]).
+//! - what kube-proxy would program: the table every node's switch should
+//!   hold ([`switch_spec`]) and the cluster's settings ([`settings`]).
+//!   The switches get them from their agents (`agents.rs`), which read
+//!   the Services and Pods the lab writes and derive the same table; the
+//!   lab waits until every switch holds it.
 //!
 //! Everything here is pure (no I/O, no clock): `cluster.rs` stores the
-//! result in the lab state and pushes it to the switches, `view.rs` prints
-//! it as Kubernetes objects.
+//! result in the lab state, `view.rs` prints it as Kubernetes objects
+//! (which is also what the agents read).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
