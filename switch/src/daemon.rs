@@ -6,6 +6,12 @@
 //! `<state_dir>/state.json` after every change; on start the daemon reads
 //! it back and re-attaches to the pods' persistent taps by name, so pods
 //! keep their interfaces and addresses while the switch restarts.
+//!
+//! A switch stopped by SIGTERM or SIGINT (an upgrade) also hands over its
+//! flow table and Services in `<state_dir>/handover.bin` once its workers
+//! have stopped; the next switch loads and removes it before its workers
+//! forward anything, so translated connections (Service DNAT, egress SNAT)
+//! carry on across the restart ([`crate::conntrack::persist`]).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,7 +34,7 @@ use crate::control::api::{
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
-use crate::tables::services::{NodeView, ServiceTable};
+use crate::tables::services::{NodeView, PatchedTable, ServiceLayout, ServiceTable};
 use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
 use crate::worker::{PortIo, Snapshot, Worker};
 
@@ -101,6 +107,120 @@ struct SavedState {
     remote_nodes: Vec<RemoteNode>,
 }
 
+/// The file a stopping switch hands its flows and Services over in
+/// (`<state_dir>/handover.bin`, [`crate::conntrack::persist`]); the next
+/// switch loads it before forwarding and removes it.
+pub const HANDOVER_FILE: &str = "handover.bin";
+/// A handover older than this is refused: it is meant for a restart, not
+/// for a switch started again after a long stop (whose agent resyncs it).
+const HANDOVER_MAX_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// The Services a handover carries (its extra section, JSON): with them
+/// the new switch translates from its first packet, not from its agent's
+/// first push.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoverServices {
+    /// The node the file was written for.
+    node: String,
+    settings: ServiceSettings,
+    services: Vec<ServiceSpec>,
+}
+
+/// Loads the flows and Services a previous switch handed over, into the
+/// still unshared `conntrack`. A missing file is a cold start; a bad one
+/// is logged, set aside as `handover.bin.rejected`, and the switch starts
+/// empty. The file is consumed either way.
+fn take_handover(
+    state_dir: &Path,
+    node: &str,
+    conntrack: &mut ConnTrack,
+) -> Option<HandoverServices> {
+    let path = state_dir.join(HANDOVER_FILE);
+    if !path.exists() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    let loaded = crate::conntrack::persist::load(
+        conntrack,
+        &path,
+        started,
+        std::time::SystemTime::now(),
+        HANDOVER_MAX_AGE,
+    );
+    let restored = match loaded {
+        Ok(r) => {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot remove the loaded handover file");
+            }
+            r
+        }
+        Err(e) => {
+            let aside = path.with_extension("bin.rejected");
+            let _ = std::fs::rename(&path, &aside);
+            tracing::error!(error = %error_chain(&e), kept_as = %aside.display(), "handover file refused; starting with an empty flow table");
+            return None;
+        }
+    };
+    tracing::info!(
+        flows = restored.flows,
+        expired = restored.expired,
+        no_room = restored.no_room,
+        age_ms = restored.age.as_millis() as u64,
+        load_ms = started.elapsed().as_millis() as u64,
+        "flows handed over by the previous switch restored"
+    );
+    match serde_json::from_slice::<HandoverServices>(&restored.extra) {
+        Ok(s) if s.node == node => Some(s),
+        Ok(s) => {
+            tracing::warn!(file_node = %s.node, %node, "handover Services are another node's; waiting for the agent's");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "handover Services unreadable; waiting for the agent's");
+            None
+        }
+    }
+}
+
+/// Writes the flow table and the Services for the next switch. Called
+/// once the workers have stopped, so the table is final.
+fn write_handover(state_dir: &Path, state: &SwitchState) {
+    let path = state_dir.join(HANDOVER_FILE);
+    let started = std::time::Instant::now();
+    let services = HandoverServices {
+        node: state.node.name.clone(),
+        settings: state.service_settings.clone(),
+        services: state.services.values().cloned().collect(),
+    };
+    let extra = match serde_json::to_vec(&services) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the Services for the handover");
+            Vec::new()
+        }
+    };
+    match crate::conntrack::persist::save(
+        &state.conntrack,
+        &path,
+        &extra,
+        started,
+        std::time::SystemTime::now(),
+    ) {
+        Ok(s) => tracing::info!(
+            flows = s.flows,
+            services = services.services.len(),
+            bytes = s.bytes,
+            save_ms = started.elapsed().as_millis() as u64,
+            path = %path.display(),
+            "flows and Services written for the next switch"
+        ),
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "flow handover not written; the next switch starts with an empty flow table")
+        }
+    }
+}
+
 /// The node's own stack, as a port.
 /// This node's VTEP: the overlay port's id and MAC.
 struct Vtep {
@@ -135,6 +255,8 @@ pub struct SwitchState {
     service_settings: ServiceSettings,
     /// The built service table published with every snapshot.
     service_table: Arc<ServiceTable>,
+    /// Where each Service sits in `service_table`, for patching it.
+    service_layout: ServiceLayout,
     maglev_size: usize,
     conntrack: Arc<ConnTrack>,
     /// Whether NodePort steering is installed on the underlay interface.
@@ -732,52 +854,136 @@ impl SwitchState {
     }
 
     /// Validates, builds and publishes a whole service table; on error
-    /// nothing changes.
+    /// nothing changes. When the node and settings are those the current
+    /// table was built for, only the Services that differ are built (a
+    /// full resync from an agent costs what changed meanwhile).
     fn apply_services(
         &mut self,
         settings: ServiceSettings,
         services: BTreeMap<String, ServiceSpec>,
     ) -> Result<ServicesApplied, ApiError> {
         let started = std::time::Instant::now();
-        let gateway_ip = self.node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let view = NodeView {
-            name: &self.node.name,
-            node_ip: self.node.underlay_ipv4,
-            gateway_ip,
-            mode: self.node.mode,
-            maglev_size: self.maglev_size,
+        let view = service_view(&self.node, self.maglev_size);
+        let patched = if self.service_layout.fits(&settings, &view) {
+            let upsert: Vec<(usize, &ServiceSpec)> = services
+                .values()
+                .enumerate()
+                .filter(|(_, s)| self.services.get(&s.name) != Some(*s))
+                .collect();
+            let remove: Vec<&str> = self
+                .services
+                .keys()
+                .filter(|n| !services.contains_key(*n))
+                .map(String::as_str)
+                .collect();
+            self.service_layout
+                .patch(&self.service_table, &upsert, &remove, "services")?
+        } else {
+            let (table, layout) = ServiceLayout::build(
+                services.values(),
+                &settings,
+                &view,
+                Some(&self.service_layout),
+            )?;
+            self.service_layout = layout;
+            PatchedTable {
+                table,
+                endpoints_lost: true,
+            }
         };
-        let table = Arc::new(ServiceTable::rebuild(
-            services.values(),
-            &settings,
-            &view,
-            Some(&self.service_table),
-        )?);
         if settings.node_port_range != self.service_settings.node_port_range || !self.steered {
             self.steer(settings.node_port_range);
         }
         self.service_settings = settings;
         self.services = services;
         self.route_service_cidrs(&self.service_settings);
+        Ok(self.publish_services(patched, started))
+    }
+
+    /// Adds or replaces (by name, the last of several wins) and removes
+    /// Services in one step, building only those (their Maglev tables, and
+    /// a copy of the table's flat maps); on error nothing changes.
+    fn patch_services(
+        &mut self,
+        upsert: Vec<ServiceSpec>,
+        remove: Vec<String>,
+    ) -> Result<ServicesApplied, ApiError> {
+        let started = std::time::Instant::now();
+        for (i, name) in remove.iter().enumerate() {
+            if !self.services.contains_key(name) {
+                return Err(
+                    ApiError::new(ErrorCode::NotFound, format!("no service {name}"))
+                        .with_field(format!("remove[{i}]")),
+                );
+            }
+        }
+        let view = service_view(&self.node, self.maglev_size);
+        if !self.service_layout.fits(&self.service_settings, &view) {
+            // Never built, or built for another node: build in full.
+            let mut next = self.services.clone();
+            for name in &remove {
+                next.remove(name);
+            }
+            for svc in upsert {
+                next.insert(svc.name.clone(), svc);
+            }
+            return self.apply_services(self.service_settings.clone(), next);
+        }
+        let ups: Vec<(usize, &ServiceSpec)> = upsert.iter().enumerate().collect();
+        let rem: Vec<&str> = remove.iter().map(String::as_str).collect();
+        let patched = self
+            .service_layout
+            .patch(&self.service_table, &ups, &rem, "upsert")?;
+        if !self.steered {
+            self.steer(self.service_settings.node_port_range);
+        }
+        // The service CIDRs are routed already; new external IPs may not be.
+        let external: Vec<IpNet> = upsert
+            .iter()
+            .flat_map(|s| &s.external_ips)
+            .map(|ip| IpNet::from(std::net::IpAddr::V4(*ip)))
+            .collect();
+        for name in &remove {
+            self.services.remove(name);
+        }
+        for svc in upsert {
+            self.services.insert(svc.name.clone(), svc);
+        }
+        self.route_to_host_port(&external);
+        Ok(self.publish_services(patched, started))
+    }
+
+    /// Publishes a built service table and resets the flows it strands.
+    fn publish_services(
+        &mut self,
+        patched: PatchedTable,
+        started: std::time::Instant,
+    ) -> ServicesApplied {
+        let table = Arc::new(patched.table);
         self.service_table = Arc::clone(&table);
         self.publish();
         // Flows whose endpoint is gone are removed: the client's next
         // segment gets a RST, a UDP client's next datagram a new endpoint.
-        let flows_reset = self.conntrack.remove_where(|f| table.flow_is_stale(f));
-        Ok(ServicesApplied {
+        // Only a change that took a frontend or an endpoint away can
+        // strand one (the walk visits the whole flow table).
+        let flows_reset = if patched.endpoints_lost {
+            self.conntrack.remove_where(|f| table.flow_is_stale(f))
+        } else {
+            0
+        };
+        ServicesApplied {
             services: self.services.len(),
             frontends: table.fronts.len(),
             endpoints: table.endpoint_count(),
             flows_reset,
             build_us: started.elapsed().as_micros() as u64,
             generation: self.generation,
-        })
+        }
     }
 
     /// Routes the service CIDRs from the node's stack into the switch, so
     /// host-network clients reach cluster IPs.
     fn route_service_cidrs(&self, settings: &ServiceSettings) {
-        let Some(host) = &self.host else { return };
         // External and load-balancer IPs arrive at the node routed to it
         // (not addressed to it): the node's stack hands them to the switch.
         let external = self
@@ -791,7 +997,13 @@ impl SwitchState {
             .copied()
             .chain(external)
             .collect();
-        for cidr in &cidrs {
+        self.route_to_host_port(&cidrs);
+    }
+
+    /// Routes `cidrs` from the node's stack to the host port (idempotent).
+    fn route_to_host_port(&self, cidrs: &[IpNet]) {
+        let Some(host) = &self.host else { return };
+        for cidr in cidrs {
             if let Err(e) = pod::add_host_route(&host.name, *cidr) {
                 tracing::warn!(error = %error_chain(&e), %cidr, "cannot route the service CIDR to the host port");
             }
@@ -1044,6 +1256,7 @@ impl SwitchState {
                         .collect()
                 })
                 .unwrap_or_default();
+            services.sort();
             services.dedup();
             RouteLookup {
                 dst,
@@ -1084,16 +1297,23 @@ impl SwitchState {
                 );
             }
         }
-        let snapshot = self.publisher.load_full();
-        let table = &snapshot.tables.services;
+        // The published table, by Service name and each Service's
+        // frontends in spec order (the table's own order is not name order
+        // once patched).
+        let table = &self.service_table;
+        let names: Vec<&str> = match name {
+            Some(n) => vec![n],
+            None => self.services.keys().map(String::as_str).collect(),
+        };
         let mut out: Vec<ServiceState> = Vec::new();
-        for f in &table.fronts {
+        for fi in names
+            .into_iter()
+            .flat_map(|n| self.service_layout.frontends_of(n))
+        {
+            let f = &table.fronts[fi as usize];
             let Some(svc_name) = table.names.get(f.service as usize) else {
                 continue;
             };
-            if name.is_some_and(|n| n != svc_name) {
-                continue;
-            }
             let spec = self.services.get(svc_name);
             let node_of = |ip: Ipv4Addr, port: u16| {
                 spec.into_iter()
@@ -1231,20 +1451,7 @@ impl SwitchState {
                 to_json(serde_json::to_value(applied))
             }
             Request::PatchServices { upsert, remove } => {
-                let mut next = self.services.clone();
-                for (i, name) in remove.iter().enumerate() {
-                    if next.remove(name).is_none() {
-                        return Err(ApiError::new(
-                            ErrorCode::NotFound,
-                            format!("no service {name}"),
-                        )
-                        .with_field(format!("remove[{i}]")));
-                    }
-                }
-                for svc in upsert {
-                    next.insert(svc.name.clone(), svc);
-                }
-                let applied = self.apply_services(self.service_settings.clone(), next)?;
+                let applied = self.patch_services(upsert, remove)?;
                 to_json(serde_json::to_value(applied))
             }
             Request::GetServices => Ok(serde_json::json!({
@@ -1450,7 +1657,10 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     let mut wakers = Vec::new();
     let mut counters = Vec::new();
     let mut handles = Vec::new();
-    let conntrack = Arc::new(ConnTrack::new(config.conntrack, config.workers));
+    // Flows handed over by the previous switch go in before any worker runs.
+    let mut table = ConnTrack::new(config.conntrack, config.workers);
+    let handover = take_handover(&config.state_dir, &node.name, &mut table);
+    let conntrack = Arc::new(table);
     let captures = Arc::new(crate::capture::CaptureHub::new(config.workers));
     tracing::info!(
         max_flows = conntrack.capacity(),
@@ -1503,6 +1713,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         services: BTreeMap::new(),
         service_settings: ServiceSettings::default(),
         service_table: Arc::new(ServiceTable::empty(gw.ipv4)),
+        service_layout: ServiceLayout::default(),
         maglev_size: config.maglev_table_size,
         conntrack: Arc::clone(&conntrack),
         steered: false,
@@ -1555,6 +1766,25 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
                     state.install(vec![(spec, queues)]);
                 }
                 Err(e) => tracing::warn!(error = %e, "pod from the previous run not re-attached"),
+            }
+        }
+    }
+    // The handed-over Services, so the restored flows translate from the
+    // first packet; the agent's next push replaces them.
+    if let Some(h) = handover {
+        let services = h
+            .services
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        match state.apply_services(h.settings, services) {
+            Ok(a) => tracing::info!(
+                services = a.services,
+                flows_reset = a.flows_reset,
+                "Services handed over by the previous switch restored"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "handover Services refused; waiting for the agent's")
             }
         }
     }
@@ -1617,6 +1847,12 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    // The workers are gone: the flow table is final. Hand it over, with
+    // the Services (under the lock: no request changes them meanwhile).
+    {
+        let st = state.lock().unwrap_or_else(|e| e.into_inner());
+        write_handover(&config.state_dir, &st);
+    }
     let _ = std::fs::remove_file(&config.control_socket);
     drop(server_thread);
     if let Some(t) = exporter_thread {
@@ -1655,6 +1891,17 @@ fn log_format_of_this_process() -> Option<String> {
 /// The default state directory for a node.
 pub fn default_state_dir(node: &str) -> PathBuf {
     Path::new("/run/podswitch").join(node)
+}
+
+/// The node as its service table sees it.
+fn service_view(node: &NodeSpec, maglev_size: usize) -> NodeView<'_> {
+    NodeView {
+        name: &node.name,
+        node_ip: node.underlay_ipv4,
+        gateway_ip: node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        mode: node.mode,
+        maglev_size,
+    }
 }
 
 /// Helper for configs: a node spec from a name and pod CIDR.
@@ -1704,5 +1951,99 @@ mod tests {
             config_with(Some(serde_json::Value::Null)).metrics_address,
             None
         );
+    }
+
+    fn handover_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("psw-daemon-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn one_flow_table() -> ConnTrack {
+        let ct = ConnTrack::new(ConntrackConfig::default(), 1);
+        let k = crate::conntrack::FlowKey::new(
+            Ipv4Addr::new(10, 244, 1, 2),
+            40000,
+            Ipv4Addr::new(203, 0, 113, 10),
+            8000,
+            6,
+        );
+        let r = crate::conntrack::FlowKey::new(k.dst, 8000, Ipv4Addr::new(198, 18, 0, 1), 61443, 6);
+        ct.insert(
+            k,
+            Some(r),
+            crate::conntrack::FlowState::Established,
+            crate::conntrack::flow_flags::SNAT,
+            0,
+            0,
+            0,
+        )
+        .unwrap();
+        ct
+    }
+
+    /// A handover is consumed: its flows and Services come back once; the
+    /// Services of another node are not taken.
+    #[test]
+    fn handover_is_loaded_once_and_only_for_its_node() {
+        let dir = handover_dir("once");
+        let extra = serde_json::to_vec(&HandoverServices {
+            node: "node-1".into(),
+            settings: ServiceSettings::default(),
+            services: Vec::new(),
+        })
+        .unwrap();
+        let path = dir.join(HANDOVER_FILE);
+        let save = || {
+            crate::conntrack::persist::save(
+                &one_flow_table(),
+                &path,
+                &extra,
+                std::time::Instant::now(),
+                std::time::SystemTime::now(),
+            )
+            .unwrap()
+        };
+        save();
+        let mut ct = ConnTrack::new(ConntrackConfig::default(), 1);
+        let services = take_handover(&dir, "node-1", &mut ct).expect("services back");
+        assert!(services.services.is_empty());
+        assert_eq!(ct.len(), 1);
+        assert!(!path.exists(), "consumed");
+        let mut ct = ConnTrack::new(ConntrackConfig::default(), 1);
+        assert!(take_handover(&dir, "node-1", &mut ct).is_none());
+        assert!(ct.is_empty(), "a cold start");
+
+        save();
+        let mut ct = ConnTrack::new(ConntrackConfig::default(), 1);
+        assert!(take_handover(&dir, "node-2", &mut ct).is_none());
+        assert_eq!(ct.len(), 1, "flows are the node's own state dir's");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A damaged handover never stops the switch: it starts empty and the
+    /// file is set aside for a look.
+    #[test]
+    fn a_damaged_handover_is_set_aside_and_the_switch_starts_empty() {
+        let dir = handover_dir("bad");
+        let path = dir.join(HANDOVER_FILE);
+        crate::conntrack::persist::save(
+            &one_flow_table(),
+            &path,
+            b"{}",
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let mut b = std::fs::read(&path).unwrap();
+        b.truncate(b.len() - 10);
+        std::fs::write(&path, &b).unwrap();
+        let mut ct = ConnTrack::new(ConntrackConfig::default(), 1);
+        assert!(take_handover(&dir, "node-1", &mut ct).is_none());
+        assert!(ct.is_empty());
+        assert!(!path.exists());
+        assert!(dir.join("handover.bin.rejected").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -27,9 +27,12 @@
 //! once the table is more than 7/8 full (the kernel's "early drop"), so an
 //! established flow is never pushed out by a flood of new ones.
 //!
+//! A restart hands the table over through a file ([`persist`]).
+//!
 //! Expiry runs on the control side ([`ConnTrack::sweep`], called by a
 //! background thread); the fast path never scans.
 
+pub mod persist;
 pub mod state;
 
 use std::collections::hash_map::RandomState;
