@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cni;
+pub mod fuzzing;
 pub mod lab;
 pub mod source;
 pub mod translate;

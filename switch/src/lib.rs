@@ -18,6 +18,7 @@ pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod exporter;
+pub mod fuzzing;
 pub mod metrics;
 pub mod pipeline;
 pub mod port;

@@ -1,0 +1,6 @@
+//! A lab file and Kubernetes manifests as `podswitch lab` reads them.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    podswitch_agent::fuzzing::lab_manifest(data);
+});
