@@ -65,7 +65,7 @@ macro_rules! drop_reasons {
 drop_reasons! {
     /// Frame shorter than the vnet header plus an Ethernet header.
     FrameTooShort = 1, Parse, "frame_too_short";
-    /// virtio_net_hdr with nonsense fields (unknown GSO type, zero gso_size, checksum offsets outside the frame).
+    /// virtio_net_hdr with nonsense fields (unknown GSO type, zero gso_size, a partial checksum outside the frame or anywhere but the TCP/UDP checksum field).
     VnetHdrInvalid = 2, Parse, "vnet_hdr_invalid";
     /// Ethertype the switch does not route (not IPv4, IPv6 or ARP).
     UnsupportedEthertype = 3, Parse, "unsupported_ethertype";
@@ -97,6 +97,8 @@ drop_reasons! {
     UnknownNode = 16, Parse, "unknown_node";
     /// Decapsulated TCP/UDP with a checksum that is neither valid nor partial (corrupted).
     InnerChecksumInvalid = 17, Parse, "inner_checksum_invalid";
+    /// Decapsulated packet from a known node whose source address is in a pod CIDR that is not that node's.
+    OverlaySourceSpoofed = 18, Parse, "overlay_source_spoofed";
     /// ARP packet malformed (lengths, hardware or protocol type).
     ArpInvalid = 20, Gateway, "arp_invalid";
     /// ARP that needs no answer (reply, gratuitous ARP, probe, unknown opcode).

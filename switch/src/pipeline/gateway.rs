@@ -46,9 +46,12 @@ impl GatewayStage {
 }
 
 fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
-    let port_ip = tables.port(p.ingress).and_then(|port| port.ipv4);
-    let from_host = tables.port(p.ingress).map(|port| port.kind) == Some(PortKind::Host);
-    let (sender_mac, sender_ip, target_ip) = {
+    let port = tables.port(p.ingress);
+    let port_ip = port.and_then(|port| port.ipv4);
+    let port_mac = port.map(|port| port.mac);
+    let kind = port.map(|port| port.kind);
+    let (from_host, from_pod) = (kind == Some(PortKind::Host), kind == Some(PortKind::Pod));
+    let (sender_mac, sender_ip, target_ip, operation) = {
         let arp = ArpPacketSlice::from_slice(&p.frame()[ETH_LEN..])
             .map_err(|_| DropReason::ArpInvalid)?;
         if arp.hw_addr_type() != ArpHardwareId::ETHERNET
@@ -64,22 +67,39 @@ fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
             <[u8; 4]>::try_from(arp.sender_protocol_addr()).map_err(|_| DropReason::ArpInvalid)?;
         let tip =
             <[u8; 4]>::try_from(arp.target_protocol_addr()).map_err(|_| DropReason::ArpInvalid)?;
-        if arp.operation() != ArpOperation::REQUEST {
-            return Err(DropReason::ArpNotAnswered);
-        }
-        (sender_mac, Ipv4Addr::from(sip), Ipv4Addr::from(tip))
+        (
+            sender_mac,
+            Ipv4Addr::from(sip),
+            Ipv4Addr::from(tip),
+            arp.operation(),
+        )
     };
+    // A pod ARPs only with its own IP and MAC, whatever the opcode: a
+    // reply or a gratuitous ARP claiming another pod's address is a spoof,
+    // counted as one before "needs no answer" is considered. A probe's
+    // sender 0.0.0.0 (RFC 5227 §2.1.1) claims nothing.
+    if from_pod {
+        if !sender_ip.is_unspecified() && Some(sender_ip) != port_ip {
+            return Err(DropReason::SourceIpSpoofed);
+        }
+        if port_mac != Some(sender_mac) {
+            return Err(DropReason::SourceMacSpoofed);
+        }
+    }
+    if operation != ArpOperation::REQUEST {
+        return Err(DropReason::ArpNotAnswered);
+    }
     // A probe (sender 0.0.0.0, RFC 5227) or a gratuitous ARP needs no answer.
     if sender_ip.is_unspecified() || sender_ip == target_ip {
         return Err(DropReason::ArpNotAnswered);
     }
-    // A pod ARPs only for its own IP and MAC; the node's stack ARPs for
-    // pods from its own addresses.
+    // The node's stack ARPs for pods from its own addresses; nothing else
+    // (the overlay) ARPs through the switch.
     if !from_host {
         if Some(sender_ip) != port_ip {
             return Err(DropReason::SourceIpSpoofed);
         }
-        if tables.port(p.ingress).map(|port| port.mac) != Some(sender_mac) {
+        if port_mac != Some(sender_mac) {
             return Err(DropReason::SourceMacSpoofed);
         }
     }
@@ -199,6 +219,33 @@ mod tests {
         let mut f = arp_request(POD_A, GW);
         f.truncate(VNET + 14 + 10);
         assert_eq!(run(f).0, Verdict::Drop(DropReason::ArpInvalid));
+    }
+
+    /// A pod claiming another pod's address or MAC in ARP is a spoof
+    /// whatever the opcode; its own gratuitous ARP and probes are not.
+    #[test]
+    fn arp_spoofs_are_counted_before_needs_no_answer() {
+        let spoofed_ip = Verdict::Drop(DropReason::SourceIpSpoofed);
+        // Gratuitous ARP for pod B's address, from pod A's port.
+        assert_eq!(run(arp_request(POD_B, POD_B)).0, spoofed_ip);
+        // An unsolicited reply claiming pod B's address.
+        let mut f = arp_request(POD_B, GW);
+        f[VNET + 14 + 7] = 2;
+        assert_eq!(run(f).0, spoofed_ip);
+        // Pod A's address with another sender MAC (the Ethernet source is right).
+        let mut f = arp_request(POD_A, GW);
+        f[VNET + 14 + 8 + 5] ^= 1;
+        assert_eq!(run(f).0, Verdict::Drop(DropReason::SourceMacSpoofed));
+        let mut f = arp_request(POD_A, POD_A);
+        f[VNET + 14 + 8 + 5] ^= 1;
+        assert_eq!(run(f).0, Verdict::Drop(DropReason::SourceMacSpoofed));
+        // Its own gratuitous ARP, a reply and a probe only need no answer.
+        let not_answered = Verdict::Drop(DropReason::ArpNotAnswered);
+        assert_eq!(run(arp_request(POD_A, POD_A)).0, not_answered);
+        let mut f = arp_request(POD_A, GW);
+        f[VNET + 14 + 7] = 2;
+        assert_eq!(run(f).0, not_answered);
+        assert_eq!(run(arp_request([0; 4], POD_B)).0, not_answered);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4Slice, TcpHeader
 
 use super::{drop_packet, Batch, DropReason, Packet, L3};
 use crate::metrics::WorkerCounters;
-use crate::tables::{PortKind, Tables};
+use crate::tables::{PortKind, RouteTarget, Tables};
 use crate::wire::checksum;
 use crate::wire::vnet_hdr::{self, GsoKind, VnetHdr};
 
@@ -87,12 +87,47 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
             p.meta.l3 = L3::Arp;
             Ok(())
         }
-        EtherType::IPV4 => parse_ipv4(p, is_pod.then_some(port.ipv4), port.mtu),
+        EtherType::IPV4 => {
+            parse_ipv4(p, is_pod.then_some(port.ipv4), port.mtu)?;
+            if port.kind == PortKind::Overlay {
+                check_overlay_source(p, tables)?;
+            }
+            Ok(())
+        }
         EtherType::IPV6 => {
             p.meta.l3 = L3::Ipv6;
             Err(DropReason::Ipv6NotRouted)
         }
         _ => Err(DropReason::UnsupportedEthertype),
+    }
+}
+
+/// A known node speaks for its own pods only: a decapsulated packet whose
+/// source is in this node's pod CIDRs (a local pod, the gateway) or in
+/// another node's is refused. Sources outside every pod CIDR (node
+/// addresses, outside clients of a NodePort) pass. The sending node's own
+/// CIDR, the common case, is one prefix compare.
+fn check_overlay_source(p: &Packet, tables: &Tables) -> Result<(), DropReason> {
+    let (IpAddr::V4(src), Some(from), Some(overlay)) =
+        (p.meta.src, p.meta.from_node, tables.overlay.as_ref())
+    else {
+        return Ok(());
+    };
+    let sender = overlay.nodes.get(usize::from(from));
+    if sender.is_some_and(|n| n.pod_cidrs.iter().any(|c| c.contains(&p.meta.src))) {
+        return Ok(());
+    }
+    match tables.routes.lookup(IpAddr::V4(src)) {
+        Some(RouteTarget::Unassigned) => Err(DropReason::OverlaySourceSpoofed),
+        Some(RouteTarget::Node(n)) if n != from => Err(DropReason::OverlaySourceSpoofed),
+        Some(RouteTarget::Local(id))
+            if tables
+                .port(id)
+                .is_some_and(|port| port.kind == PortKind::Pod) =>
+        {
+            Err(DropReason::OverlaySourceSpoofed)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -159,6 +194,24 @@ fn parse_ipv4(
         GsoKind::TcpV4 if proto == IpNumber::TCP && first_fragment => {}
         GsoKind::Udp | GsoKind::UdpL4 if proto == IpNumber::UDP && first_fragment => {}
         _ => return Err(DropReason::GsoMismatch),
+    }
+    // A pod sets the partial checksum's place itself (PACKET_VNET_HDR); the
+    // output stage or the encapsulation later completes it by writing at
+    // csum_start + csum_offset, after anti-spoofing and routing. Anywhere
+    // but this packet's TCP or UDP checksum field that write would land on
+    // headers already validated (docs/fuzzing.md, finding 1), so a partial
+    // checksum must start at the L4 header of a whole datagram, as Linux's
+    // own senders set it (skb_partial_csum_set from the transport layer).
+    if let Some((start, offset)) = vnet.csum {
+        let field = match proto {
+            IpNumber::TCP => 16,
+            IpNumber::UDP => 6,
+            _ => return Err(DropReason::VnetHdrInvalid),
+        };
+        let whole = first_fragment && !h.more_fragments();
+        if !whole || usize::from(start) != ETH_LEN + hl || offset != field {
+            return Err(DropReason::VnetHdrInvalid);
+        }
     }
     let dst = h.destination_addr();
     let (more_fragments, dont_fragment, ttl) = (h.more_fragments(), h.dont_fragment(), h.ttl());
@@ -240,6 +293,112 @@ mod tests {
         let ip_len = (f.len() - VNET - 14) as u16;
         fix_ipv4(&mut f, ip_len);
         assert_eq!(parse(f), dropped(DropReason::L4HeaderInvalid));
+    }
+
+    /// ```text
+    ///   node-2 (10.244.2.0/24) ==VXLAN==> node-1: pods A, B; node-3 (10.244.3.0/24)
+    /// ```
+    /// Frames decapsulated from node-2 may come from node-2's pods or from
+    /// outside every pod CIDR, never from node-1's or node-3's pods.
+    #[test]
+    fn overlay_sources_outside_the_sending_nodes_pods_are_refused() {
+        use crate::tables::{Overlay, OverlayNode, PodPort};
+        const VTEP: [u8; 6] = [2, 0x56, 198, 18, 0, 1];
+        let mut t = tables();
+        t.ports.push(Some(PodPort {
+            id: 3,
+            pod: "overlay".into(),
+            ifname: "vxlan".into(),
+            netns: Default::default(),
+            mac: VTEP,
+            ipv4: None,
+            ipv6: None,
+            mtu: 1500,
+            offloads: true,
+            kind: PortKind::Overlay,
+        }));
+        let node = |name: &str, i: u8| OverlayNode {
+            name: name.into(),
+            underlay_ipv4: std::net::Ipv4Addr::new(198, 18, 0, i),
+            vtep_mac: [2, 0x56, 198, 18, 0, i],
+            pod_cidrs: vec![format!("10.244.{i}.0/24").parse().unwrap()],
+        };
+        let t = t.with_overlay(Overlay {
+            vni: 1,
+            udp_port: 4789,
+            local_ipv4: std::net::Ipv4Addr::new(198, 18, 0, 1),
+            vtep_mac: VTEP,
+            port: 3,
+            nodes: vec![node("node-2", 2), node("node-3", 3)],
+        });
+        let c = counters();
+        let from_node_2 = |src: [u8; 4]| {
+            let mut f = vec![0u8; VNET];
+            etherparse::PacketBuilder::ethernet2([2, 0x56, 198, 18, 0, 2], VTEP)
+                .ipv4(src, POD_A, 63)
+                .udp(40000, 53)
+                .write(&mut f, &[1, 2, 3, 4])
+                .unwrap();
+            let mut b = Batch::new(1);
+            b.push_bytes(3, &f);
+            b.packets_mut()[0].meta.from_node = Some(0);
+            ParseStage.process(&mut b, &t, &c);
+            b.packets()[0].verdict
+        };
+        let pending = super::super::Verdict::Pending;
+        assert_eq!(from_node_2([10, 244, 2, 7]), pending);
+        assert_eq!(from_node_2([198, 18, 0, 2]), pending);
+        assert_eq!(from_node_2([203, 0, 113, 10]), pending);
+        let spoofed = dropped(DropReason::OverlaySourceSpoofed);
+        assert_eq!(from_node_2(POD_B), spoofed, "a local pod");
+        assert_eq!(from_node_2(GW), spoofed, "the local gateway");
+        assert_eq!(
+            from_node_2([10, 244, 1, 200]),
+            spoofed,
+            "a free local address"
+        );
+        assert_eq!(from_node_2([10, 244, 3, 7]), spoofed, "another node's pod");
+    }
+
+    /// A partial checksum is completed after validation by writing at
+    /// csum_start + csum_offset: only the packet's own TCP/UDP checksum
+    /// field may be named (fuzz reproducers
+    /// `repro-vnet-csum-start-in-ethernet-header` and `-trimmed-padding`).
+    #[test]
+    fn partial_checksums_must_name_the_l4_checksum_field() {
+        const NEEDS_CSUM: u8 = 1;
+        let udp = |start: u16, offset: u16| {
+            let mut f = udp_frame(POD_A, POD_B, 100);
+            set_vnet(&mut f, NEEDS_CSUM, 0, 0, start, offset);
+            parse(f)
+        };
+        let tcp = |start: u16, offset: u16| {
+            let mut f = tcp_frame(POD_A, POD_B, 100);
+            set_vnet(&mut f, NEEDS_CSUM, 0, 0, start, offset);
+            parse(f)
+        };
+        let pending = super::super::Verdict::Pending;
+        let invalid = dropped(DropReason::VnetHdrInvalid);
+        assert_eq!(udp(34, 6), pending);
+        assert_eq!(tcp(34, 16), pending);
+        assert_eq!(udp(0, 0), invalid, "over the Ethernet header");
+        assert_eq!(udp(26, 0), invalid, "over the IPv4 source address");
+        assert_eq!(udp(34, 16), invalid, "TCP's field in a UDP datagram");
+        assert_eq!(tcp(34, 6), invalid, "UDP's field in a TCP segment");
+        assert_eq!(udp(36, 4), invalid, "inside the UDP header");
+        // Ethernet padding that parse trims: a 60-byte minimum frame.
+        let mut f = udp_frame(POD_A, POD_B, 2);
+        f.resize(VNET + 60, 0);
+        set_vnet(&mut f, NEEDS_CSUM, 0, 0, 50, 6);
+        assert_eq!(parse(f), invalid, "in the trimmed padding");
+        let mut f = icmp_echo_frame(POD_A, POD_B, 64);
+        set_vnet(&mut f, NEEDS_CSUM, 0, 0, 34, 2);
+        assert_eq!(parse(f), invalid, "ICMP is never sent partial");
+        let mut f = udp_frame(POD_A, POD_B, 100);
+        f[VNET + 20] |= 0x20; // more fragments
+        fix_ipv4(&mut f, 128);
+        set_vnet(&mut f, NEEDS_CSUM, 0, 0, 34, 6);
+        assert_eq!(parse(f), invalid, "a fragment cannot be completed");
     }
 
     #[test]
