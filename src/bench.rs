@@ -36,15 +36,24 @@ pub struct BenchArgs {
     /// Seconds per new-connection measurement (default 1, --quick 0.15).
     #[arg(long)]
     crr_secs: Option<f64>,
-    /// Seconds per throughput measurement (default 1.5, --quick 0.3).
+    /// Seconds per throughput measurement, counted at the receiver after
+    /// the warm-up (default 1.5, --quick 0.3).
     #[arg(long)]
     stream_secs: Option<f64>,
+    /// Seconds left out at the start of each throughput measurement, as
+    /// iperf3's --omit (default 0.5, --quick 0.1).
+    #[arg(long)]
+    stream_warmup_secs: Option<f64>,
     /// Seconds per small-packet measurement (default 1, --quick 0.15).
     #[arg(long)]
     pps_secs: Option<f64>,
     /// Seconds of each iperf3/sockperf cross-check run (default 2, --quick 1).
     #[arg(long)]
     crosscheck_secs: Option<u64>,
+    /// Seconds of warm-up before each throughput run of the cross-check,
+    /// left out on both sides (iperf3 --omit; default 1).
+    #[arg(long)]
+    crosscheck_warmup_secs: Option<u64>,
     /// Alternating runs of each side in the cross-check (default 3, --quick 1).
     #[arg(long)]
     crosscheck_runs: Option<usize>,
@@ -95,11 +104,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(s) = args.stream_secs {
         cfg.stream_secs = s;
     }
+    if let Some(s) = args.stream_warmup_secs {
+        cfg.stream_warmup_secs = s;
+    }
     if let Some(s) = args.pps_secs {
         cfg.pps_secs = s;
     }
     if let Some(s) = args.crosscheck_secs {
         cfg.crosscheck_secs = s;
+    }
+    if let Some(s) = args.crosscheck_warmup_secs {
+        cfg.crosscheck_warmup_secs = s;
     }
     if let Some(n) = args.crosscheck_runs {
         cfg.crosscheck_runs = n;

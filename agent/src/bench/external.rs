@@ -3,6 +3,9 @@
 //! ping-pong round trips), run in the same pod namespaces as the bench's
 //! own tools, when they are installed.
 //!
+//! Each is run so that it measures what the built-in generator measures
+//! beside it (see [`iperf3`] and [`sockperf`] for the windows).
+//!
 //! Both run as child processes under `ip netns exec <name>` (iproute2
 //! moves the child into the namespace and remounts /sys for it); the
 //! server is waited for until its socket shows in the namespace's
@@ -14,10 +17,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use serde::Deserialize;
 
 use crate::lab::demo::in_netns;
+
+/// What sockperf's ping-pong leaves out at the start of a run ("Warm up
+/// time=400 msec" in the summary of sockperf 3.7).
+pub const SOCKPERF_WARMUP: Duration = Duration::from_millis(400);
+/// What it leaves out at the end: a `-t 1` run reports a valid duration
+/// of 0.550 s, a `-t 2` run 1.552 s.
+pub const SOCKPERF_COOLDOWN: Duration = Duration::from_millis(50);
 
 /// How long a server may take to start listening.
 const SERVER_START: Duration = Duration::from_secs(5);
@@ -123,7 +133,16 @@ fn run(ns: &str, args: &[&str]) -> anyhow::Result<String> {
 
 #[derive(Deserialize)]
 struct IperfJson {
+    start: IperfStart,
     end: IperfEnd,
+}
+#[derive(Deserialize)]
+struct IperfStart {
+    test_start: IperfTestStart,
+}
+#[derive(Deserialize)]
+struct IperfTestStart {
+    omit: u64,
 }
 #[derive(Deserialize)]
 struct IperfEnd {
@@ -134,14 +153,26 @@ struct IperfSum {
     bits_per_second: f64,
 }
 
-/// The receiver's rate from `iperf3 -J` output, in Gbit/s.
-pub fn parse_iperf3(json: &str) -> anyhow::Result<f64> {
+/// The receiver's rate from `iperf3 -J` output, in Gbit/s, after checking
+/// that the run left out `omit` seconds as asked.
+pub fn parse_iperf3(json: &str, omit: u64) -> anyhow::Result<f64> {
     let j: IperfJson = serde_json::from_str(json).context("parsing iperf3 -J output")?;
+    ensure!(
+        j.start.test_start.omit == omit,
+        "iperf3 omitted {} s, not {omit} s",
+        j.start.test_start.omit
+    );
     Ok(j.end.sum_received.bits_per_second / 1e9)
 }
 
 /// One iperf3 TCP stream from `client` to a one-off server in `server`
-/// at `ip:port` for `secs` (whole seconds, at least 1); Gbit/s received.
+/// at `ip:port`: `--omit omit` seconds of warm-up, then `-t secs`
+/// measured (whole seconds, at least 1); Gbit/s received.
+///
+/// The rate is `end.sum_received`: the server's bytes read after its
+/// omitted seconds, until the client's TEST_END arrives (the client
+/// stops writing then), over that time. The built-in generator measures
+/// the same window ([`StreamWindow`](super::load::StreamWindow)).
 ///
 /// # Errors
 /// If iperf3 is missing, does not start, or fails.
@@ -150,6 +181,7 @@ pub fn iperf3(
     server: &Path,
     ip: Ipv4Addr,
     port: u16,
+    omit: u64,
     secs: u64,
 ) -> anyhow::Result<f64> {
     let port_s = port.to_string();
@@ -165,10 +197,12 @@ pub fn iperf3(
             &port_s,
             "-t",
             &secs.max(1).to_string(),
+            "--omit",
+            &omit.to_string(),
             "-J",
         ],
     )?;
-    parse_iperf3(&out)
+    parse_iperf3(&out, omit)
 }
 
 /// Round-trip percentiles from sockperf's ping-pong summary (with
@@ -187,9 +221,9 @@ pub fn parse_sockperf(text: &str) -> anyhow::Result<(f64, f64)> {
 }
 
 /// sockperf UDP ping-pong with `size`-byte messages from `client` to a
-/// server in `server` at `ip:port`, for `secs` (whole seconds, at least 1;
-/// sockperf leaves out its first 400 ms as warm-up); round-trip (p50, p99)
-/// in microseconds.
+/// server in `server` at `ip:port`, for `secs` (whole seconds, at least 1,
+/// of which sockperf measures those after [`SOCKPERF_WARMUP`] and before
+/// [`SOCKPERF_COOLDOWN`]); round-trip (p50, p99) in microseconds.
 ///
 /// # Errors
 /// If sockperf is missing, does not start, or fails.
@@ -243,9 +277,11 @@ mod tests {
 
     #[test]
     fn iperf3_json_is_parsed() {
-        let j = r#"{"start":{},"end":{"sum_sent":{"bits_per_second":1},"sum_received":{"bits_per_second":12.5e9}}}"#;
-        assert_eq!(parse_iperf3(j).unwrap(), 12.5);
-        assert!(parse_iperf3("{}").is_err());
+        let j = r#"{"start":{"test_start":{"omit":1,"duration":2}},"end":{"sum_sent":{"bits_per_second":1},"sum_received":{"bits_per_second":12.5e9}}}"#;
+        assert_eq!(parse_iperf3(j, 1).unwrap(), 12.5);
+        // A run that did not leave out what was asked is not comparable.
+        assert!(parse_iperf3(j, 0).is_err());
+        assert!(parse_iperf3("{}", 0).is_err());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   the whole HDR histogram so the report can plot the latency CDF and
 //!   merge rounds;
 //! - [`StreamSink`] + [`stream_send`]: TCP throughput the way iperf3
-//!   measures it (blocks of 128 KiB, bytes counted, not hashed);
+//!   measures it (blocks of 128 KiB, bytes counted, not hashed, at the
+//!   receiver, over a [`StreamWindow`] that leaves out a warm-up as
+//!   `iperf3 --omit` does);
 //! - [`UdpCounter`] + [`udp_flood`]: the small-packet rate, datagrams of a
 //!   fixed size sent as fast as one socket can and counted where they
 //!   arrive.
@@ -88,11 +90,40 @@ pub fn rr_histogram(
     duration: Duration,
     max_count: u64,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
+    rr_histogram_in(
+        proto,
+        dst,
+        size,
+        duration,
+        Duration::ZERO..duration,
+        max_count,
+    )
+}
+
+/// [`rr_histogram`] that runs for `duration` but records only the
+/// transactions that start within `window` (offsets from the start):
+/// sockperf's window, which leaves out a warm-up and a cool-down
+/// ([`SOCKPERF_WARMUP`](super::external::SOCKPERF_WARMUP),
+/// [`SOCKPERF_COOLDOWN`](super::external::SOCKPERF_COOLDOWN)). `max_count` counts the
+/// recorded transactions.
+///
+/// # Errors
+/// As [`rr_histogram`].
+pub fn rr_histogram_in(
+    proto: Protocol,
+    dst: SocketAddr,
+    size: usize,
+    duration: Duration,
+    window: std::ops::Range<Duration>,
+    max_count: u64,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
     ensure!(
         (MIN_RR_SIZE..=MAX_RR_SIZE).contains(&size),
         "rr: size {size} must be {MIN_RR_SIZE}..={MAX_RR_SIZE}"
     );
-    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let deadline = start + duration;
+    let in_window = |t0: Instant| window.contains(&t0.duration_since(start));
     let mut hist = latency_histogram();
     let mut req = Vec::with_capacity(size);
     let mut resp = vec![0u8; MAX_RR_SIZE + 1];
@@ -105,18 +136,23 @@ pub fn rr_histogram(
             let limit = Some(Duration::from_secs(2));
             s.set_read_timeout(limit)?;
             s.set_write_timeout(limit)?;
+            let mut seq = 0u32;
             while count < max_count && Instant::now() < deadline {
-                request(proto, count as u32, size, &mut req);
+                request(proto, seq, size, &mut req);
                 let t0 = Instant::now();
                 s.write_all(&req)
                     .and_then(|()| s.read_exact(&mut resp[..size]))
-                    .with_context(|| format!("rr: TCP transaction {count} with {dst}"))?;
-                record(&mut hist, t0.elapsed());
+                    .with_context(|| format!("rr: TCP transaction {seq} with {dst}"))?;
+                let rtt = t0.elapsed();
                 ensure!(
                     resp[..size] == req[..],
-                    "rr: TCP response {count} from {dst} differs from the request"
+                    "rr: TCP response {seq} from {dst} differs from the request"
                 );
-                count += 1;
+                if in_window(t0) {
+                    record(&mut hist, rtt);
+                    count += 1;
+                }
+                seq = seq.wrapping_add(1);
             }
         }
         Protocol::Udp => {
@@ -164,11 +200,13 @@ pub fn rr_histogram(
                         }
                     }
                 };
-                if got {
-                    record(&mut hist, t0.elapsed());
-                    count += 1;
-                } else {
-                    lost += 1;
+                match (got, in_window(t0)) {
+                    (true, true) => {
+                        record(&mut hist, t0.elapsed());
+                        count += 1;
+                    }
+                    (false, true) => lost += 1,
+                    (_, false) => {}
                 }
             }
         }
@@ -256,20 +294,51 @@ pub fn udp_flood(dst: SocketAddr, size: usize, duration: Duration) -> anyhow::Re
 /// (iperf3's default block for TCP).
 const STREAM_BLOCK: usize = 128 << 10;
 
+/// When a throughput stream is measured: what `iperf3 -t S --omit W`
+/// measures at its receiver.
+///
+/// The sender writes until `stop` (connect + W + S); the sink counts the
+/// bytes it reads from `warmup` after the first byte until `stop`.
+/// Left out: connection set-up, slow start and receive-buffer
+/// autotuning (the warm-up, iperf3's omitted seconds), and what is still
+/// in flight at `stop` (iperf3's server stops counting when the client's
+/// TEST_END arrives, right after the client stops writing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamWindow {
+    /// Left out after the first byte arrives.
+    pub warmup: Duration,
+    /// When the sender stops writing and the window closes.
+    pub stop: Instant,
+}
+
+impl StreamWindow {
+    /// A window of `secs` after `warmup`, from now (when the sender
+    /// starts).
+    pub fn from_now(warmup: Duration, secs: Duration) -> Self {
+        StreamWindow {
+            warmup,
+            stop: Instant::now() + warmup + secs,
+        }
+    }
+}
+
 /// What one throughput stream moved.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StreamReport {
-    /// Bytes.
+    /// Every byte of the stream (warm-up and tail included), to check
+    /// that what was sent arrived.
     pub bytes: u64,
-    /// Seconds from the first byte to the end of the stream.
-    pub secs: f64,
+    /// Bytes in the measurement window.
+    pub window_bytes: u64,
+    /// Seconds of the measurement window.
+    pub window_secs: f64,
 }
 
 impl StreamReport {
-    /// Gbit/s over `secs`.
+    /// Gbit/s in the window.
     pub fn gbit_per_s(&self) -> f64 {
-        if self.secs > 0.0 {
-            self.bytes as f64 * 8.0 / self.secs / 1e9
+        if self.window_secs > 0.0 {
+            self.window_bytes as f64 * 8.0 / self.window_secs / 1e9
         } else {
             0.0
         }
@@ -301,8 +370,13 @@ impl StreamSink {
     }
 
     /// Accepts one connection and reads it to EOF, all before `deadline`;
-    /// the time runs from the first byte to EOF (iperf3's receiver rate).
-    pub fn run(self, deadline: Instant) -> anyhow::Result<StreamReport> {
+    /// the rate is the bytes read within `window` over its length (see
+    /// [`StreamWindow`]).
+    ///
+    /// # Errors
+    /// No connection or EOF before `deadline`, a read error, or no byte
+    /// read within the window (a warm-up as long as the stream).
+    pub fn run(self, window: StreamWindow, deadline: Instant) -> anyhow::Result<StreamReport> {
         let mut stream = loop {
             match self.listener.accept() {
                 Ok((s, _)) => break s,
@@ -318,7 +392,11 @@ impl StreamSink {
         stream.set_nonblocking(false)?;
         let mut buf = vec![0u8; STREAM_BLOCK];
         let mut bytes = 0u64;
+        // When the window opened: the first read at least `warmup` after
+        // the first byte, and the bytes read up to and including it.
         let mut first = None::<Instant>;
+        let mut opened = None::<(Instant, u64)>;
+        let mut at_stop = 0u64;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -328,30 +406,49 @@ impl StreamSink {
             match stream.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    first.get_or_insert_with(Instant::now);
+                    let now = Instant::now();
                     bytes += n as u64;
+                    let t0 = *first.get_or_insert(now);
+                    if opened.is_none() && now.duration_since(t0) >= window.warmup {
+                        opened = Some((now, bytes));
+                    }
+                    if now <= window.stop {
+                        at_stop = bytes;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => bail!("stream sink: timed out after {bytes} bytes"),
                 Err(e) => return Err(e).context("stream sink: reading"),
             }
         }
+        let (window_bytes, window_secs) = match opened {
+            Some((t, b)) if t < window.stop && at_stop > b => (
+                at_stop - b,
+                window.stop.duration_since(t).as_secs_f64(),
+            ),
+            _ => bail!(
+                "stream sink: no byte in the measurement window ({bytes} bytes in all, {:?} warm-up)",
+                window.warmup
+            ),
+        };
         Ok(StreamReport {
             bytes,
-            secs: first.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            window_bytes,
+            window_secs,
         })
     }
 }
 
-/// Writes blocks to a [`StreamSink`] at `dst` for `duration` (connecting
-/// is retried within it), then closes and waits, at most `drain`, for the
-/// sink to close: returns the bytes written and the seconds spent writing.
+/// Writes blocks to a [`StreamSink`] at `dst` until `stop` (connecting is
+/// retried until then), then closes and waits, at most `drain`, for the
+/// sink to close: returns the bytes written and, as the window, all of
+/// them over the time spent writing (the sender's view, for the
+/// loss check).
 pub fn stream_send(
     dst: SocketAddr,
-    duration: Duration,
+    stop: Instant,
     drain: Duration,
 ) -> anyhow::Result<StreamReport> {
-    let stop = Instant::now() + duration;
     let mut s = connect_until(dst, stop)?;
     let block = vec![0x5au8; STREAM_BLOCK];
     let start = Instant::now();
@@ -384,7 +481,11 @@ pub fn stream_send(
             }
         }
     }
-    Ok(StreamReport { bytes, secs })
+    Ok(StreamReport {
+        bytes,
+        window_bytes: bytes,
+        window_secs: secs,
+    })
 }
 
 #[cfg(test)]
@@ -419,14 +520,65 @@ mod tests {
     }
 
     #[test]
-    fn stream_bytes_arrive_and_are_counted() {
+    fn rr_records_only_within_its_window() {
+        let addr = serve(Protocol::Udp);
+        let d = Duration::from_millis(200);
+        let (none, _) = rr_histogram_in(
+            Protocol::Udp,
+            addr,
+            64,
+            d,
+            Duration::ZERO..Duration::ZERO,
+            1000,
+        )
+        .unwrap();
+        assert!(none.is_empty());
+        let window = Duration::from_millis(100)..Duration::from_millis(150);
+        let (some, _) = rr_histogram_in(Protocol::Udp, addr, 64, d, window, 1_000_000).unwrap();
+        let (all, _) = rr_histogram(Protocol::Udp, addr, 64, d, 1_000_000).unwrap();
+        assert!(
+            !some.is_empty() && some.len() < all.len(),
+            "{} of {}",
+            some.len(),
+            all.len()
+        );
+    }
+
+    #[test]
+    fn stream_bytes_arrive_and_are_counted_in_the_window() {
         let sink = StreamSink::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = sink.local_addr().unwrap();
-        let t = std::thread::spawn(move || sink.run(Instant::now() + Duration::from_secs(10)));
-        let sent = stream_send(addr, Duration::from_millis(100), Duration::from_secs(5)).unwrap();
+        let window = StreamWindow::from_now(Duration::from_millis(50), Duration::from_millis(100));
+        let t =
+            std::thread::spawn(move || sink.run(window, Instant::now() + Duration::from_secs(10)));
+        let sent = stream_send(addr, window.stop, Duration::from_secs(5)).unwrap();
         let got = t.join().unwrap().unwrap();
         assert_eq!(sent.bytes, got.bytes);
-        assert!(got.bytes > 0 && got.gbit_per_s() > 0.0 && sent.gbit_per_s() > 0.0);
+        // The warm-up and the tail are left out of the rate's bytes.
+        assert!(got.window_bytes > 0 && got.window_bytes < got.bytes);
+        assert!(
+            got.window_secs > 0.0 && got.window_secs <= 0.1 + 1e-9,
+            "{got:?}"
+        );
+        assert!(got.gbit_per_s() > 0.0 && sent.gbit_per_s() > 0.0);
+    }
+
+    #[test]
+    fn a_warmup_longer_than_the_stream_is_an_error() {
+        let sink = StreamSink::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = sink.local_addr().unwrap();
+        let window = StreamWindow {
+            warmup: Duration::from_secs(5),
+            stop: Instant::now() + Duration::from_millis(50),
+        };
+        let t =
+            std::thread::spawn(move || sink.run(window, Instant::now() + Duration::from_secs(10)));
+        stream_send(addr, window.stop, Duration::from_secs(5)).unwrap();
+        let e = t.join().unwrap().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no byte in the measurement window"),
+            "{e:#}"
+        );
     }
 
     #[test]

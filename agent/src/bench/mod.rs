@@ -224,12 +224,18 @@ pub struct BenchConfig {
     pub rr_secs: f64,
     /// Seconds per TCP_CRR measurement.
     pub crr_secs: f64,
-    /// Seconds per throughput measurement.
+    /// Seconds per throughput measurement, after the warm-up.
     pub stream_secs: f64,
+    /// Seconds of each throughput run left out at its start (connection
+    /// set-up, slow start), as `iperf3 --omit` leaves them out.
+    pub stream_warmup_secs: f64,
     /// Seconds per small-packet measurement.
     pub pps_secs: f64,
     /// Seconds of each iperf3/sockperf run (whole seconds, at least 1).
     pub crosscheck_secs: u64,
+    /// Seconds of warm-up before each throughput run of the cross-check,
+    /// on both sides (iperf3's `--omit`, whole seconds).
+    pub crosscheck_warmup_secs: u64,
     /// Streams in `tcp-stream-n`.
     pub streams: usize,
     /// Services on both Service sides (the target plus synthetic ones).
@@ -249,10 +255,10 @@ impl BenchConfig {
     /// The defaults: `quick` finishes in under a minute on a 2-core
     /// machine; the full run in about four.
     pub fn new(quick: bool) -> Self {
-        let (rounds, rr, crr, stream, pps, cc, cc_runs) = if quick {
-            (2, 0.15, 0.15, 0.3, 0.15, 1, 1)
+        let (rounds, rr, crr, stream, warmup, pps, cc, cc_runs) = if quick {
+            (2, 0.15, 0.15, 0.3, 0.1, 0.15, 1, 1)
         } else {
-            (3, 0.8, 1.0, 1.5, 1.0, 2, 3)
+            (3, 0.8, 1.0, 1.5, 0.5, 1.0, 2, 3)
         };
         BenchConfig {
             quick,
@@ -262,8 +268,10 @@ impl BenchConfig {
             rr_secs: rr,
             crr_secs: crr,
             stream_secs: stream,
+            stream_warmup_secs: warmup,
             pps_secs: pps,
             crosscheck_secs: cc,
+            crosscheck_warmup_secs: 1,
             streams: 4,
             services: 100,
             workers: 0,
@@ -293,8 +301,17 @@ impl BenchConfig {
             );
         }
         ensure!(
+            self.stream_warmup_secs.is_finite() && (0.0..=10.0).contains(&self.stream_warmup_secs),
+            "stream warm-up seconds must be 0..=10, not {}",
+            self.stream_warmup_secs
+        );
+        ensure!(
             (1..=30).contains(&self.crosscheck_secs),
             "cross-check seconds must be 1..=30"
+        );
+        ensure!(
+            self.crosscheck_warmup_secs <= 10,
+            "cross-check warm-up seconds must be 0..=10"
         );
         ensure!(
             (1..=10).contains(&self.crosscheck_runs),
@@ -826,25 +843,33 @@ struct StreamResult {
     cpu: cpu::CpuUsage,
 }
 
-/// `streams` TCP streams from the client to sinks in the server pod for
-/// `secs`; every byte sent must arrive.
+/// `streams` TCP streams from the client to sinks in the server pod:
+/// `warmup` seconds left out, then `secs` measured at the receivers (a
+/// [`load::StreamWindow`], iperf3's window); every byte sent must arrive.
 fn measure_stream(
     t: &Target,
     streams: usize,
+    warmup: f64,
     secs: f64,
     port: u16,
 ) -> anyhow::Result<StreamResult> {
     let server = t.server.clone().context("no server pod")?;
     let (tx, rx) = mpsc::channel();
     let mut sinks = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs_f64(secs + 30.0);
+    // One window for all streams, from now: the sinks start in
+    // milliseconds, well within the warm-up.
+    let window = load::StreamWindow::from_now(
+        Duration::from_secs_f64(warmup),
+        Duration::from_secs_f64(secs),
+    );
+    let deadline = window.stop + Duration::from_secs(30);
     for k in 0..streams {
         let tx = tx.clone();
         let listen = SocketAddr::from(([0, 0, 0, 0], port + k as u16));
         sinks.push(spawn_in_netns(&server, move || {
             let s = load::StreamSink::bind(listen)?;
             let _ = tx.send(());
-            s.run(deadline)
+            s.run(window, deadline)
         }));
     }
     for _ in 0..streams {
@@ -852,12 +877,11 @@ fn measure_stream(
             .context("a throughput sink did not start")?;
     }
     let before = cpu::snapshot(&t.switch_pids)?;
-    let dur = Duration::from_secs_f64(secs);
     let senders: Vec<_> = (0..streams)
         .map(|k| {
             let dst = SocketAddr::from((t.server_ip, port + k as u16));
             spawn_in_netns(&t.client, move || {
-                load::stream_send(dst, dur, Duration::from_secs(10))
+                load::stream_send(dst, window.stop, Duration::from_secs(10))
             })
         })
         .collect();
@@ -988,7 +1012,7 @@ fn run_test(
             } else {
                 *port + 16
             };
-            let r = measure_stream(t, streams, cfg.stream_secs, *port)?;
+            let r = measure_stream(t, streams, cfg.stream_warmup_secs, cfg.stream_secs, *port)?;
             s.push(name, name, "Gbit/s", true, r.gbit_per_s);
             if test == Test::TcpStream1 {
                 let gb = r.bytes as f64 / 1e9;
@@ -1013,82 +1037,112 @@ fn run_test(
 
 /// Alternates the built-in generator and iperf3 (one TCP stream), then
 /// the built-in generator and sockperf (UDP ping-pong, 64 B, median
-/// round trip), on one kernel baseline, `cfg.crosscheck_runs` times each
-/// with the same duration. A tool that is missing or fails is reported
-/// as not run; a failing built-in run is an error.
+/// round trip), on one kernel baseline, `cfg.crosscheck_runs` times each,
+/// the one or the other first in turn (so that a machine getting busier
+/// or quieter during the pairs favours neither), each pair measuring the
+/// same window. A tool that is missing or fails is reported as not run;
+/// a failing built-in run is an error.
 fn cross_check(cfg: &BenchConfig, t: &Target, port: &mut u16) -> anyhow::Result<Vec<CrossCheck>> {
     let Some(server) = &t.server else {
         return Ok(Vec::new());
     };
-    let secs = cfg.crosscheck_secs;
+    let (secs, omit) = (cfg.crosscheck_secs, cfg.crosscheck_warmup_secs);
     let mut out = Vec::new();
     if cfg.tests.contains(&Test::TcpStream1) {
-        let (mut own, mut ext) = (Vec::new(), Ok(Vec::new()));
-        for _ in 0..cfg.crosscheck_runs {
-            *port = if *port + 32 > 7900 {
-                SINK_PORT_BASE
-            } else {
-                *port + 16
-            };
-            own.push(measure_stream(t, 1, secs as f64, *port)?.gbit_per_s);
-            if let Ok(v) = &mut ext {
-                ext = if external::installed("iperf3") {
-                    external::iperf3(&t.client, server, t.server_ip, EXTERNAL_PORT, secs)
-                        .map(|g| {
-                            v.push(g);
-                            std::mem::take(v)
-                        })
-                        .map_err(|e| format!("{e:#}"))
-                } else {
-                    Err("iperf3 is not installed".into())
-                };
+        let mut own = Vec::new();
+        let mut ext: Result<Vec<f64>, String> = if external::installed("iperf3") {
+            Ok(Vec::new())
+        } else {
+            Err("iperf3 is not installed".into())
+        };
+        for run in 0..cfg.crosscheck_runs {
+            for builtin in pair_order(run) {
+                if builtin {
+                    *port = if *port + 32 > 7900 {
+                        SINK_PORT_BASE
+                    } else {
+                        *port + 16
+                    };
+                    own.push(measure_stream(t, 1, omit as f64, secs as f64, *port)?.gbit_per_s);
+                } else if let Ok(v) = &mut ext {
+                    match external::iperf3(
+                        &t.client,
+                        server,
+                        t.server_ip,
+                        EXTERNAL_PORT,
+                        omit,
+                        secs,
+                    ) {
+                        Ok(g) => v.push(g),
+                        Err(e) => ext = Err(format!("{e:#}")),
+                    }
+                }
             }
         }
-        out.push(CrossCheck::new(
-            t.mode.name(),
-            "iperf3",
-            "tcp-stream-1",
-            "Gbit/s",
-            own,
-            ext,
-        ));
+        out.push(
+            CrossCheck::new(t.mode.name(), "iperf3", "tcp-stream-1", "Gbit/s", own, ext)
+                .with_window(format!(
+                    "receiver's bytes over {secs} s after {omit} s of warm-up, one stream of 128 KiB writes (built-in: sink from first byte + {omit} s to the sender's stop; iperf3 -t {secs} --omit {omit}: end.sum_received)"
+                )),
+        );
     }
     if cfg.tests.contains(&Test::UdpRr64) {
-        let (mut own, mut ext) = (Vec::new(), Ok(Vec::new()));
-        for _ in 0..cfg.crosscheck_runs {
-            let dst = t.rr;
-            let dur = Duration::from_secs(secs);
-            let (h, _) = in_netns(&t.client, move || {
-                load::rr_histogram(Protocol::Udp, dst, 64, dur, MAX_TRANSACTIONS)
-            })?;
-            own.push(
-                stats::Percentiles::from_histogram(&h)
-                    .context("udp-rr-64: no transaction completed")?
-                    .p50,
-            );
-            if let Ok(v) = &mut ext {
-                ext = if external::installed("sockperf") {
-                    external::sockperf(&t.client, server, t.server_ip, EXTERNAL_PORT + 1, 64, secs)
-                        .map(|(p50, _)| {
-                            v.push(p50);
-                            std::mem::take(v)
-                        })
-                        .map_err(|e| format!("{e:#}"))
-                } else {
-                    Err("sockperf is not installed".into())
-                };
+        let mut own = Vec::new();
+        let mut ext: Result<Vec<f64>, String> = if external::installed("sockperf") {
+            Ok(Vec::new())
+        } else {
+            Err("sockperf is not installed".into())
+        };
+        let dur = Duration::from_secs(secs);
+        // sockperf's window: what it leaves out, the built-in leaves out.
+        let record = external::SOCKPERF_WARMUP..dur.saturating_sub(external::SOCKPERF_COOLDOWN);
+        for run in 0..cfg.crosscheck_runs {
+            for builtin in pair_order(run) {
+                if builtin {
+                    let (dst, record) = (t.rr, record.clone());
+                    let (h, _) = in_netns(&t.client, move || {
+                        load::rr_histogram_in(Protocol::Udp, dst, 64, dur, record, MAX_TRANSACTIONS)
+                    })?;
+                    own.push(
+                        stats::Percentiles::from_histogram(&h)
+                            .context("udp-rr-64: no transaction completed")?
+                            .p50,
+                    );
+                } else if let Ok(v) = &mut ext {
+                    match external::sockperf(
+                        &t.client,
+                        server,
+                        t.server_ip,
+                        EXTERNAL_PORT + 1,
+                        64,
+                        secs,
+                    ) {
+                        Ok((p50, _)) => v.push(p50),
+                        Err(e) => ext = Err(format!("{e:#}")),
+                    }
+                }
             }
         }
-        out.push(CrossCheck::new(
-            t.mode.name(),
-            "sockperf",
-            "udp-rr-64 p50",
-            "us",
-            own,
-            ext,
-        ));
+        out.push(
+            CrossCheck::new(t.mode.name(), "sockperf", "udp-rr-64 p50", "us", own, ext)
+                .with_window(format!(
+                    "round trips of 64 B UDP ping-pong, one outstanding, from {} ms to {} ms of a {secs} s run (sockperf's warm-up and cool-down left out on both sides)",
+                    record.start.as_millis(),
+                    record.end.as_millis()
+                )),
+        );
     }
     Ok(out)
+}
+
+/// Which side goes first in pair `run` of the cross-check: the built-in
+/// generator in even pairs, the external tool in odd ones.
+fn pair_order(run: usize) -> [bool; 2] {
+    if run.is_multiple_of(2) {
+        [true, false]
+    } else {
+        [false, true]
+    }
 }
 
 fn load_average() -> f64 {
@@ -1220,7 +1274,7 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
                     .iter()
                     .map(|(test, h)| Cdf {
                         test: test.to_string(),
-                        points: stats::cdf(h, 200),
+                        points: stats::cdf(h),
                     })
                     .collect(),
                 cpu: s.cpu,
@@ -1275,8 +1329,10 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
             rr_secs: cfg.rr_secs,
             crr_secs: cfg.crr_secs,
             stream_secs: cfg.stream_secs,
+            stream_warmup_secs: cfg.stream_warmup_secs,
             pps_secs: cfg.pps_secs,
             crosscheck_secs: cfg.crosscheck_secs,
+            crosscheck_warmup_secs: cfg.crosscheck_warmup_secs,
             crosscheck_runs: cfg.crosscheck_runs,
             streams: cfg.streams,
             services: cfg.services,

@@ -188,6 +188,10 @@ pub struct CrossCheck {
     /// More than 10 % apart (or not comparable).
     pub flagged: bool,
     pub note: Option<String>,
+    /// What both sides measured, the same way: the window and the
+    /// traffic.
+    #[serde(default)]
+    pub window: String,
 }
 
 impl CrossCheck {
@@ -219,7 +223,14 @@ impl CrossCheck {
             disagreement,
             flagged: external.is_none_or(|e| stats::disagrees(b, e)),
             note,
+            window: String::new(),
         }
+    }
+
+    /// Records what both sides measured.
+    pub fn with_window(mut self, window: String) -> Self {
+        self.window = window;
+        self
     }
 }
 
@@ -231,8 +242,15 @@ pub struct Settings {
     pub rr_secs: f64,
     pub crr_secs: f64,
     pub stream_secs: f64,
+    /// Seconds left out at the start of each throughput run.
+    #[serde(default)]
+    pub stream_warmup_secs: f64,
     pub pps_secs: f64,
     pub crosscheck_secs: u64,
+    /// Seconds of warm-up before each throughput run of the cross-check
+    /// (iperf3's `--omit`).
+    #[serde(default)]
+    pub crosscheck_warmup_secs: u64,
     pub crosscheck_runs: usize,
     pub streams: usize,
     pub services: usize,
@@ -295,12 +313,13 @@ pub fn render(r: &Report) -> String {
     let st = &r.settings;
     let _ = writeln!(
         s,
-        "{} interleaved rounds{}; per measurement: rr {} s, crr {} s, stream {} s ({} streams for tcp-stream-n), pps {} s; load average {:.2} at start, {:.2} at end; {:.0} s in all; CPU idle states {}",
+        "{} interleaved rounds{}; per measurement: rr {} s, crr {} s, stream {} s at the receiver after {} s of warm-up ({} streams for tcp-stream-n), pps {} s; load average {:.2} at start, {:.2} at end; {:.0} s in all; CPU idle states {}",
         st.rounds,
         if st.quick { " (--quick)" } else { "" },
         st.rr_secs,
         st.crr_secs,
         st.stream_secs,
+        st.stream_warmup_secs,
         st.streams,
         st.pps_secs,
         m.load_start,
@@ -369,7 +388,7 @@ pub fn render(r: &Report) -> String {
     if !r.crosscheck.is_empty() {
         let _ = writeln!(
             s,
-            "\nCross-check of the built-in generator on the kernel baselines: {} alternating run(s) of {} s each, medians (flagged when more than 10% apart)",
+            "\nCross-check of the built-in generator on the kernel baselines: {} alternating run(s) of {} s each (each side first in turn), medians (flagged when more than 10% apart)",
             st.crosscheck_runs,
             st.crosscheck_secs
         );
@@ -396,6 +415,14 @@ pub fn render(r: &Report) -> String {
                     (None, false) => "ok".into(),
                 }
             );
+        }
+        // What each comparison measured, once per metric.
+        let mut said = Vec::new();
+        for c in r.crosscheck.iter().filter(|c| !c.window.is_empty()) {
+            if !said.contains(&&c.metric) {
+                said.push(&c.metric);
+                let _ = writeln!(s, "  {} vs {}: {}", c.metric, c.tool, c.window);
+            }
         }
     }
     let _ = writeln!(s, "\nLabs:");
@@ -483,7 +510,8 @@ mod tests {
             "Gbit/s",
             vec![9.0, 10.0, 11.0],
             Ok(vec![12.0, 11.0, 13.0]),
-        );
+        )
+        .with_window("receiver's bytes over 2 s after 1 s of warm-up".into());
         let y = CrossCheck::new(
             "kernel-hostgw",
             "sockperf",
@@ -510,8 +538,10 @@ mod tests {
                 rr_secs: 0.2,
                 crr_secs: 0.2,
                 stream_secs: 0.5,
+                stream_warmup_secs: 0.1,
                 pps_secs: 0.2,
                 crosscheck_secs: 1,
+                crosscheck_warmup_secs: 1,
                 crosscheck_runs: 1,
                 streams: 4,
                 services: 100,
@@ -565,6 +595,10 @@ mod tests {
         assert!(t.contains("2.00x") && t.contains("0.50x"), "{t}");
         assert!(
             t.contains("DISAGREE") && t.contains("NOT RUN: not installed"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tcp-stream-1 vs iperf3: receiver's bytes over 2 s after 1 s of warm-up"),
             "{t}"
         );
         assert!(t.contains("Linux 6.1.0, Test CPU (2 cores)"), "{t}");
