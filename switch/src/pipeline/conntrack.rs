@@ -23,6 +23,8 @@
 //! Pod-to-pod traffic that involves no service is not tracked at all: it
 //! costs two hash-set probes here and nothing else.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,7 +110,10 @@ impl ConntrackStage {
             ct,
             worker,
             workers: workers.max(1),
-            rng: 0x2545_F491_4F6C_DD1D ^ ((worker as u64 + 1) << 17),
+            // Random-fully: SNAT ports must not be predictable, from one
+            // worker to the next or from one run of the switch to the next
+            // (RandomState is seeded from the OS's random source).
+            rng: RandomState::new().hash_one(worker) | 1,
             icmp_limit: RateLimit::new(
                 super::route::ICMP_ERROR_RATE,
                 super::route::ICMP_ERROR_BURST,
