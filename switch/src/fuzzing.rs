@@ -294,14 +294,6 @@ struct Before {
     /// The L4 checksum was valid (or partial and correctly seeded, so a
     /// completion must make it valid).
     l4_valid: bool,
-    /// KNOWN BUG (docs/fuzzing.md, "Findings"): the vnet header's partial
-    /// checksum does not start at the L4 header; the parse stage accepts
-    /// it, the output stage then writes a checksum over the Ethernet or IP
-    /// header of a frame to a port without offloads, and a start in the
-    /// Ethernet padding the parse stage trims leaves an invalid vnet header
-    /// on the frame. Frames like this are exempt from the frame checks
-    /// until parse.rs refuses them.
-    csum_in_headers: bool,
 }
 
 struct Run {
@@ -531,9 +523,6 @@ impl Run {
             .forwarded
             .push((port, data.len() - vnet_hdr::LEN));
         let frame = &data[vnet_hdr::LEN..];
-        if before.csum_in_headers {
-            return;
-        }
         let hdr = vnet_hdr::VnetHdr::new_checked(&data[..vnet_hdr::LEN]).expect("12 bytes");
         let repr = vnet_hdr::Repr::parse(&hdr, frame.len())
             .unwrap_or_else(|e| panic!("emitted vnet header invalid: {e:?}"));
@@ -636,17 +625,8 @@ fn before_of(data: &[u8]) -> Before {
     let Ok(repr) = vnet_hdr::Repr::parse(&hdr, frame.len()) else {
         return Before::default();
     };
-    let l4_start = match frame.get(14) {
-        Some(v) if frame.len() >= 34 && frame[12..14] == [0x08, 0x00] => {
-            14 + usize::from(v & 0x0f) * 4
-        }
-        _ => 14,
-    };
     Before {
         l4_valid: l4_checksum(frame, &repr) == L4Checksum::Valid,
-        csum_in_headers: repr
-            .csum
-            .is_some_and(|(start, _)| usize::from(start) != l4_start),
     }
 }
 
