@@ -780,16 +780,16 @@ fn churn_through_a_cluster_ip_while_endpoints_roll() {
             .count()
     };
 
-    // With a narrow ephemeral port range in the client's namespace, new
+    // A narrow ephemeral port range in the client's namespace makes new
     // connections reuse client ports whose earlier flows the switch still
-    // holds in TIME_WAIT (120 s), as a busy client does after ~14k
-    // connections with the default range. Opt-in until a SYN on a closed
-    // flow is re-balanced (docs/hardening.md, item 6).
-    if let Ok(range) = std::env::var("PODSWITCH_SOAK_PORT_RANGE") {
-        let set = format!("net.ipv4.ip_local_port_range={}", range.replace('-', " "));
-        let out = lab.exec(&client.0, &["sysctl", "-w", &set]);
-        assert!(out.status.success(), "{out:?}");
-    }
+    // holds in TIME_WAIT (120 s) within seconds, as a busy client does
+    // after ~14k connections with the default range: each such SYN must be
+    // balanced afresh, not follow its old flow to a terminating endpoint
+    // (docs/hardening.md, item 6). PODSWITCH_SOAK_PORT_RANGE overrides it.
+    let range = std::env::var("PODSWITCH_SOAK_PORT_RANGE").unwrap_or_else(|_| "40000-41999".into());
+    let set = format!("net.ipv4.ip_local_port_range={}", range.replace('-', " "));
+    let out = lab.exec(&client.0, &["sysctl", "-w", &set]);
+    assert!(out.status.success(), "{out:?}");
 
     // Warm up (first allocations, first flows), then take the baseline.
     let warm = lab.tool(

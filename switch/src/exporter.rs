@@ -147,7 +147,7 @@ type StageField = fn(&StageCounters) -> &Counter;
 
 /// The datapath events exported one counter each: (metric name without
 /// `_total`, help, the worker counter summed).
-pub const EVENT_SERIES: [(&str, &str, StageField); 12] = [
+pub const EVENT_SERIES: [(&str, &str, StageField); 13] = [
     (
         "podswitch_batches",
         "Batches the workers ran through the pipeline",
@@ -177,6 +177,11 @@ pub const EVENT_SERIES: [(&str, &str, StageField); 12] = [
         "podswitch_tcp_resets_sent",
         "TCP resets sent for segments of flows whose endpoint is gone",
         |c| &c.tcp_resets_sent,
+    ),
+    (
+        "podswitch_conntrack_reopened",
+        "SYNs reusing a closed or TIME_WAIT service flow's tuple, balanced afresh",
+        |c| &c.ct_reopened,
     ),
     (
         "podswitch_lb_affinity_hits",

@@ -66,6 +66,9 @@ pub struct StageCounters {
     pub csum_completed: Counter,
     /// Flows created in the conntrack table by this worker.
     pub ct_created: Counter,
+    /// SYNs that reused the tuple of a closed or TIME_WAIT service flow and
+    /// were load-balanced afresh (the old flow retired).
+    pub ct_reopened: Counter,
     /// New service flows that followed a session-affinity record.
     pub lb_affinity_hits: Counter,
     /// TCP resets sent for segments of flows that no longer exist.

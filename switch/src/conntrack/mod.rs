@@ -196,6 +196,15 @@ impl Entry {
         }
     }
 
+    /// Takes the flow out of use on the fast path: a flow inserted with the
+    /// same tuple afterwards is found first (chains are pushed at the
+    /// head), and this one expires at the next sweep after a second idle.
+    #[inline]
+    pub fn retire(&self) {
+        self.state.store(FlowState::Close as u8, Ordering::Relaxed);
+        self.timeout.store(1, Ordering::Relaxed);
+    }
+
     /// Sets state and flags (racing workers: the last writer wins, and
     /// both computed a legal transition).
     #[inline]

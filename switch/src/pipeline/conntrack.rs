@@ -259,8 +259,11 @@ impl ConntrackStage {
     ) {
         let key = &t.key;
         if let Some(r) = self.ct.lookup_in(t.bucket, key) {
-            self.established(p, r, key, now_s);
-            return;
+            if !(t.to_frontend && self.reopens_service_flow(p, r, key)) {
+                self.established(p, r, key, now_s);
+                return;
+            }
+            c.stages.ct_reopened.inc();
         }
         if t.to_frontend {
             if let Some(f) = svc.frontend(key.dst, key.dport, key.proto) {
@@ -273,6 +276,33 @@ impl ConntrackStage {
         } else if t.inbound {
             self.new_inbound_flow(p, key, c, now_s);
         }
+    }
+
+    /// A SYN on the tuple of a closed or TIME_WAIT service flow (a client
+    /// reusing its port) starts a new connection: as Linux's conntrack
+    /// does (nf_conntrack_proto_tcp.c, "SYN in TIME_WAIT"), the old flow
+    /// is retired and the SYN is balanced afresh, so it never follows the
+    /// old flow to an endpoint that is terminating or gone.
+    fn reopens_service_flow(&self, p: &Packet, r: FlowRef, key: &FlowKey) -> bool {
+        if key.proto != 6 || r.dir != Dir::Orig {
+            return false;
+        }
+        let e = self.ct.entry(r.index);
+        if e.flags() & flow_flags::DNAT == 0
+            || !matches!(e.state(), FlowState::Close | FlowState::TimeWait)
+        {
+            return false;
+        }
+        let fl = p
+            .frame()
+            .get(usize::from(p.meta.l4_off) + 13)
+            .copied()
+            .unwrap_or(0);
+        if fl & tcp_flags::SYN == 0 || fl & tcp_flags::ACK != 0 {
+            return false;
+        }
+        e.retire();
+        true
     }
 
     /// The first packet of a connection from outside the cluster to a pod:
@@ -662,6 +692,55 @@ mod tests {
             let (_, out) = run(&mut pl, &t, 0, &syn(POD_A, port, VIP, 8080));
             assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_C));
         }
+    }
+
+    /// A client reuses its port after a connection closed, while the
+    /// endpoint it used is terminating:
+    ///
+    /// ```text
+    ///   A:40000 --SYN--> VIP:8080 ==> B:80   (closed by RST)
+    ///   B terminating, C ready
+    ///   A:40000 --SYN--> VIP:8080 ==> C:80   (balanced afresh)
+    /// ```
+    #[test]
+    fn syn_on_a_closed_service_flow_is_balanced_afresh() {
+        let t = svc_tables(&[(POD_B, false)], None);
+        let mut pl = Pipeline::new(counters());
+        let (_, out) = run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080));
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_B));
+        let rst = PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC)
+            .ipv4(POD_A, VIP, 64)
+            .tcp(40000, 8080, 2, 0)
+            .rst();
+        let mut f = vec![0u8; VNET];
+        rst.write(&mut f, &[]).unwrap();
+        run(&mut pl, &t, 0, &f);
+        assert_eq!(
+            pl.conntrack.table().list(10, |_| true)[0].state,
+            FlowState::Close
+        );
+        // A retransmitted SYN of a live flow is not re-balanced.
+        let (_, out) = run(&mut pl, &t, 0, &syn(POD_A, 40001, VIP, 8080));
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_B));
+        let t = svc_tables(&[(POD_B, true), (POD_C, false)], None);
+        let (_, out) = run(&mut pl, &t, 0, &syn(POD_A, 40001, VIP, 8080));
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_B), "SYN_SENT keeps B");
+        // The port reuse goes to the ready endpoint, and C's answer is
+        // translated back by the new flow.
+        let (_, out) = run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080));
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_C));
+        let synack = PacketBuilder::ethernet2(mac_of(POD_C), GW_MAC)
+            .ipv4(POD_C, POD_A, 64)
+            .tcp(80, 40000, 9, 65535)
+            .syn()
+            .ack(2);
+        let mut f = vec![0u8; VNET];
+        synack.write(&mut f, &[]).unwrap();
+        let (v, out) = run(&mut pl, &t, 2, &f);
+        assert_eq!(v, Verdict::Forward { port: 0 });
+        let k = tuple(&out);
+        assert_eq!((k.src, k.sport), (VIP.into(), 8080));
+        assert_eq!(pl.counters().stages.ct_reopened.get(), 1);
     }
 
     #[test]
