@@ -122,6 +122,7 @@ const BACKENDS: [[u8; 4]; 3] = [[10, 244, 2, 10], [10, 244, 2, 11], [10, 244, 2,
 const BACKEND_PORT: u16 = 80;
 /// Underlay addresses (TEST-NET benchmarking range, RFC 2544).
 const NODE_IP: [u8; 4] = [198, 18, 0, 1];
+const NODE_PORT_IPS: &[Ipv4Addr] = &[Ipv4Addr::new(198, 18, 0, 1)];
 const REMOTE_IP: [u8; 4] = [198, 18, 0, 2];
 /// VTEP MACs of this node and of n2, and the underlay MACs (this node's
 /// NIC, n2's NIC as the next hop).
@@ -286,6 +287,7 @@ fn node_view() -> NodeView<'static> {
     NodeView {
         name: "bench-node",
         node_ip: Some(Ipv4Addr::from(NODE_IP)),
+        node_port_ips: NODE_PORT_IPS,
         gateway_ip: Ipv4Addr::from(GW_IP),
         mode: ClusterMode::Vxlan,
         maglev_size: DEFAULT_TABLE_SIZE,

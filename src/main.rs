@@ -132,6 +132,11 @@ struct SwitchRunArgs {
     /// 127.0.0.1:9464); an empty value turns the endpoint off.
     #[arg(long)]
     metrics_address: Option<String>,
+    /// Where NodePorts open, comma-separated, as kube-proxy's flag:
+    /// "primary" (the underlay address) and IPv4 CIDRs matched against the
+    /// node's addresses (default "primary").
+    #[arg(long)]
+    nodeport_addresses: Option<String>,
     /// Enter this network namespace before starting (the node's namespace).
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -178,6 +183,7 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
             conntrack: Default::default(),
             maglev_table_size: podswitch_switch::tables::maglev::DEFAULT_TABLE_SIZE,
             metrics_address: Some(podswitch_switch::exporter::DEFAULT_METRICS_ADDRESS),
+            node_port_addresses: podswitch_switch::tables::node_ports::default_list(),
         });
     }
     let mut config = config.context("no configuration")?;
@@ -221,6 +227,10 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
     if let Some(a) = &args.metrics_address {
         config.metrics_address = daemon::parse_metrics_address(a)
             .with_context(|| format!("--metrics-address {a:?} is not an address:port"))?;
+    }
+    if let Some(list) = &args.nodeport_addresses {
+        config.node_port_addresses = podswitch_switch::tables::node_ports::parse_list(list)
+            .with_context(|| format!("--nodeport-addresses {list:?}"))?;
     }
     if let Some(s) = args.control_socket {
         config.control_socket = s;

@@ -421,14 +421,27 @@ fn spoofed_pod_frames_and_unknown_vxlan_sources_are_dropped_and_counted() {
 }
 
 /// Item 5. The control socket is root's alone, the metrics listener is on
-/// localhost, and NodePorts answer only on the node's own address.
+/// localhost, and NodePorts answer only on the configured addresses
+/// (`node_port_addresses = ["primary", "198.18.0.202/32"]`): the node's
+/// own address and, once it is added to the node, 198.18.0.202; never on
+/// another address of the node.
 #[test]
 fn control_socket_metrics_and_node_ports_are_not_exposed() {
     if !require_root() {
         return;
     }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let lab = lab_up("expose", &["--nodes", "2", "--mode", "native"], &[]);
+    let config = config_with(
+        "expose",
+        262_144,
+        r#"node_port_addresses = ["primary", "198.18.0.202/32"]"#,
+    );
+    let lab = lab_up(
+        "expose",
+        &["--nodes", "2", "--mode", "native"],
+        &[("PODSWITCH_CONFIG", config.to_str().unwrap())],
+    );
+    let _ = std::fs::remove_file(&config);
     lab.run_ok(&["apply", "-f", SVC_FIXTURE]);
 
     // Control socket: mode 0600, owned by root, in a 0700 directory; uid
@@ -489,42 +502,45 @@ fn control_socket_metrics_and_node_ports_are_not_exposed() {
         assert_eq!(metrics, [&"0100007F:24F8"], "{node}: metrics listener");
     }
 
-    // NodePort 30080: answers on node-1's address, not on another address
-    // of the same node.
-    let ok = podswitch(&[
-        "lab",
-        "--name",
-        &lab.name,
-        "exec",
-        "--outside",
-        "--",
-        "curl",
-        "-sS",
-        "--max-time",
-        "3",
-        "http://198.18.0.1:30080/",
-    ]);
+    // NodePort 30080: answers on node-1's address ("primary"), and on
+    // 198.18.0.202 once the node has it; not on 198.18.0.201, another
+    // address of the same node that is not configured.
+    let curl = |ip: &str| {
+        podswitch(&[
+            "lab",
+            "--name",
+            &lab.name,
+            "exec",
+            "--outside",
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{ip}:30080/"),
+        ])
+    };
+    let ok = curl("198.18.0.1");
     assert!(ok.status.success(), "NodePort on the node address: {ok:?}");
-    let out = lab.exec_node(
-        "node-1",
-        &["ip", "addr", "add", "198.18.0.201/24", "dev", "eth0"],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let other = podswitch(&[
-        "lab",
-        "--name",
-        &lab.name,
-        "exec",
-        "--outside",
-        "--",
-        "curl",
-        "-sS",
-        "--max-time",
-        "3",
-        "http://198.18.0.201:30080/",
-    ]);
+    for ip in ["198.18.0.201/24", "198.18.0.202/24"] {
+        let out = lab.exec_node("node-1", &["ip", "addr", "add", ip, "dev", "eth0"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let added = Instant::now();
+    let configured = wait_until(Duration::from_secs(15), || {
+        curl("198.18.0.202").status.success()
+    });
     eprintln!(
-        "NodePort 30080 on 198.18.0.201 (not the node address): {} {}",
+        "NodePort 30080 on 198.18.0.202 (configured, added at run time): answering after {:.1} s",
+        added.elapsed().as_secs_f64()
+    );
+    assert!(
+        configured,
+        "NodePort never answered on the configured address 198.18.0.202"
+    );
+    let other = curl("198.18.0.201");
+    eprintln!(
+        "NodePort 30080 on 198.18.0.201 (not configured): {} {}",
         other.status,
         String::from_utf8_lossy(&other.stderr).trim()
     );
@@ -532,14 +548,23 @@ fn control_socket_metrics_and_node_ports_are_not_exposed() {
         !other.status.success(),
         "NodePort answered on an address that is not configured"
     );
+    // node-2 was given the same list: its own address only.
+    let ok = curl("198.18.0.2");
+    assert!(ok.status.success(), "NodePort on node-2's address: {ok:?}");
 }
 
 /// The switch's config for `lab up` via `PODSWITCH_CONFIG`: the example
 /// config with another conntrack cap (the lab's flags set the rest).
 fn config_with_cap(lab_tag: &str, cap: u64) -> std::path::PathBuf {
+    config_with(lab_tag, cap, "")
+}
+
+/// The example config with conntrack cap `cap` and `top` (top-level keys)
+/// put first.
+fn config_with(lab_tag: &str, cap: u64, top: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(DAEMON_CONFIG).expect("configs/switch.toml");
-    let text: String = text
-        .lines()
+    let text: String = std::iter::once(top)
+        .chain(text.lines())
         .filter(|l| !l.starts_with("gateway_ipv4"))
         .map(|l| {
             if l.starts_with("max_flows") {

@@ -79,9 +79,11 @@ pub fn files_source(data: &[u8]) {
         settings: ServiceSettings::default(),
     };
     let t = translate::translate(&objects, &config);
+    let node_ip = t.local_node.as_ref().and_then(|n| n.underlay_ipv4);
     let node = NodeView {
         name: "node-1",
-        node_ip: t.local_node.as_ref().and_then(|n| n.underlay_ipv4),
+        node_ip,
+        node_port_ips: node_ip.as_slice(),
         gateway_ip: "10.244.1.1".parse().expect("valid"),
         mode: ClusterMode::Native,
         maglev_size: 251,

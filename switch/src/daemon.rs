@@ -34,6 +34,8 @@ use crate::control::api::{
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
+use crate::port::steer::SteerAddress;
+use crate::tables::node_ports::{self, NodePortAddress};
 use crate::tables::services::{NodeView, PatchedTable, ServiceLayout, ServiceTable};
 use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
 use crate::worker::{PortIo, Snapshot, Worker};
@@ -64,6 +66,12 @@ pub struct DaemonConfig {
         deserialize_with = "deserialize_metrics_address"
     )]
     pub metrics_address: Option<SocketAddr>,
+    /// Where NodePorts open (kube-proxy's `--nodeport-addresses`):
+    /// `"primary"` (the node's underlay address) and IPv4 CIDRs matched
+    /// against the node's addresses; default `["primary"]`
+    /// ([`crate::tables::node_ports`]).
+    #[serde(default = "node_ports::default_list")]
+    pub node_port_addresses: Vec<NodePortAddress>,
 }
 
 fn default_metrics_address() -> Option<SocketAddr> {
@@ -97,6 +105,9 @@ fn default_maglev_size() -> usize {
 
 /// How often the flow table is swept for expired flows.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
+/// How often the node's addresses are re-read when NodePorts open on CIDRs
+/// (an address added to the node answers NodePorts within this).
+const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What is saved in `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,8 +270,13 @@ pub struct SwitchState {
     service_layout: ServiceLayout,
     maglev_size: usize,
     conntrack: Arc<ConnTrack>,
-    /// Whether NodePort steering is installed on the underlay interface.
-    steered: bool,
+    /// Where NodePorts open, as configured, and the node addresses that
+    /// resolves to now.
+    node_port_addresses: Vec<NodePortAddress>,
+    node_port_ips: Vec<Ipv4Addr>,
+    /// The addresses whose traffic is steered into the switch, with the
+    /// slot of filter priorities each uses.
+    steered: BTreeMap<Ipv4Addr, (u16, SteerAddress)>,
     ports: BTreeMap<String, PortState>,
     slots: Vec<Option<String>>,
     generation: u64,
@@ -863,7 +879,7 @@ impl SwitchState {
         services: BTreeMap<String, ServiceSpec>,
     ) -> Result<ServicesApplied, ApiError> {
         let started = std::time::Instant::now();
-        let view = service_view(&self.node, self.maglev_size);
+        let view = service_view(&self.node, self.maglev_size, &self.node_port_ips);
         let patched = if self.service_layout.fits(&settings, &view) {
             let upsert: Vec<(usize, &ServiceSpec)> = services
                 .values()
@@ -891,9 +907,7 @@ impl SwitchState {
                 endpoints_lost: true,
             }
         };
-        if settings.node_port_range != self.service_settings.node_port_range || !self.steered {
-            self.steer(settings.node_port_range);
-        }
+        self.steer(settings.node_port_range);
         self.service_settings = settings;
         self.services = services;
         self.route_service_cidrs(&self.service_settings);
@@ -917,7 +931,7 @@ impl SwitchState {
                 );
             }
         }
-        let view = service_view(&self.node, self.maglev_size);
+        let view = service_view(&self.node, self.maglev_size, &self.node_port_ips);
         if !self.service_layout.fits(&self.service_settings, &view) {
             // Never built, or built for another node: build in full.
             let mut next = self.services.clone();
@@ -934,9 +948,7 @@ impl SwitchState {
         let patched = self
             .service_layout
             .patch(&self.service_table, &ups, &rem, "upsert")?;
-        if !self.steered {
-            self.steer(self.service_settings.node_port_range);
-        }
+        self.steer(self.service_settings.node_port_range);
         // The service CIDRs are routed already; new external IPs may not be.
         let external: Vec<IpNet> = upsert
             .iter()
@@ -1010,19 +1022,94 @@ impl SwitchState {
         }
     }
 
-    /// Installs NodePort and masquerade steering on the underlay interface.
+    /// The addresses to steer into the switch: the node address (replies
+    /// to translated flows, and NodePorts if they open there) and every
+    /// other address NodePorts open on.
+    fn steer_addresses(&self, node_ports: (u16, u16)) -> Vec<SteerAddress> {
+        let mut out: Vec<SteerAddress> = self
+            .node_port_ips
+            .iter()
+            .map(|&ip| SteerAddress {
+                ip,
+                node_ports: Some(node_ports),
+                translation: Some(ip) == self.node.underlay_ipv4,
+            })
+            .collect();
+        if let Some(ip) = self.node.underlay_ipv4 {
+            if !self.node_port_ips.contains(&ip) {
+                out.push(SteerAddress {
+                    ip,
+                    node_ports: None,
+                    translation: true,
+                });
+            }
+        }
+        out
+    }
+
+    /// Installs NodePort and masquerade steering for every address that
+    /// needs it and does not have it yet (a no-op when all do).
     fn steer(&mut self, node_ports: (u16, u16)) {
-        let (Some(host), Some(node_ip)) = (&self.host, self.node.underlay_ipv4) else {
+        let Some(host) = &self.host else { return };
+        for addr in self.steer_addresses(node_ports) {
+            let slot = match self.steered.get(&addr.ip) {
+                Some((_, done)) if *done == addr => continue,
+                Some((slot, _)) => *slot,
+                None => self
+                    .steered
+                    .values()
+                    .map(|(slot, _)| slot + 1)
+                    .max()
+                    .unwrap_or(0),
+            };
+            match pod::steer_to_host_port(&host.name, &addr, slot) {
+                Ok(n) => {
+                    tracing::info!(filters = n, ip = %addr.ip, node_ports = addr.node_ports.is_some(), "NodePort and masquerade traffic steered into the switch");
+                    self.steered.insert(addr.ip, (slot, addr));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ip = %addr.ip, "steering not installed; NodePorts and masquerade replies to this address will not reach the switch")
+                }
+            }
+        }
+    }
+
+    /// The addresses NodePorts open on now, from the node's addresses;
+    /// `None` if the list has no CIDR (nothing to re-read) or the
+    /// addresses cannot be listed (logged).
+    fn resolve_node_port_ips(&self) -> Option<Vec<Ipv4Addr>> {
+        if !node_ports::needs_local_addresses(&self.node_port_addresses) {
+            return None;
+        }
+        let local = pod::local_ipv4_addresses(self.host.as_ref().map(|h| h.name.as_str()))
+            .map_err(
+                |e| tracing::warn!(error = %e, "cannot list the node's addresses for NodePorts"),
+            )
+            .ok()?;
+        Some(node_ports::resolve(
+            &self.node_port_addresses,
+            self.node.underlay_ipv4,
+            &local,
+        ))
+    }
+
+    /// Re-reads the node's addresses and, if the addresses NodePorts open
+    /// on changed, rebuilds the service table for them and steers the new
+    /// ones. Only lists with a CIDR depend on the node's addresses.
+    fn refresh_node_port_ips(&mut self) {
+        let Some(ips) = self.resolve_node_port_ips() else {
             return;
         };
-        match pod::steer_to_host_port(&host.name, node_ip, node_ports) {
-            Ok(n) => {
-                tracing::info!(filters = n, %node_ip, "NodePort and masquerade traffic steered into the switch");
-                self.steered = true;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "NodePort steering not installed; NodePorts and masquerade replies will not reach the switch")
-            }
+        if ips == self.node_port_ips {
+            return;
+        }
+        tracing::info!(before = ?self.node_port_ips, now = ?ips, "NodePort addresses changed");
+        let before = std::mem::replace(&mut self.node_port_ips, ips);
+        let settings = self.service_settings.clone();
+        let services = self.services.clone();
+        if let Err(e) = self.apply_services(settings, services) {
+            tracing::warn!(error = %e, "Services not rebuilt for the new NodePort addresses");
+            self.node_port_ips = before;
         }
     }
 
@@ -1615,6 +1702,10 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             .unwrap_or(1);
     }
     config.workers = config.workers.clamp(1, crate::port::tap::MAX_QUEUES);
+    anyhow::ensure!(
+        !config.node_port_addresses.is_empty(),
+        "node_port_addresses is empty: list \"primary\" and/or CIDRs (0.0.0.0/0 opens NodePorts on every address)"
+    );
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     let state_file = config.state_dir.join("state.json");
@@ -1705,6 +1796,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
                 .context("spawning worker")?,
         );
     }
+    let node_ip = node.underlay_ipv4;
     let mut state = SwitchState {
         node,
         host: None,
@@ -1716,7 +1808,9 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         service_layout: ServiceLayout::default(),
         maglev_size: config.maglev_table_size,
         conntrack: Arc::clone(&conntrack),
-        steered: false,
+        node_port_addresses: config.node_port_addresses.clone(),
+        node_port_ips: node_ports::resolve(&config.node_port_addresses, node_ip, &[]),
+        steered: BTreeMap::new(),
         ports: BTreeMap::new(),
         slots: Vec::new(),
         generation: 0,
@@ -1744,6 +1838,10 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             io: Arc::new(PortIo::new(queues)),
         });
     }
+    if let Some(ips) = state.resolve_node_port_ips() {
+        state.node_port_ips = ips;
+    }
+    tracing::info!(addresses = ?state.node_port_ips, "NodePorts open on these addresses");
     if let (ClusterMode::Vxlan, Some(local)) = (state.node.mode, state.node.underlay_ipv4) {
         let id = state.alloc_slot("overlay/vxlan");
         let mac = state
@@ -1823,8 +1921,10 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     }
     tracing::info!(node = %config.node.name, workers = config.workers, socket = %config.control_socket.display(), "switch running");
     tracing::debug!(?config, "daemon configuration");
+    let needs_address_checks = node_ports::needs_local_addresses(&config.node_port_addresses);
     // The flow table's sweeper runs here, off the workers.
     let mut last_sweep = std::time::Instant::now();
+    let mut last_address_check = std::time::Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         health.beat();
         std::thread::sleep(Duration::from_millis(100));
@@ -1835,6 +1935,12 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             let r = conntrack.sweep(last_sweep);
             if r.expired + r.evicted > 0 {
                 tracing::debug!(?r, flows = conntrack.len(), "conntrack sweep");
+            }
+        }
+        if needs_address_checks && last_address_check.elapsed() >= ADDRESS_CHECK_INTERVAL {
+            last_address_check = std::time::Instant::now();
+            if let Ok(mut st) = state.lock() {
+                st.refresh_node_port_ips();
             }
         }
     }
@@ -1894,10 +2000,15 @@ pub fn default_state_dir(node: &str) -> PathBuf {
 }
 
 /// The node as its service table sees it.
-fn service_view(node: &NodeSpec, maglev_size: usize) -> NodeView<'_> {
+fn service_view<'a>(
+    node: &'a NodeSpec,
+    maglev_size: usize,
+    node_port_ips: &'a [Ipv4Addr],
+) -> NodeView<'a> {
     NodeView {
         name: &node.name,
         node_ip: node.underlay_ipv4,
+        node_port_ips,
         gateway_ip: node.gateway_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED),
         mode: node.mode,
         maglev_size,

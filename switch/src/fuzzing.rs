@@ -126,6 +126,7 @@ fn node_view(mode: ClusterMode) -> NodeView<'static> {
     NodeView {
         name: NODE,
         node_ip: Some(NODE_IP),
+        node_port_ips: &[NODE_IP],
         gateway_ip: GW,
         mode,
         // Small: the fuzzer rebuilds tables for control requests.

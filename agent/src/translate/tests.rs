@@ -68,9 +68,11 @@ fn problem_list(t: &NodeTopology) -> Vec<(ObjectKind, String, String, Outcome)> 
 /// The switch's own validation of a service table must pass for anything
 /// translation emits, or one bad object would hold back every other.
 fn assert_switch_accepts(t: &NodeTopology) {
+    let node_ip = t.local_node.as_ref().and_then(|n| n.underlay_ipv4);
     let node = NodeView {
         name: "node-1",
-        node_ip: t.local_node.as_ref().and_then(|n| n.underlay_ipv4),
+        node_ip,
+        node_port_ips: node_ip.as_slice(),
         gateway_ip: ip("10.244.1.1"),
         mode: ClusterMode::Native,
         maglev_size: DEFAULT_TABLE_SIZE,

@@ -804,6 +804,7 @@ mod tests {
         let node = NodeView {
             name: "n1",
             node_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            node_port_ips: &[Ipv4Addr::new(198, 18, 0, 1)],
             gateway_ip: t.gateway.ipv4,
             mode: ClusterMode::Native,
             maglev_size: 251,

@@ -640,6 +640,29 @@ impl Netlink {
             .map_err(|e| self.request_error(OP, format!("link {index}"), e))
     }
 
+    /// Every IPv4 address of the namespace, with the index of its link.
+    ///
+    /// # Errors
+    /// The kernel's rejection of the address dump.
+    pub fn ipv4_addresses(&self) -> Result<Vec<(u32, std::net::Ipv4Addr)>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        const OP: &str = "list addresses";
+        let request = self.handle.address().get().execute();
+        let found = self.block_on(OP, async move {
+            let mut addrs = std::pin::pin!(request);
+            let mut out = Vec::new();
+            while let Some(a) = addrs.try_next().await? {
+                for attr in &a.attributes {
+                    if let AddressAttribute::Address(IpAddr::V4(v4)) = attr {
+                        out.push((a.header.index, *v4));
+                    }
+                }
+            }
+            Ok::<_, rtnetlink::Error>(out)
+        })?;
+        found.map_err(|e| self.request_error(OP, "all links".to_string(), e))
+    }
+
     /// The index of the link holding IPv4 address `ip`, if any.
     ///
     /// # Errors

@@ -354,6 +354,29 @@ pub fn add_host_route(name: &str, cidr: IpNet) -> Result<(), NetlinkError> {
     add_route_idempotent(&nl, cidr, None, Some(idx))
 }
 
+/// The IPv4 addresses of this namespace, except those of link `host_port`
+/// (the switch's own host port: NodePorts never open there).
+///
+/// # Errors
+/// A message naming the failed step.
+pub fn local_ipv4_addresses(host_port: Option<&str>) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    let nl = Netlink::current().map_err(|e| format!("open netlink: {e}"))?;
+    let skip = match host_port {
+        Some(name) => nl
+            .link_index(name)
+            .map_err(|e| format!("find {name}: {e}"))?,
+        None => None,
+    };
+    let addrs = nl
+        .ipv4_addresses()
+        .map_err(|e| format!("list addresses: {e}"))?;
+    Ok(addrs
+        .into_iter()
+        .filter(|(link, _)| Some(*link) != skip)
+        .map(|(_, ip)| ip)
+        .collect())
+}
+
 /// Steers NodePort and masquerade-reply traffic from the interface holding
 /// `node_ip` into the host port `name` (see [`super::steer`]).
 ///
@@ -361,15 +384,15 @@ pub fn add_host_route(name: &str, cidr: IpNet) -> Result<(), NetlinkError> {
 /// A message naming the failed step.
 pub fn steer_to_host_port(
     name: &str,
-    node_ip: std::net::Ipv4Addr,
-    node_ports: (u16, u16),
+    addr: &super::steer::SteerAddress,
+    slot: u16,
 ) -> Result<usize, String> {
     let nl = Netlink::current().map_err(|e| format!("open netlink: {e}"))?;
     let idx = nl
         .link_index(name)
         .map_err(|e| format!("find {name}: {e}"))?
         .ok_or_else(|| format!("no link {name}"))?;
-    super::steer::install(&nl, node_ip, idx, node_ports).map_err(|e| {
+    super::steer::install(&nl, addr, slot, idx).map_err(|e| {
         let mut s = e.to_string();
         let mut cur = std::error::Error::source(&e);
         while let Some(c) = cur {

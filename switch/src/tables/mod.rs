@@ -8,6 +8,7 @@
 //! slots in beside IPv4 without a change of shape.
 
 pub mod maglev;
+pub mod node_ports;
 pub mod services;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -219,6 +219,8 @@ fn count_out<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, u32>, key: K) {
 pub struct NodeView<'a> {
     pub name: &'a str,
     pub node_ip: Option<Ipv4Addr>,
+    /// The addresses NodePorts open on ([`super::node_ports`]).
+    pub node_port_ips: &'a [Ipv4Addr],
     pub gateway_ip: Ipv4Addr,
     pub mode: ClusterMode,
     pub maglev_size: usize,
@@ -230,6 +232,7 @@ pub struct NodeView<'a> {
 struct BuiltFor {
     name: String,
     node_ip: Option<Ipv4Addr>,
+    node_port_ips: Vec<Ipv4Addr>,
     gateway_ip: Ipv4Addr,
     mode: ClusterMode,
     maglev_size: usize,
@@ -241,6 +244,7 @@ impl BuiltFor {
         BuiltFor {
             name: node.name.to_string(),
             node_ip: node.node_ip,
+            node_port_ips: node.node_port_ips.to_vec(),
             gateway_ip: node.gateway_ip,
             mode: node.mode,
             maglev_size: node.maglev_size,
@@ -251,6 +255,7 @@ impl BuiltFor {
     fn is(&self, node: &NodeView<'_>, settings: &ServiceSettings) -> bool {
         self.name == node.name
             && self.node_ip == node.node_ip
+            && self.node_port_ips == node.node_port_ips
             && self.gateway_ip == node.gateway_ip
             && self.mode == node.mode
             && self.maglev_size == node.maglev_size
@@ -261,6 +266,7 @@ impl BuiltFor {
         NodeView {
             name: &self.name,
             node_ip: self.node_ip,
+            node_port_ips: &self.node_port_ips,
             gateway_ip: self.gateway_ip,
             mode: self.mode,
             maglev_size: self.maglev_size,
@@ -671,7 +677,7 @@ impl ServiceLayout {
                             format!("{np} is outside the NodePort range {lo}-{hi}"),
                         ));
                     }
-                    if let Some(ip) = node.node_ip {
+                    for &ip in node.node_port_ips {
                         frontends.push((FrontendKind::NodePort, ip, np, pat("node_port")));
                     }
                 }
@@ -978,10 +984,13 @@ mod tests {
         }
     }
 
+    const NODE_PORT_IPS: &[Ipv4Addr] = &[Ipv4Addr::new(192, 168, 0, 1)];
+
     fn view() -> NodeView<'static> {
         NodeView {
             name: "node-1",
             node_ip: Some(Ipv4Addr::new(192, 168, 0, 1)),
+            node_port_ips: NODE_PORT_IPS,
             gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
             mode: ClusterMode::Native,
             maglev_size: maglev::DEFAULT_TABLE_SIZE,
@@ -1149,6 +1158,40 @@ mod tests {
         (patched, full, next)
     }
 
+    /// NodePorts open on exactly the configured addresses (kube-proxy's
+    /// `--nodeport-addresses`), which need not include the node address.
+    #[test]
+    fn node_ports_open_on_the_configured_addresses_only() {
+        fn view_on(ips: &[Ipv4Addr]) -> NodeView<'_> {
+            NodeView {
+                node_port_ips: ips,
+                ..view()
+            }
+        }
+        let svc = service(7, 2, true);
+        let node_ip = Ipv4Addr::new(192, 168, 0, 1);
+        let extra = Ipv4Addr::new(192, 168, 0, 202);
+        let settings = ServiceSettings::default();
+        let t = ServiceTable::build([&svc], &settings, &view_on(&[node_ip, extra])).unwrap();
+        for ip in [node_ip, extra] {
+            assert!(t.frontend(ip, 30007, 6).is_some(), "NodePort on {ip}");
+        }
+        assert!(t
+            .frontend(Ipv4Addr::new(192, 168, 0, 201), 30007, 6)
+            .is_none());
+        let t = ServiceTable::build([&svc], &settings, &view_on(&[extra])).unwrap();
+        assert!(t.frontend(extra, 30007, 6).is_some());
+        assert!(
+            t.frontend(node_ip, 30007, 6).is_none(),
+            "the node address was not configured"
+        );
+        // The node address still masquerades and is still a NAT address.
+        assert!(t.is_nat_address(node_ip));
+        let t = ServiceTable::build([&svc], &settings, &view_on(&[])).unwrap();
+        assert!(t.frontend(node_ip, 30007, 6).is_none());
+        assert!(t.frontend(Ipv4Addr::from(0x0a60_0007), 80, 6).is_some());
+    }
+
     #[test]
     fn maglev_shares_cover_the_table_near_equally_over_eligible_backends() {
         let svc = ServiceSpec {
@@ -1174,6 +1217,7 @@ mod tests {
         let view = NodeView {
             name: "node-1",
             node_ip: None,
+            node_port_ips: &[],
             gateway_ip: Ipv4Addr::new(10, 244, 1, 1),
             mode: ClusterMode::Native,
             maglev_size: maglev::DEFAULT_TABLE_SIZE,
