@@ -560,11 +560,20 @@ fn config_with_cap(lab_tag: &str, cap: u64) -> std::path::PathBuf {
 }
 
 /// The example config with conntrack cap `cap` and `top` (top-level keys)
-/// put first.
+/// put first, in place of the example's lines for the same keys.
 fn config_with(lab_tag: &str, cap: u64, top: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(DAEMON_CONFIG).expect("configs/switch.toml");
+    let replaced: Vec<&str> = top
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
     let text: String = std::iter::once(top)
-        .chain(text.lines())
+        .chain(
+            text.lines()
+                .filter(|l| !replaced.iter().any(|k| l.starts_with(&format!("{k} =")))),
+        )
         .filter(|l| !l.starts_with("gateway_ipv4"))
         .map(|l| {
             if l.starts_with("max_flows") {
