@@ -10,7 +10,8 @@
 //!
 //! `unsafe` is denied crate-wide and allowed only in `port::tap` and
 //! `port::raw`, the two modules that speak to the kernel through ioctls and
-//! raw sockets that no safe crate wraps.
+//! raw sockets that no safe crate wraps, and in `prefetch`, one cache
+//! prefetch hint that std has no safe form of.
 #![deny(unsafe_code)]
 
 pub mod capture;
@@ -22,6 +23,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod pipeline;
 pub mod port;
+pub mod prefetch;
 pub mod tables;
 pub mod testing;
 pub mod wire;

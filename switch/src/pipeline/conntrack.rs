@@ -81,9 +81,6 @@ struct Track {
     key: FlowKey,
     /// `ct.bucket_of(&key)`.
     bucket: usize,
-    /// The chain's first link when the heads were loaded (a prefetch
-    /// hint; the lookup reloads it).
-    head: u32,
     /// To a service frontend's address.
     to_frontend: bool,
     /// From a pod to outside the cluster (masqueraded if new).
@@ -129,11 +126,12 @@ impl ConntrackStage {
     /// Runs the stage over a batch in passes. A lookup in a large table
     /// is two dependent cache misses (the chain head, then the entry);
     /// taken one packet at a time they never overlap. So: classify every
-    /// packet and hash its tuple; load every chain head; touch every first
-    /// entry; and only then do the per-packet work, which now finds its
-    /// lines in cache. The first three passes only read, so the outcome is
-    /// that of processing the packets one by one, in order: the lookups
-    /// reload the heads and see flows created earlier in the batch.
+    /// packet, hash its tuple and prefetch its chain head; then read every
+    /// head and load the entry it points at; and only then do the
+    /// per-packet work, which now finds its lines in cache. The first two
+    /// passes only read, so the outcome is that of processing the packets
+    /// one by one, in order: the lookups reload the heads and see flows
+    /// created earlier in the batch.
     pub fn process(
         &mut self,
         batch: &mut Batch,
@@ -148,7 +146,6 @@ impl ConntrackStage {
         let now_s = self.ct.clock(now);
         self.ct.enter(self.worker);
         self.classify(batch, tables, svc);
-        self.load_heads();
         self.warm_entries();
         let mut work = std::mem::take(&mut self.work);
         let packets = batch.packets_mut();
@@ -215,9 +212,10 @@ impl ConntrackStage {
                 return None;
             }
         }
+        let bucket = self.ct.bucket_of(&key);
+        self.ct.prefetch_head(bucket);
         Some(Track {
-            bucket: self.ct.bucket_of(&key),
-            head: 0,
+            bucket,
             key,
             to_frontend,
             masquerade,
@@ -225,25 +223,17 @@ impl ConntrackStage {
         })
     }
 
-    /// Pass 2: the chain heads, loads independent of one another.
-    fn load_heads(&mut self) {
-        for w in &mut self.work {
-            if let WorkKind::Track(t) = &mut w.what {
-                t.head = self.ct.head(t.bucket);
-            }
-        }
-    }
-
-    /// Pass 3: the first entry of every chain, into cache.
+    /// Pass 2: every chain head (prefetched in pass 1) and, behind it, the
+    /// first entry of every chain, loaded together.
     fn warm_entries(&self) {
         for w in &self.work {
             if let WorkKind::Track(t) = &w.what {
-                self.ct.warm(t.head);
+                self.ct.warm_entry(t.bucket);
             }
         }
     }
 
-    /// Pass 4 for a packet that may belong to a flow: translate it as its
+    /// Pass 3 for a packet that may belong to a flow: translate it as its
     /// flow says, or open one.
     #[allow(clippy::too_many_arguments)]
     #[inline]
