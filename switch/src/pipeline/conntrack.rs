@@ -42,6 +42,13 @@ use crate::metrics::WorkerCounters;
 use crate::tables::services::{ServiceTable, AFFINITY_PROTO, SNAT_PORTS};
 use crate::tables::{PortKind, Tables};
 
+/// How many lookups ahead pass 2 starts fetching an entry: far enough
+/// that the line has arrived when its lookup comes, near enough that the
+/// fetches in flight fit the miss buffers. Measured on the 2-core AMD EPYC
+/// VM (services bench, 1 s runs): 0 ahead 8.0 Mpps hot, 4: 9.3, 6: 9.3,
+/// 8: 9.4, 16: 8.6; heads fetched further ahead as well only lost.
+const ENTRY_PREFETCH_AHEAD: usize = 8;
+
 /// Free ports tried before a new masqueraded flow is refused.
 const PORT_TRIES: usize = 64;
 
@@ -56,6 +63,9 @@ pub struct ConntrackStage {
     /// The packets of the current batch the stage works on (reused: the
     /// fast path does not allocate once it has seen a full batch).
     work: Vec<Work>,
+    /// This batch's per-packet pass has inserted or retired a flow, so the
+    /// lookups done ahead of it may be stale and are done again.
+    table_changed: bool,
 }
 
 /// A packet of the batch the stage has to look at, as the first pass
@@ -81,6 +91,8 @@ struct Track {
     key: FlowKey,
     /// `ct.bucket_of(&key)`.
     bucket: usize,
+    /// The lookup done in pass 2 (valid until the batch changes the table).
+    found: Option<FlowRef>,
     /// To a service frontend's address.
     to_frontend: bool,
     /// From a pod to outside the cluster (masqueraded if new).
@@ -116,6 +128,7 @@ impl ConntrackStage {
                 super::route::ICMP_ERROR_BURST,
             ),
             work: Vec::new(),
+            table_changed: false,
         }
     }
 
@@ -125,13 +138,14 @@ impl ConntrackStage {
 
     /// Runs the stage over a batch in passes. A lookup in a large table
     /// is two dependent cache misses (the chain head, then the entry);
-    /// taken one packet at a time they never overlap. So: classify every
-    /// packet, hash its tuple and prefetch its chain head; then read every
-    /// head and load the entry it points at; and only then do the
-    /// per-packet work, which now finds its lines in cache. The first two
-    /// passes only read, so the outcome is that of processing the packets
-    /// one by one, in order: the lookups reload the heads and see flows
-    /// created earlier in the batch.
+    /// taken one packet at a time, between the translations, they never
+    /// overlap. So: classify every packet, hash its tuple and prefetch its
+    /// chain head; then look every packet up, in a loop that does nothing
+    /// else, so the CPU runs many lookups ahead at once; and only then do
+    /// the per-packet work. The first two passes only read, so the outcome
+    /// is that of processing the packets one by one, in order: once the
+    /// per-packet pass inserts or retires a flow, the rest of the batch is
+    /// looked up again and sees it.
     pub fn process(
         &mut self,
         batch: &mut Batch,
@@ -146,7 +160,8 @@ impl ConntrackStage {
         let now_s = self.ct.clock(now);
         self.ct.enter(self.worker);
         self.classify(batch, tables, svc);
-        self.warm_entries();
+        self.look_up_all();
+        self.table_changed = false;
         let mut work = std::mem::take(&mut self.work);
         let packets = batch.packets_mut();
         for w in &work {
@@ -216,6 +231,7 @@ impl ConntrackStage {
         self.ct.prefetch_head(bucket);
         Some(Track {
             bucket,
+            found: None,
             key,
             to_frontend,
             masquerade,
@@ -223,12 +239,27 @@ impl ConntrackStage {
         })
     }
 
-    /// Pass 2: every chain head (prefetched in pass 1) and, behind it, the
-    /// first entry of every chain, loaded together.
-    fn warm_entries(&self) {
-        for w in &self.work {
+    /// Pass 2: every lookup of the batch, one after the other. The chain
+    /// heads were prefetched in pass 1; the entry a head points at is
+    /// prefetched [`ENTRY_PREFETCH_AHEAD`] lookups before its turn, so
+    /// each lookup finds both its lines in cache.
+    fn look_up_all(&mut self) {
+        let ct = &*self.ct;
+        for w in self.work.iter().take(ENTRY_PREFETCH_AHEAD) {
             if let WorkKind::Track(t) = &w.what {
-                self.ct.warm_entry(t.bucket);
+                ct.prefetch_entry(t.bucket);
+            }
+        }
+        for i in 0..self.work.len() {
+            if let Some(Work {
+                what: WorkKind::Track(t),
+                ..
+            }) = self.work.get(i + ENTRY_PREFETCH_AHEAD)
+            {
+                ct.prefetch_entry(t.bucket);
+            }
+            if let WorkKind::Track(t) = &mut self.work[i].what {
+                t.found = ct.lookup_in(t.bucket, &t.key);
             }
         }
     }
@@ -248,13 +279,20 @@ impl ConntrackStage {
         now: Instant,
     ) {
         let key = &t.key;
-        if let Some(r) = self.ct.lookup_in(t.bucket, key) {
+        let found = if self.table_changed {
+            self.ct.lookup_in(t.bucket, key)
+        } else {
+            t.found
+        };
+        if let Some(r) = found {
             if !(t.to_frontend && self.reopens_service_flow(p, r, key)) {
                 self.established(p, r, key, now_s);
                 return;
             }
             c.stages.ct_reopened.inc();
         }
+        // What follows may retire or insert a flow (or an affinity record).
+        self.table_changed = true;
         if t.to_frontend {
             if let Some(f) = svc.frontend(key.dst, key.dport, key.proto) {
                 self.new_service_flow(p, tables, svc, f, key, c, now_s, now);
@@ -731,6 +769,62 @@ mod tests {
         let k = tuple(&out);
         assert_eq!((k.src, k.sport), (VIP.into(), 8080));
         assert_eq!(pl.counters().stages.ct_reopened.get(), 1);
+    }
+
+    /// One batch, processed as if packet by packet although its lookups are
+    /// done ahead (pass 2): a flow opened by a packet is found by the
+    /// packets after it in the same batch.
+    ///
+    /// ```text
+    ///   pod A ──> VIP:8080 ──> B:80 / C:80
+    ///   batch: ACK of X (open), SYN Y, SYN Y again, ACK Y, ACK X
+    /// ```
+    #[test]
+    fn flow_opened_in_a_batch_is_found_later_in_that_batch() {
+        let t = svc_tables(&[(POD_B, false), (POD_C, false)], None);
+        let mut pl = Pipeline::new(counters());
+        let x = tuple(&run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 8080)).1).dst;
+        let ack = |sport: u16| {
+            let b = PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC)
+                .ipv4(POD_A, VIP, 64)
+                .tcp(sport, 8080, 2, 65535)
+                .ack(10);
+            let mut f = vec![0u8; VNET];
+            b.write(&mut f, &[]).unwrap();
+            f
+        };
+        let frames = [
+            ack(40000),
+            syn(POD_A, 40001, VIP, 8080),
+            syn(POD_A, 40001, VIP, 8080),
+            ack(40001),
+            ack(40000),
+        ];
+        let mut b = Batch::new(frames.len());
+        for f in &frames {
+            b.push_bytes(0, f);
+        }
+        pl.process(&mut b, &t, Instant::now());
+        let dsts: Vec<_> = b
+            .packets()
+            .iter()
+            .map(|p| {
+                assert!(
+                    matches!(p.verdict, Verdict::Forward { .. }),
+                    "{:?}",
+                    p.verdict
+                );
+                tuple(p.data()).dst
+            })
+            .collect();
+        assert_eq!(dsts[0], x);
+        assert_eq!(dsts[4], x);
+        assert_eq!(dsts[1], dsts[2], "the retransmitted SYN follows the first");
+        assert_eq!(dsts[1], dsts[3], "the ACK follows its SYN");
+        assert_eq!(pl.conntrack.table().len(), 2, "one flow per tuple");
+        assert_eq!(pl.counters().stages.ct_created.get(), 2);
+        let stats = crate::metrics::DatapathStats::sum(std::slice::from_ref(pl.counters()));
+        assert!(stats.drops.is_empty(), "{:?}", stats.drops);
     }
 
     #[test]
