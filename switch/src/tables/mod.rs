@@ -116,18 +116,18 @@ impl Overlay {
     }
 }
 
-/// Routes: an exact-match table of host routes (every local pod, the
-/// common case, one hash probe) in front of a longest-prefix match, per
-/// family.
+/// Routes: a longest-prefix match per family.
 ///
 /// IPv4 prefixes are kept as one hash map per distinct prefix length,
-/// probed longest first (typically /24, then /0): a route to a remote
-/// node's pod costs two hash probes instead of a trie walk (a trie
-/// lookup was ~320 instructions per packet; a probe is ~20). A node has a
-/// handful of prefix lengths, so the walk is short. IPv6 keeps the trie.
+/// keyed by the truncated address as a `u32`, probed longest first
+/// (typically /32 for the local pods, then /24, then /0): a local pod
+/// costs one hash probe and a remote node's pod two, instead of a trie
+/// walk (a trie lookup was ~320 instructions per packet; a probe is ~20).
+/// A node has a handful of prefix lengths, so the walk is short. IPv6
+/// has an exact-match table of host routes in front of a trie.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    hosts: rustc_hash::FxHashMap<IpAddr, RouteTarget>,
+    hosts: rustc_hash::FxHashMap<std::net::Ipv6Addr, RouteTarget>,
     /// IPv4 prefixes by length, longest first; keys are truncated network
     /// addresses.
     v4: Vec<PrefixLevel>,
@@ -145,9 +145,11 @@ struct PrefixLevel {
 impl RouteTable {
     /// Adds a route; a later insert of the same prefix replaces it.
     pub fn insert(&mut self, net: IpNet, target: RouteTarget) {
-        if net.prefix_len() == net.max_prefix_len() {
-            self.hosts.insert(net.addr(), target);
-            return;
+        if let IpNet::V6(n) = net {
+            if n.prefix_len() == n.max_prefix_len() {
+                self.hosts.insert(n.addr(), target);
+                return;
+            }
         }
         match net {
             IpNet::V4(n) => {
@@ -174,9 +176,6 @@ impl RouteTable {
     /// Longest-prefix match for one address.
     #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<RouteTarget> {
-        if let Some(t) = self.hosts.get(&addr) {
-            return Some(*t);
-        }
         match addr {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
@@ -184,7 +183,10 @@ impl RouteTable {
                     .iter()
                     .find_map(|l| l.routes.get(&(a & l.mask)).copied())
             }
-            IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, t)| *t),
+            IpAddr::V6(a) => match self.hosts.get(&a) {
+                Some(t) => Some(*t),
+                None => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, t)| *t),
+            },
         }
     }
 }
@@ -198,7 +200,7 @@ impl RouteTable {
         let mut out: Vec<(IpNet, RouteTarget)> = self
             .hosts
             .iter()
-            .map(|(a, t)| (IpNet::from(*a), *t))
+            .map(|(a, t)| (IpNet::from(IpAddr::V6(*a)), *t))
             .collect();
         for l in &self.v4 {
             let len = l.mask.count_ones() as u8;
@@ -222,8 +224,10 @@ impl RouteTable {
     /// The route `addr` matches, with its prefix: the entry
     /// [`RouteTable::lookup`] picks (like `ip route get`).
     pub fn lookup_entry(&self, addr: IpAddr) -> Option<(IpNet, RouteTarget)> {
-        if let Some(t) = self.hosts.get(&addr) {
-            return Some((IpNet::from(addr), *t));
+        if let IpAddr::V6(a) = addr {
+            if let Some(t) = self.hosts.get(&a) {
+                return Some((IpNet::from(addr), *t));
+            }
         }
         match addr {
             IpAddr::V4(a) => {
@@ -427,7 +431,7 @@ mod tests {
         // A later insert of the same prefix replaces the route.
         r.insert(net("10.244.2.0/24"), RouteTarget::Unassigned);
         assert_eq!(at(&r, "10.244.2.5"), Some(RouteTarget::Unassigned));
-        assert_eq!(r.v4.len(), 4, "one level per length");
+        assert_eq!(r.v4.len(), 5, "one level per length, /32 included");
     }
 
     #[test]
