@@ -579,6 +579,11 @@ impl Datapath {
             );
             assert_eq!(&d[30..34], &REMOTE_IP, "{case}: outer destination");
             assert_eq!(rd16(d, 36), vxlan::UDP_PORT, "{case}: outer UDP port");
+            assert_eq!(
+                rd16(d, 34),
+                vxlan::source_port(vxlan::inner_flow_hash(f), vxlan::DEFAULT_SOURCE_PORTS),
+                "{case}: outer UDP source port from the inner flow hash"
+            );
             assert_eq!(usize::from(rd16(d, 38)), d.len() - 34, "{case}: UDP length");
             let hdr = vxlan::VxlanHeader::new_checked(&d[OUTER_LEN..]).expect("VXLAN header");
             assert_eq!(vxlan::Repr::parse(&hdr), Ok(vxlan::Repr { vni: VNI }));
