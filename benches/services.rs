@@ -22,6 +22,7 @@
 //! | case (`services/`)            | what is timed, per batch of [`BATCH`]                      | target       |
 //! | ----------------------------- | ---------------------------------------------------------- | ------------ |
 //! | `established_hot_100k`        | ACKs of flows picked at random among 100k: `process`+encap | >= 20 Mpps   |
+//! | `established_cached_4k`       | same among 4k flows, whose table lines all fit in L2       | (no target)  |
 //! | `established_cold_1m`         | same among 1M flows (table of 2M slots), cache-cold        | >= 5 Mpps    |
 //! | `new_flow`                    | SYNs of never-seen tuples: Maglev, insert, DNAT, encap     | >= 2 Mpps    |
 //! | `build_10k_services`          | `ServiceTable::build`, 10k ClusterIPs x 5 endpoints        | <= 1 s       |
@@ -151,6 +152,7 @@ fn bench_mode() -> bool {
 /// How big each case is.
 #[derive(Debug, Clone, Copy)]
 struct Scale {
+    cached_flows: usize,
     hot_flows: usize,
     cold_flows: usize,
     cold_max_flows: usize,
@@ -162,6 +164,7 @@ impl Scale {
     fn get() -> Scale {
         if bench_mode() {
             Scale {
+                cached_flows: 4_000,
                 hot_flows: 100_000,
                 cold_flows: 1_000_000,
                 cold_max_flows: 2_000_000,
@@ -170,6 +173,7 @@ impl Scale {
             }
         } else {
             Scale {
+                cached_flows: 1_000,
                 hot_flows: 10_000,
                 cold_flows: 20_000,
                 cold_max_flows: 40_000,
@@ -711,6 +715,11 @@ fn bench_established(c: &mut Criterion) {
     let mut group = c.benchmark_group("services");
     group.throughput(Throughput::Elements(BATCH as u64));
     let cases = [
+        (
+            "established_cached_4k",
+            scale.cached_flows,
+            ConntrackConfig::default().max_flows,
+        ),
         (
             "established_hot_100k",
             scale.hot_flows,

@@ -40,7 +40,8 @@ fn csum_offset(proto: u8) -> Option<usize> {
 
 #[inline]
 fn rd16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+    let w: [u8; 2] = b[at..at + 2].try_into().expect("two bytes");
+    u16::from_be_bytes(w)
 }
 
 #[inline]
@@ -50,7 +51,7 @@ fn wr16(b: &mut [u8], at: usize, v: u16) {
 
 #[inline]
 fn rd_ip(b: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
+    Ipv4Addr::from(rd32(b, at))
 }
 
 /// The tuple of an IPv4 packet whose IP header starts at `l3` and L4 at
@@ -65,15 +66,24 @@ pub fn tuple_at(f: &[u8], l3: usize, l4: usize, proto: u8) -> Option<FlowKey> {
 /// inlined, so the tuple stays in registers (see `vnet_hdr::Repr::parse`).
 #[inline(always)]
 fn tuple_with(f: &[u8], src: Ipv4Addr, dst: Ipv4Addr, l4: usize, proto: u8) -> Option<FlowKey> {
+    let be16 = |h: &[u8; 8], at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
     match proto {
-        6 | 17 if f.len() >= l4 + 4 => {
-            Some(FlowKey::new(src, rd16(f, l4), dst, rd16(f, l4 + 2), proto))
+        6 | 17 => {
+            let h: [u8; 4] = f.get(l4..l4 + 4)?.try_into().ok()?;
+            let (sport, dport) = (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+            );
+            Some(FlowKey::new(src, sport, dst, dport, proto))
         }
-        1 if f.len() >= l4 + 8 => match f[l4] {
-            ICMP_ECHO_REQUEST => Some(FlowKey::new(src, rd16(f, l4 + 4), dst, 0, 1)),
-            ICMP_ECHO_REPLY => Some(FlowKey::new(src, 0, dst, rd16(f, l4 + 4), 1)),
-            _ => None,
-        },
+        1 => {
+            let h: &[u8; 8] = f.get(l4..l4 + 8)?.try_into().ok()?;
+            match h[0] {
+                ICMP_ECHO_REQUEST => Some(FlowKey::new(src, be16(h, 4), dst, 0, 1)),
+                ICMP_ECHO_REPLY => Some(FlowKey::new(src, 0, dst, be16(h, 4), 1)),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -92,7 +102,8 @@ pub fn packet_tuple(p: &Packet) -> Option<FlowKey> {
 
 #[inline]
 fn rd32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    let w: [u8; 4] = b[at..at + 4].try_into().expect("four bytes");
+    u32::from_be_bytes(w)
 }
 
 /// Rewrites the addresses and ports of the IPv4 packet at `l3`/`l4` in `f`
@@ -113,43 +124,65 @@ fn rewrite_at(
     partial: bool,
     l4_csum: bool,
 ) {
+    // Fixed-size views of the IP header and the first 8 bytes of the L4
+    // header (all three protocols have them: their callers checked), so
+    // each field is one load or store with no bounds check of its own.
+    let Some(ip) = f
+        .get_mut(l3..l3 + 20)
+        .and_then(|h| <&mut [u8; 20]>::try_from(h).ok())
+    else {
+        return;
+    };
     let (new_src, new_dst) = (u32::from(to.src), u32::from(to.dst));
-    let addrs = checksum::diff_u32(rd32(f, l3 + 12), new_src)
-        + checksum::diff_u32(rd32(f, l3 + 16), new_dst);
-    let ip_check = !checksum::fold(u64::from(!rd16(f, l3 + 10)) + addrs);
-    wr16(f, l3 + 10, ip_check);
-    f[l3 + 12..l3 + 16].copy_from_slice(&new_src.to_be_bytes());
-    f[l3 + 16..l3 + 20].copy_from_slice(&new_dst.to_be_bytes());
+    let old_src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let old_dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let addrs = checksum::diff_u32(old_src, new_src) + checksum::diff_u32(old_dst, new_dst);
+    let ip_check = !checksum::fold(u64::from(!u16::from_be_bytes([ip[10], ip[11]])) + addrs);
+    ip[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    ip[12..16].copy_from_slice(&new_src.to_be_bytes());
+    ip[16..20].copy_from_slice(&new_dst.to_be_bytes());
 
+    let Some(l4h) = f
+        .get_mut(l4..l4 + 8)
+        .and_then(|h| <&mut [u8; 8]>::try_from(h).ok())
+    else {
+        return;
+    };
     // The L4 header's own fields: both ports (one 32-bit word), or the
     // ICMP echo identifier.
     let ports = match proto {
         6 | 17 => {
             let new = (u32::from(to.sport) << 16) | u32::from(to.dport);
-            let old = rd32(f, l4);
-            f[l4..l4 + 4].copy_from_slice(&new.to_be_bytes());
+            let old = u32::from_be_bytes([l4h[0], l4h[1], l4h[2], l4h[3]]);
+            l4h[0..4].copy_from_slice(&new.to_be_bytes());
             checksum::diff_u32(old, new)
         }
         1 => {
-            let id = if f[l4] == ICMP_ECHO_REQUEST {
+            let id = if l4h[0] == ICMP_ECHO_REQUEST {
                 to.sport
             } else {
                 to.dport
             };
-            let old = rd16(f, l4 + 4);
-            wr16(f, l4 + 4, id);
+            let old = u16::from_be_bytes([l4h[4], l4h[5]]);
+            l4h[4..6].copy_from_slice(&id.to_be_bytes());
             u64::from(!old) + u64::from(id)
         }
         _ => 0,
     };
 
-    let Some(c) = csum_offset(proto)
-        .map(|o| l4 + o)
-        .filter(|&c| l4_csum && f.len() >= c + 2)
+    if !l4_csum {
+        return;
+    }
+    let Some(c) = csum_offset(proto).map(|o| l4 + o) else {
+        return;
+    };
+    let Some(field) = f
+        .get_mut(c..c + 2)
+        .and_then(|h| <&mut [u8; 2]>::try_from(h).ok())
     else {
         return;
     };
-    let old = rd16(f, c);
+    let old = u16::from_be_bytes(*field);
     // UDP checksum 0 means "none" (RFC 768): leave it so.
     if proto == 17 && old == 0 {
         return;
@@ -170,7 +203,7 @@ fn rewrite_at(
             c
         }
     };
-    wr16(f, c, new);
+    *field = new.to_be_bytes();
 }
 
 /// Rewrites a parsed packet's tuple to `to` and updates its metadata.

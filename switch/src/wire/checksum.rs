@@ -74,13 +74,21 @@ pub fn sum_ipv4_header(h: &[u8; 20]) -> u16 {
 /// Decrements the IPv4 TTL of the header at the start of `ipv4` and patches
 /// its header checksum. The caller has checked the header is present and
 /// the TTL is above 1.
+#[inline]
 pub fn ipv4_decrement_ttl(ipv4: &mut [u8]) {
+    // A fixed-size view: one bounds check for the three fields.
+    let Some(h) = ipv4
+        .get_mut(..12)
+        .and_then(|h| <&mut [u8; 12]>::try_from(h).ok())
+    else {
+        return;
+    };
     // TTL is the high byte of the 16-bit word at offset 8 (with protocol).
-    let old = u16::from_be_bytes([ipv4[8], ipv4[9]]);
-    ipv4[8] -= 1;
-    let new = u16::from_be_bytes([ipv4[8], ipv4[9]]);
-    let check = u16::from_be_bytes([ipv4[10], ipv4[11]]);
-    ipv4[10..12].copy_from_slice(&update_u16(check, old, new).to_be_bytes());
+    let old = u16::from_be_bytes([h[8], h[9]]);
+    h[8] = h[8].wrapping_sub(1);
+    let new = u16::from_be_bytes([h[8], h[9]]);
+    let check = u16::from_be_bytes([h[10], h[11]]);
+    h[10..12].copy_from_slice(&update_u16(check, old, new).to_be_bytes());
 }
 
 /// Where a UDP header keeps its checksum (RFC 768).
