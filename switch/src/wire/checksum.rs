@@ -28,10 +28,10 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// RFC 1624 eqn. 3: the new checksum after a 16-bit field changes from
 /// `old` to `new`: `HC' = ~(~HC + ~m + m')`.
 pub fn update_u16(check: u16, old: u16, new: u16) -> u16 {
+    // At most 3 * 0xffff: two end-around carries fold it to 16 bits.
     let mut acc = u32::from(!check) + u32::from(!old) + u32::from(new);
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
     !(acc as u16)
 }
 
