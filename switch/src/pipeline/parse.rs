@@ -5,7 +5,7 @@
 //! Nothing a pod writes is trusted: every length and offset is checked
 //! against the frame before a later stage touches it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4Slice, TcpHeaderSlice};
 
@@ -131,33 +131,106 @@ fn check_overlay_source(p: &Packet, tables: &Tables) -> Result<(), DropReason> {
     }
 }
 
+/// The IPv4 header fields the stage uses, however they were read.
+#[derive(Debug, PartialEq, Eq)]
+struct Ipv4Fields {
+    /// Header length in bytes (with options).
+    hl: usize,
+    total_len: u16,
+    proto: IpNumber,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    dont_fragment: bool,
+    more_fragments: bool,
+    /// Fragment offset in 8-byte units.
+    frag_off: u16,
+    /// RFC 1812 §5.2.2: a router verifies the header checksum.
+    checksum_valid: bool,
+}
+
+impl Ipv4Fields {
+    /// The common case from one fixed-size view: a 20-byte header without
+    /// options carrying TCP, UDP or ICMP. It checks what etherparse's
+    /// `Ipv4Slice::from_slice` checks for such a header (version and IHL
+    /// in the first byte, total length at least the header and within the
+    /// frame), so both paths accept and refuse the same datagrams; `None`
+    /// hands anything else (options, AH, short buffers) to etherparse.
+    #[inline]
+    fn fixed(ip: &[u8]) -> Option<Result<(Ipv4Fields, &[u8]), DropReason>> {
+        let h: &[u8; 20] = ip.get(..20)?.try_into().ok()?;
+        if h[0] != 0x45 || !matches!(h[9], 1 | 6 | 17) {
+            return None;
+        }
+        let total_len = u16::from_be_bytes([h[2], h[3]]);
+        if total_len < 20 || ip.len() < usize::from(total_len) {
+            return Some(Err(DropReason::Ipv4HeaderInvalid));
+        }
+        let flags_frag = u16::from_be_bytes([h[6], h[7]]);
+        let fields = Ipv4Fields {
+            hl: 20,
+            total_len,
+            proto: IpNumber(h[9]),
+            src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+            dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+            ttl: h[8],
+            dont_fragment: flags_frag & 0x4000 != 0,
+            more_fragments: flags_frag & 0x2000 != 0,
+            frag_off: flags_frag & 0x1fff,
+            checksum_valid: checksum::sum_ipv4_header(h) == 0xffff,
+        };
+        Some(Ok((fields, &ip[20..usize::from(total_len)])))
+    }
+
+    /// Any other header, through etherparse.
+    fn sliced(ip: &[u8]) -> Result<(Ipv4Fields, &[u8]), DropReason> {
+        let slice = Ipv4Slice::from_slice(ip).map_err(|_| DropReason::Ipv4HeaderInvalid)?;
+        let h = slice.header();
+        // Almost every header has no options: sum its five words directly.
+        let checksum_valid = match <&[u8; 20]>::try_from(h.slice()) {
+            Ok(fixed) => checksum::sum_ipv4_header(fixed) == 0xffff,
+            Err(_) => checksum::checksum(h.slice()) == 0,
+        };
+        let fields = Ipv4Fields {
+            hl: h.slice().len(),
+            total_len: h.total_len(),
+            proto: h.protocol(),
+            src: h.source_addr(),
+            dst: h.destination_addr(),
+            ttl: h.ttl(),
+            dont_fragment: h.dont_fragment(),
+            more_fragments: h.more_fragments(),
+            frag_off: h.fragments_offset().value(),
+            checksum_valid,
+        };
+        Ok((fields, slice.payload().payload))
+    }
+}
+
 /// `own_ip` is `Some(the pod's address)` for pod ports (anti-spoofing) and
 /// `None` for the host port, which sends with any source.
 fn parse_ipv4(
     p: &mut Packet,
-    own_ip: Option<Option<std::net::Ipv4Addr>>,
+    own_ip: Option<Option<Ipv4Addr>>,
     mtu: u32,
 ) -> Result<(), DropReason> {
     let vnet = p.meta.vnet;
-    let ip_bytes = &p.frame()[ETH_LEN..];
-    let ip = Ipv4Slice::from_slice(ip_bytes).map_err(|_| DropReason::Ipv4HeaderInvalid)?;
-    let h = ip.header();
-    // RFC 1812 §5.2.2: a router verifies the header checksum. Almost
-    // every header has no options: sum its five words directly.
-    let valid = match <&[u8; 20]>::try_from(h.slice()) {
-        Ok(fixed) => checksum::sum_ipv4_header(fixed) == 0xffff,
-        Err(_) => checksum::checksum(h.slice()) == 0,
+    let frame = p.frame();
+    let ip_bytes = frame.get(ETH_LEN..).unwrap_or(&[]);
+    let (h, l4) = match Ipv4Fields::fixed(ip_bytes) {
+        Some(fixed) => fixed?,
+        None => Ipv4Fields::sliced(ip_bytes)?,
     };
-    if !valid {
+    if !h.checksum_valid {
         return Err(DropReason::Ipv4ChecksumInvalid);
     }
-    let src = h.source_addr();
+    let src = h.src;
     if let Some(own) = own_ip {
         if Some(src) != own {
             return Err(DropReason::SourceIpSpoofed);
         }
     }
-    let ip_len = h.total_len();
+    let ip_len = h.total_len;
     // A datagram over the ingress MTU is not dropped here: the route stage
     // checks it against the egress path's MTU and answers with ICMP
     // fragmentation needed (RFC 1191) when DF is set, so path MTU
@@ -167,11 +240,9 @@ fn parse_ipv4(
     if own_ip.is_some() && !vnet.is_gso() && u32::from(ip_len) > mtu.max(MAX_INGRESS_MTU) {
         return Err(DropReason::FrameOverMtu);
     }
-    let proto = h.protocol();
-    let frag_off = h.fragments_offset().value();
-    let first_fragment = frag_off == 0;
-    let hl = h.slice().len();
-    let l4 = ip.payload().payload;
+    let proto = h.proto;
+    let first_fragment = h.frag_off == 0;
+    let hl = h.hl;
     let l4_hdr_len = if first_fragment {
         match proto {
             IpNumber::TCP => {
@@ -208,13 +279,14 @@ fn parse_ipv4(
             IpNumber::UDP => 6,
             _ => return Err(DropReason::VnetHdrInvalid),
         };
-        let whole = first_fragment && !h.more_fragments();
+        let whole = first_fragment && !h.more_fragments;
         if !whole || usize::from(start) != ETH_LEN + hl || offset != field {
             return Err(DropReason::VnetHdrInvalid);
         }
     }
-    let dst = h.destination_addr();
-    let (more_fragments, dont_fragment, ttl) = (h.more_fragments(), h.dont_fragment(), h.ttl());
+    let dst = h.dst;
+    let (more_fragments, dont_fragment, ttl) = (h.more_fragments, h.dont_fragment, h.ttl);
+    let frame_len = frame.len();
     let m = &mut p.meta;
     m.l3 = L3::Ipv4;
     m.l4_off = (ETH_LEN + hl) as u16;
@@ -230,7 +302,7 @@ fn parse_ipv4(
     // Ethernet padding beyond the IP datagram is trimmed (never for GSO,
     // whose lengths the kernel fixes per segment).
     let l2_len = ETH_LEN + usize::from(ip_len);
-    if !vnet.is_gso() && l2_len < p.frame().len() {
+    if !vnet.is_gso() && l2_len < frame_len {
         p.set_frame_len(l2_len);
     }
     Ok(())
@@ -412,6 +484,26 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = parse(bytes);
+        }
+
+        /// The fixed-header fast path reads and refuses exactly what
+        /// etherparse does, for every header it takes.
+        #[test]
+        fn fixed_header_path_agrees_with_etherparse(
+            header in proptest::array::uniform20(proptest::num::u8::ANY),
+            proto in proptest::sample::select(vec![1u8, 6, 17]),
+            payload in 0usize..80,
+            total_len in proptest::option::of(0u16..140),
+        ) {
+            let mut ip = header.to_vec();
+            ip[0] = 0x45;
+            ip[9] = proto;
+            ip.resize(20 + payload, 0xa5);
+            // Mostly a consistent length; sometimes any.
+            let total = total_len.unwrap_or(ip.len() as u16);
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            let fixed = Ipv4Fields::fixed(&ip).expect("the fast path takes this header");
+            proptest::prop_assert_eq!(fixed, Ipv4Fields::sliced(&ip));
         }
 
         #[test]
