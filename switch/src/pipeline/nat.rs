@@ -209,10 +209,11 @@ fn rewrite_at(
 /// Rewrites a parsed packet's tuple to `to` and updates its metadata.
 #[inline]
 pub fn rewrite(p: &mut Packet, to: &FlowKey) {
-    let m = p.meta;
+    // The fields by name, not a copy of the whole `Meta`.
+    let m = &p.meta;
     let partial = m.vnet.csum.is_some();
-    let (l3, l4) = (usize::from(m.l3_off), usize::from(m.l4_off));
-    rewrite_at(p.frame_mut(), l3, l4, m.proto, to, partial, true);
+    let (l3, l4, proto) = (usize::from(m.l3_off), usize::from(m.l4_off), m.proto);
+    rewrite_at(p.frame_mut(), l3, l4, proto, to, partial, true);
     p.meta.src = to.src.into();
     p.meta.dst = to.dst.into();
 }

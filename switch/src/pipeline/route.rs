@@ -104,15 +104,15 @@ impl RouteStage {
         if self.ttl_expired(p, tables, c, now) {
             return;
         }
-        let m = p.meta;
-        let wire_len = wire_len(&m);
+        let m = &p.meta;
+        let (wire_len, dont_fragment, gso) = (wire_len(m), m.dont_fragment, m.vnet.is_gso());
         // Pods get path MTU feedback. Frames from the overlay or the node's
         // stack may be larger than the pod MTU because the receive path
         // coalesced them (GRO/LRO upstream); they are delivered whole, as
         // the kernel delivers a GRO packet, and the pod's stack takes them.
         let from_pod = tables.port(p.ingress).map(|x| x.kind) == Some(crate::tables::PortKind::Pod);
         if from_pod && wire_len > dst.mtu {
-            if m.dont_fragment || m.vnet.is_gso() {
+            if dont_fragment || gso {
                 let mtu = dst.mtu.min(u32::from(u16::MAX)) as u16;
                 self.error(
                     p,
@@ -166,11 +166,10 @@ impl RouteStage {
         if self.ttl_expired(p, tables, c, now) {
             return;
         }
-        let m = p.meta;
         // The overlay's MTU: the underlay's minus the encapsulation, the MTU
         // the overlay port was given.
         let mtu = tables.port(ov.port).map(|port| port.mtu).unwrap_or(1450);
-        let wire_len = wire_len(&m);
+        let wire_len = wire_len(&p.meta);
         if wire_len > mtu {
             let mtu = mtu.min(u32::from(u16::MAX)) as u16;
             self.error(

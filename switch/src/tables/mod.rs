@@ -434,6 +434,44 @@ mod tests {
         assert_eq!(r.v4.len(), 5, "one level per length, /32 included");
     }
 
+    /// With many routes of several lengths, every lookup agrees with a
+    /// linear longest-prefix scan of the routes.
+    #[test]
+    fn lookup_agrees_with_a_linear_longest_prefix_scan() {
+        let mut r = RouteTable::default();
+        let mut all: Vec<(u32, u32, RouteTarget)> = Vec::new();
+        let mut add = |r: &mut RouteTable, net: u32, len: u8, t: RouteTarget| {
+            let n = ipnet::Ipv4Net::new(Ipv4Addr::from(net), len).unwrap();
+            r.insert(IpNet::V4(n), t);
+            let mask = u32::from(n.netmask());
+            all.push((net & mask, mask, t));
+        };
+        add(&mut r, 0, 0, RouteTarget::Local(9));
+        add(&mut r, 0x0af4_0000, 16, RouteTarget::Unassigned);
+        for i in 0..3000u32 {
+            add(&mut r, 0x0af4_0000 | (i * 7), 32, RouteTarget::Local(i));
+        }
+        for i in 0..20u32 {
+            add(
+                &mut r,
+                0x0af4_0000 | (i << 10),
+                22,
+                RouteTarget::Node(i as u16),
+            );
+        }
+        for a in (0x0af4_0000u32..0x0af5_0000)
+            .step_by(3)
+            .chain([0, u32::MAX, 0xc000_0201])
+        {
+            let want = all
+                .iter()
+                .filter(|(net, mask, _)| a & mask == *net)
+                .max_by_key(|(_, mask, _)| mask.count_ones())
+                .map(|(_, _, t)| *t);
+            assert_eq!(r.lookup(IpAddr::V4(Ipv4Addr::from(a))), want, "{a:#x}");
+        }
+    }
+
     #[test]
     fn entries_list_longest_prefix_first_and_lookup_entry_agrees() {
         let mut r = RouteTable::default();
