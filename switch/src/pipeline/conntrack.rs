@@ -113,6 +113,90 @@ fn flow_hash(k: &FlowKey) -> u64 {
     h ^ (h >> 29)
 }
 
+/// Why a packet is looked up in the flow table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TrackClass {
+    /// To a service frontend's address.
+    pub to_frontend: bool,
+    /// From a pod to outside the cluster (masqueraded if new).
+    pub masquerade: bool,
+    /// From outside the cluster to a pod (tracked untranslated if new).
+    pub inbound: bool,
+}
+
+/// Whether a (non-error) packet with tuple `key` concerns a translation or
+/// a tracked flow; `from_pod`: it entered on a pod's port (asked only when
+/// the answer matters). The conntrack stage and the fast path classify
+/// with this one function, so they track the same packets.
+#[inline]
+pub(super) fn track_class(
+    svc: &ServiceTable,
+    key: &FlowKey,
+    from_pod: impl FnOnce() -> bool,
+) -> Option<TrackClass> {
+    let to_frontend = svc.is_frontend_ip(key.dst);
+    // A packet to a frontend is always looked up; the other probes
+    // matter only for the rest (most packets to a service skip them).
+    if to_frontend {
+        return Some(TrackClass {
+            to_frontend,
+            masquerade: false,
+            inbound: false,
+        });
+    }
+    let maybe_reply = svc.is_endpoint(key.src, key.sport, key.proto) || svc.is_nat_address(key.dst);
+    let from_pod = from_pod();
+    let masquerade = from_pod && svc.masquerades(key.dst);
+    // A connection from outside the cluster to a pod is tracked (without
+    // translation) so that the pod's replies are recognised as replies and
+    // not masqueraded, as Linux's conntrack does.
+    let inbound =
+        !from_pod && !maybe_reply && svc.masquerades(key.src) && !svc.masquerades(key.dst);
+    (maybe_reply || masquerade || inbound).then_some(TrackClass {
+        to_frontend,
+        masquerade,
+        inbound,
+    })
+}
+
+/// Whether a packet of flow `r` (TCP flags `tcp_flags`, 0 for other
+/// protocols) leaves the flow's state as it is: no SYN, FIN or RST, and
+/// no transition of the state machine (an established TCP flow, a UDP or
+/// ICMP flow already replied to, or a packet in the original direction
+/// of one not yet replied to). Such a packet is translated and its flow
+/// touched, nothing more ([`ConntrackStage`]'s `established` does exactly
+/// that for it), so the order in which two such packets are handled does
+/// not matter.
+#[inline]
+pub(super) fn leaves_state(ct: &ConnTrack, r: FlowRef, proto: u8, tcp_flags: u8) -> bool {
+    let e = ct.entry(r.index);
+    let (state, flags) = (e.state(), e.flags());
+    match proto {
+        6 => {
+            tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+                && tcp_next(state, flags, r.dir, tcp_flags) == (state, flags)
+        }
+        _ => !(r.dir == Dir::Reply && state == FlowState::Unreplied),
+    }
+}
+
+/// Translates a packet of known flow `r` as the flow says and records the
+/// activity; for a packet [`leaves_state`] holds for, this is all the
+/// conntrack stage does with it.
+#[inline]
+pub(super) fn translate(ct: &ConnTrack, p: &mut Packet, r: FlowRef, key: &FlowKey, now_s: u32) {
+    let e = ct.entry(r.index);
+    let other = match r.dir {
+        Dir::Orig => Dir::Reply,
+        Dir::Reply => Dir::Orig,
+    };
+    let to = e.key(other).reversed();
+    if to != *key {
+        nat::rewrite(p, &to);
+    }
+    e.touch(now_s);
+}
+
 impl ConntrackStage {
     pub fn new(ct: Arc<ConnTrack>, worker: usize, workers: usize) -> Self {
         ConntrackStage {
@@ -208,34 +292,17 @@ impl ConntrackStage {
     #[inline]
     fn tracked(&self, p: &Packet, tables: &Tables, svc: &ServiceTable) -> Option<Track> {
         let key = nat::packet_tuple(p)?;
-        let to_frontend = svc.is_frontend_ip(key.dst);
-        let (mut masquerade, mut inbound) = (false, false);
-        // A packet to a frontend is always looked up; the other probes
-        // matter only for the rest (most packets to a service skip them).
-        if !to_frontend {
-            let maybe_reply =
-                svc.is_endpoint(key.src, key.sport, key.proto) || svc.is_nat_address(key.dst);
-            let from_pod = tables.port(p.ingress).map(|x| x.kind) == Some(PortKind::Pod);
-            masquerade = from_pod && svc.masquerades(key.dst);
-            // A connection from outside the cluster to a pod is tracked
-            // (without translation) so that the pod's replies are
-            // recognised as replies and not masqueraded, as Linux's
-            // conntrack does.
-            inbound =
-                !from_pod && !maybe_reply && svc.masquerades(key.src) && !svc.masquerades(key.dst);
-            if !(maybe_reply || masquerade || inbound) {
-                return None;
-            }
-        }
+        let from_pod = || tables.port(p.ingress).map(|x| x.kind) == Some(PortKind::Pod);
+        let class = track_class(svc, &key, from_pod)?;
         let bucket = self.ct.bucket_of(&key);
         self.ct.prefetch_head(bucket);
         Some(Track {
             bucket,
             found: None,
             key,
-            to_frontend,
-            masquerade,
-            inbound,
+            to_frontend: class.to_frontend,
+            masquerade: class.masquerade,
+            inbound: class.inbound,
         })
     }
 
@@ -363,15 +430,8 @@ impl ConntrackStage {
     /// A packet of a known flow: translate it and advance the flow's state.
     #[inline]
     fn established(&mut self, p: &mut Packet, r: FlowRef, key: &FlowKey, now_s: u32) {
+        translate(&self.ct, p, r, key, now_s);
         let e = self.ct.entry(r.index);
-        let other = match r.dir {
-            Dir::Orig => Dir::Reply,
-            Dir::Reply => Dir::Orig,
-        };
-        let to = e.key(other).reversed();
-        if to != *key {
-            nat::rewrite(p, &to);
-        }
         let state = e.state();
         let (next, flags) = match key.proto {
             6 => {
@@ -388,7 +448,6 @@ impl ConntrackStage {
             _ => (state, e.flags()),
         };
         e.set_state(next, flags);
-        e.touch(now_s);
     }
 
     /// The first packet to a frontend.

@@ -119,7 +119,11 @@ fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     Ok(())
 }
 
-fn gateway_ipv4(p: &mut Packet, tables: &Tables, c: &WorkerCounters) -> Result<(), DropReason> {
+pub(super) fn gateway_ipv4(
+    p: &mut Packet,
+    tables: &Tables,
+    c: &WorkerCounters,
+) -> Result<(), DropReason> {
     let IpAddr::V4(dst) = p.meta.dst else {
         return Ok(());
     };

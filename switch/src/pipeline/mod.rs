@@ -5,6 +5,7 @@
 //! (VPP's vector idea) and skipping packets an earlier stage has decided:
 //!
 //! ```text
+//!  fast path: known flows from pods, all of the below in one pass
 //!  parse ──> conntrack ──> gateway ──> route ──> output
 //!  vnet_hdr   services      proxy ARP   LPM        offload fix-ups for the
 //!  eth/ip/l4  (Maglev), NAT ICMP echo   TTL, MACs  destination port
@@ -19,6 +20,7 @@
 pub mod conntrack;
 pub mod decap;
 pub mod drop_reason;
+pub mod fastpath;
 pub mod gateway;
 pub mod icmp_error;
 pub mod nat;
@@ -349,6 +351,10 @@ impl Batch {
 
 /// Per-worker pipeline: the stages and the worker's counters.
 pub struct Pipeline {
+    pub fast: fastpath::FastPathStage,
+    /// Whether [`fastpath`] runs first (on by default; off, every packet
+    /// takes the stage path, for comparisons).
+    pub fast_path: bool,
     pub parse: parse::ParseStage,
     pub gateway: gateway::GatewayStage,
     pub conntrack: conntrack::ConntrackStage,
@@ -372,6 +378,8 @@ impl Pipeline {
         workers: usize,
     ) -> Self {
         Pipeline {
+            fast: fastpath::FastPathStage::new(std::sync::Arc::clone(&ct), worker),
+            fast_path: true,
             parse: parse::ParseStage,
             gateway: gateway::GatewayStage,
             conntrack: conntrack::ConntrackStage::new(ct, worker, workers),
@@ -390,6 +398,9 @@ impl Pipeline {
     pub fn process(&mut self, batch: &mut Batch, tables: &Tables, now: Instant) {
         let c = &*self.counters;
         c.stages.batches.inc();
+        if self.fast_path {
+            self.fast.process(batch, tables, &mut self.route, c, now);
+        }
         self.parse.process(batch, tables, c);
         // Conntrack before the gateway: replies to flows translated to the
         // gateway's address (hairpin, NodePort in VXLAN mode) are addressed

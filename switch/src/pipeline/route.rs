@@ -66,6 +66,15 @@ impl RouteStage {
             if !p.pending() || p.meta.l3 != L3::Ipv4 {
                 continue;
             }
+            self.route_one(p, tables, c, now);
+        }
+    }
+
+    /// Routes one parsed, pending IPv4 packet (the fast path calls this
+    /// for the packets it takes, so both paths route alike).
+    #[inline]
+    pub fn route_one(&mut self, p: &mut Packet, tables: &Tables, c: &WorkerCounters, now: Instant) {
+        {
             match tables.routes.lookup(p.meta.dst) {
                 Some(RouteTarget::Local(port)) => self.forward_local(p, port, tables, c, now),
                 Some(RouteTarget::Node(node)) => self.forward_remote(p, node, tables, c, now),
