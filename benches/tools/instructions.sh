@@ -14,7 +14,7 @@ bin=$1 case=${2:-established_cached_4k}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 toggles=()
-for f in ParseStage ConntrackStage GatewayStage RouteStage OutputStage; do
+for f in FastPathStage ParseStage ConntrackStage GatewayStage RouteStage OutputStage; do
     toggles+=("--toggle-collect=*${f}::process*")
 done
 toggles+=("--toggle-collect=*Encapsulator::run*")

@@ -122,7 +122,7 @@ impl FastPathStage {
 
     /// Takes what it can of the batch; the packets it takes have their
     /// verdict (or a drop, counted) when it returns, the others are as
-    /// they came.
+    /// they came. Returns whether any packet is left for the stage path.
     pub fn process(
         &mut self,
         batch: &mut Batch,
@@ -130,7 +130,7 @@ impl FastPathStage {
         route: &mut RouteStage,
         c: &WorkerCounters,
         now: Instant,
-    ) {
+    ) -> bool {
         let svc = &*tables.services;
         let tracking = svc.active();
         self.work.clear();
@@ -173,7 +173,7 @@ impl FastPathStage {
             });
         }
         if self.work.is_empty() {
-            return;
+            return batch.packets().iter().any(|p| p.pending());
         }
         self.ct.enter(self.worker);
         self.look_up_all();
@@ -220,6 +220,7 @@ impl FastPathStage {
             route.route_one(p, tables, c, now);
         }
         self.ct.exit(self.worker);
+        batch.packets().iter().any(|p| p.pending())
     }
 
     /// Pass 2: the lookups, entries prefetched ahead.

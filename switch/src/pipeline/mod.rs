@@ -398,16 +398,18 @@ impl Pipeline {
     pub fn process(&mut self, batch: &mut Batch, tables: &Tables, now: Instant) {
         let c = &*self.counters;
         c.stages.batches.inc();
-        if self.fast_path {
-            self.fast.process(batch, tables, &mut self.route, c, now);
+        // The stage path runs only for what the fast path left (they only
+        // ever act on pending packets).
+        let rest = !self.fast_path || self.fast.process(batch, tables, &mut self.route, c, now);
+        if rest {
+            self.parse.process(batch, tables, c);
+            // Conntrack before the gateway: replies to flows translated to
+            // the gateway's address (hairpin, NodePort in VXLAN mode) are
+            // addressed to it and must be translated back, not answered.
+            self.conntrack.process(batch, tables, c, now);
+            self.gateway.process(batch, tables, c);
+            self.route.process(batch, tables, c, now);
         }
-        self.parse.process(batch, tables, c);
-        // Conntrack before the gateway: replies to flows translated to the
-        // gateway's address (hairpin, NodePort in VXLAN mode) are addressed
-        // to it and must be translated back, not answered.
-        self.conntrack.process(batch, tables, c, now);
-        self.gateway.process(batch, tables, c);
-        self.route.process(batch, tables, c, now);
         self.output.process(batch, tables, c);
     }
 }
