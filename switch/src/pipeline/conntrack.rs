@@ -182,9 +182,18 @@ pub(super) fn leaves_state(ct: &ConnTrack, r: FlowRef, proto: u8, tcp_flags: u8)
 
 /// Translates a packet of known flow `r` as the flow says and records the
 /// activity; for a packet [`leaves_state`] holds for, this is all the
-/// conntrack stage does with it.
+/// conntrack stage does with it. Returns the packet's destination address
+/// after the translation. `rewrite(p, to)` rewrites the packet's tuple
+/// to `to` ([`nat::rewrite`], or the fast path's fixed-offset form).
 #[inline]
-pub(super) fn translate(ct: &ConnTrack, p: &mut Packet, r: FlowRef, key: &FlowKey, now_s: u32) {
+pub(super) fn translate(
+    ct: &ConnTrack,
+    p: &mut Packet,
+    r: FlowRef,
+    key: &FlowKey,
+    now_s: u32,
+    rewrite: impl FnOnce(&mut Packet, &FlowKey),
+) -> Ipv4Addr {
     let e = ct.entry(r.index);
     let other = match r.dir {
         Dir::Orig => Dir::Reply,
@@ -192,9 +201,10 @@ pub(super) fn translate(ct: &ConnTrack, p: &mut Packet, r: FlowRef, key: &FlowKe
     };
     let to = e.key(other).reversed();
     if to != *key {
-        nat::rewrite(p, &to);
+        rewrite(p, &to);
     }
     e.touch(now_s);
+    to.dst
 }
 
 impl ConntrackStage {
@@ -430,7 +440,7 @@ impl ConntrackStage {
     /// A packet of a known flow: translate it and advance the flow's state.
     #[inline]
     fn established(&mut self, p: &mut Packet, r: FlowRef, key: &FlowKey, now_s: u32) {
-        translate(&self.ct, p, r, key, now_s);
+        translate(&self.ct, p, r, key, now_s, nat::rewrite);
         let e = self.ct.entry(r.index);
         let state = e.state();
         let (next, flags) = match key.proto {

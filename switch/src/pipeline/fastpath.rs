@@ -53,10 +53,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::conntrack::{leaves_state, track_class, translate};
-use super::gateway::gateway_ipv4;
+use super::gateway::to_gateway_ipv4;
 use super::parse::{ETH_LEN, MAX_INGRESS_MTU};
-use super::route::RouteStage;
-use super::{drop_packet, nat, Batch, Meta, Packet, BATCH_SIZE, L3};
+use super::route::{PodHop, RouteStage};
+use super::{drop_packet, nat, Batch, DropReason, Meta, Packet, BATCH_SIZE, L3};
 use crate::conntrack::{ConnTrack, FlowKey, FlowRef};
 use crate::metrics::WorkerCounters;
 use crate::tables::{PortKind, Tables};
@@ -80,8 +80,74 @@ pub struct FastPathStage {
     /// Flows an earlier packet of the batch left to the stage path will
     /// touch (reused; rarely more than a few).
     touched: Vec<u32>,
+    /// What each destination address of the batch gets (reused).
+    dests: Destinations,
     /// Packets this stage has taken (for tests and benches).
     pub taken: u64,
+}
+
+/// What the gateway and route stages do with a whole IPv4 TCP or UDP
+/// datagram from a pod to one address: a function of the address and the
+/// tables alone, so it is worked out once per address and batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    /// Dropped by the gateway (a non-unicast address, or the gateway's
+    /// own, which answers nothing but echo requests).
+    Drop(DropReason),
+    /// Forwarded by this hop (unless TTL or MTU call for an ICMP error).
+    Hop(PodHop),
+    /// Anything else: `route_one` decides.
+    Route,
+}
+
+impl Destination {
+    fn resolve(dst: Ipv4Addr, tables: &Tables) -> Destination {
+        match to_gateway_ipv4(dst, tables) {
+            Err(reason) => Destination::Drop(reason),
+            // Not an echo request (`gateway_ipv4`): TCP or UDP.
+            Ok(true) => Destination::Drop(DropReason::GatewayNotServed),
+            Ok(false) => PodHop::resolve(tables, dst).map_or(Destination::Route, Destination::Hop),
+        }
+    }
+}
+
+/// The destinations of one batch: a small direct-mapped table, emptied
+/// per batch (the tables cannot change within one), so most packets of a
+/// batch find their hop without a route lookup.
+#[derive(Debug)]
+struct Destinations {
+    /// Batches seen; a slot is valid for the batch whose number it holds.
+    batch: u64,
+    slots: [(u64, u32, Destination); DESTINATION_SLOTS],
+}
+
+/// Slots of [`Destinations`]: a batch rarely has more distinct
+/// destinations; a collision only costs a route lookup.
+const DESTINATION_SLOTS: usize = 16;
+
+impl Destinations {
+    fn new() -> Self {
+        Destinations {
+            batch: 1,
+            slots: [(0, 0, Destination::Route); DESTINATION_SLOTS],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.batch += 1;
+    }
+
+    #[inline]
+    fn get(&mut self, dst: Ipv4Addr, tables: &Tables) -> Destination {
+        let a = u32::from(dst);
+        // Fibonacci hashing: the top bits of the product.
+        let i = (a.wrapping_mul(0x9E37_79B9) >> (32 - DESTINATION_SLOTS.trailing_zeros())) as usize;
+        let slot = &mut self.slots[i % DESTINATION_SLOTS];
+        if slot.0 != self.batch || slot.1 != a {
+            *slot = (self.batch, a, Destination::resolve(dst, tables));
+        }
+        slot.2
+    }
 }
 
 /// A packet the stage looks at.
@@ -116,6 +182,7 @@ impl FastPathStage {
             worker,
             work: Vec::with_capacity(BATCH_SIZE),
             touched: Vec::with_capacity(BATCH_SIZE),
+            dests: Destinations::new(),
             taken: 0,
         }
     }
@@ -135,6 +202,7 @@ impl FastPathStage {
         let tracking = svc.active();
         self.work.clear();
         self.touched.clear();
+        self.dests.clear();
         // Pass 1: parse, classify, hash and prefetch.
         for (at, p) in batch.packets_mut().iter_mut().enumerate() {
             if !p.pending() {
@@ -183,7 +251,8 @@ impl FastPathStage {
         let packets = batch.packets_mut();
         for w in &self.work {
             let p = &mut packets[usize::from(w.at)];
-            match w.kind {
+            // Where the packet goes, after its translation.
+            let dst = match w.kind {
                 WorkKind::Other => {
                     if let Some(r) = w.found {
                         self.touched.push(r.index);
@@ -207,17 +276,22 @@ impl FastPathStage {
                         };
                         continue;
                     };
-                    translate(ct, p, r, &w.key, now_s);
+                    translate(ct, p, r, &w.key, now_s, |p, to| {
+                        nat::rewrite_plain_ipv4(p, &w.key, to)
+                    })
                 }
-                WorkKind::Untracked => {}
-            }
-            if let Err(reason) = gateway_ipv4(p, tables, c) {
-                self.taken += 1;
-                drop_packet(p, reason, c);
-                continue;
-            }
+                WorkKind::Untracked => w.key.dst,
+            };
             self.taken += 1;
-            route.route_one(p, tables, c, now);
+            match self.dests.get(dst, tables) {
+                Destination::Drop(reason) => drop_packet(p, reason, c),
+                Destination::Hop(hop) => {
+                    if !hop.forward(p, c) {
+                        route.route_one(p, tables, c, now);
+                    }
+                }
+                Destination::Route => route.route_one(p, tables, c, now),
+            }
         }
         self.ct.exit(self.worker);
         batch.packets().iter().any(|p| p.pending())
@@ -368,7 +442,9 @@ mod tests {
     use super::super::Pipeline;
     use super::*;
     use crate::conntrack::FlowInfo;
+    use crate::control::api::ServiceSettings;
     use crate::metrics::DatapathStats;
+    use crate::tables::{Overlay, OverlayNode, RouteTarget};
     use etherparse::PacketBuilder;
 
     /// A small deterministic generator (splitmix64), so a failing batch
@@ -442,7 +518,28 @@ mod tests {
                 (1, tcp(POD_B, 80, client, sport, fl, payload))
             }
             7 => (port, udp(client, sport, POD_B, 53, payload)),
-            8 => (port, tcp(client, sport, POD_B, 22, 16, payload)),
+            8 => {
+                // Straight to an address, not a service: pod B, a pod on
+                // another node (over the overlay, one of many addresses,
+                // more than a batch's destination slots), a pod CIDR
+                // address without a pod, a node the overlay lacks, the
+                // gateway, broadcast, pod C (MTU 1400), the outside.
+                let dst = match r.below(8) {
+                    0 => POD_B,
+                    1 | 2 => [10, 244, 2, r.below(40) as u8],
+                    3 => [10, 244, 1, 200],
+                    4 => [10, 244, 3, 7],
+                    5 => [GW, [255; 4]][r.below(2) as usize],
+                    6 => POD_C,
+                    _ => [203, 0, 113, 9],
+                };
+                let payload = [payload, 1372, 1373, 1400, 1422, 1423][r.below(6) as usize];
+                if r.below(2) == 0 {
+                    (port, udp(client, sport, dst, 53, payload))
+                } else {
+                    (port, tcp(client, sport, dst, 22, 16, payload))
+                }
+            }
             _ => {
                 // Checksum offloaded to the switch (NEEDS_CSUM at the TCP
                 // checksum field), as a pod with tap offloads sends.
@@ -459,6 +556,12 @@ mod tests {
             }
             1 => f.truncate(VNET + r.below(60) as usize),
             2 => f.extend_from_slice(&[0; 6]), // Ethernet padding
+            3 if f.len() >= VNET + 34 => {
+                // TTL 1 or 0: time exceeded, on the stage path.
+                f[VNET + 22] = r.below(2) as u8;
+                let len = u16::from_be_bytes([f[VNET + 16], f[VNET + 17]]);
+                fix_ipv4(&mut f, len);
+            }
             _ => {}
         }
         (ingress, f)
@@ -492,17 +595,46 @@ mod tests {
     fn fast_path_agrees_with_the_stage_path() {
         // One endpoint, not a client: a hairpin flow's source port is
         // random (random-fully), so two pipelines would differ there.
-        let t = svc_tables(&[(POD_B, false)], None);
+        // Nothing masqueraded either (its source ports are random too):
+        // the outside and broadcast destinations are routed as they are.
+        let settings = ServiceSettings {
+            masquerade_exclude: vec!["0.0.0.0/0".parse().unwrap()],
+            ..ServiceSettings::default()
+        };
+        let mut t = svc_tables_with(&[(POD_B, false)], None, &settings);
+        // An overlay with one remote node, 10.244.2.0/24 (MTU 1450 by
+        // default), and a route to a node it does not list.
+        t.overlay = Some(Overlay {
+            vni: 1,
+            udp_port: 4789,
+            local_ipv4: Ipv4Addr::new(198, 18, 0, 1),
+            vtep_mac: [0x0e, 0, 0, 0, 0, 1],
+            port: 9,
+            nodes: vec![OverlayNode {
+                name: "n2".into(),
+                underlay_ipv4: Ipv4Addr::new(198, 18, 0, 2),
+                vtep_mac: [0x0e, 0, 0, 0, 0, 2],
+                pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
+            }],
+        });
+        t.routes
+            .insert("10.244.2.0/24".parse().unwrap(), RouteTarget::Node(0));
+        t.routes
+            .insert("10.244.3.0/24".parse().unwrap(), RouteTarget::Node(7));
         let mut fast = Pipeline::new(counters());
         let mut slow = Pipeline::new(counters());
         slow.fast_path = false;
         let mut taken = 0;
+        let start = Instant::now();
         for seed in 0..400u64 {
             let mut r = Rng(seed);
             let n = 1 + r.below(64) as usize;
             let frames: Vec<(u32, Vec<u8>)> = (0..n).map(|_| frame(&mut r)).collect();
             let mut out = Vec::new();
-            let now = Instant::now();
+            // A second apart: the ICMP error budget (200 a burst) is full
+            // at every batch, so both paths answer every error; which of a
+            // batch's errors an exhausted budget answers is not compared.
+            let now = start + std::time::Duration::from_secs(seed);
             for pl in [&mut fast, &mut slow] {
                 let mut b = Batch::new(n);
                 for (ingress, f) in &frames {

@@ -119,6 +119,18 @@ fn answer_arp(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// Whether an IPv4 packet to `dst` is for the gateway itself (`Ok(false)`:
+/// it passes through); `Err` for a destination no packet may have
+/// (broadcast, multicast, unspecified, 0.0.0.0/8). A function of the
+/// address alone, so the fast path decides it once per destination.
+#[inline]
+pub(super) fn to_gateway_ipv4(dst: Ipv4Addr, tables: &Tables) -> Result<bool, DropReason> {
+    if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || dst.octets()[0] == 0 {
+        return Err(DropReason::NonUnicastDestination);
+    }
+    Ok(dst == tables.gateway.ipv4)
+}
+
 pub(super) fn gateway_ipv4(
     p: &mut Packet,
     tables: &Tables,
@@ -127,10 +139,7 @@ pub(super) fn gateway_ipv4(
     let IpAddr::V4(dst) = p.meta.dst else {
         return Ok(());
     };
-    if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || dst.octets()[0] == 0 {
-        return Err(DropReason::NonUnicastDestination);
-    }
-    if dst != tables.gateway.ipv4 {
+    if !to_gateway_ipv4(dst, tables)? {
         return Ok(());
     }
     let m = p.meta;

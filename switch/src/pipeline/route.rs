@@ -32,6 +32,88 @@ fn wire_len(m: &super::Meta) -> u32 {
     }
 }
 
+/// The overlay's MTU: the underlay's minus the encapsulation, the MTU
+/// the overlay port was given.
+#[inline]
+fn overlay_mtu(tables: &Tables, ov: &crate::tables::Overlay) -> u32 {
+    tables.port(ov.port).map(|port| port.mtu).unwrap_or(1450)
+}
+
+/// The rewrite of a forwarded IPv4 frame: Ethernet to the next hop, TTL
+/// decremented (RFC 1812 §5.3.1) with the header checksum patched.
+#[inline]
+fn rewrite_for_next_hop(p: &mut Packet, dst_mac: &[u8; 6], src_mac: &[u8; 6]) {
+    let f = p.frame_mut();
+    f[0..6].copy_from_slice(dst_mac);
+    f[6..12].copy_from_slice(src_mac);
+    checksum::ipv4_decrement_ttl(&mut f[ETH_LEN..]);
+    p.meta.ttl -= 1;
+}
+
+/// Where [`RouteStage::route_one`] forwards a whole (non-GSO) IPv4
+/// datagram from a pod to one destination address, when it forwards it:
+/// what it derives from the tables for that address, resolved once so
+/// that the fast path can route the other datagrams of a batch to the
+/// same address without the longest-prefix match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PodHop {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    /// The largest datagram (IPv4 total length) forwarded as it is.
+    mtu: u32,
+    /// `Forward` to a local port or `Encap` to an overlay node.
+    verdict: Verdict,
+}
+
+impl PodHop {
+    /// The hop `route_one` forwards such a datagram to `dst` by; `None`
+    /// where it would not forward it (no route, an unassigned pod
+    /// address, a port or node missing from the tables), so that
+    /// `route_one` must handle the packet.
+    pub(super) fn resolve(tables: &Tables, dst: std::net::Ipv4Addr) -> Option<PodHop> {
+        match tables.routes.lookup(dst.into())? {
+            RouteTarget::Local(port) => {
+                let to = tables.port(port)?;
+                Some(PodHop {
+                    dst_mac: to.mac,
+                    src_mac: tables.gateway.mac,
+                    mtu: to.mtu,
+                    verdict: Verdict::Forward { port },
+                })
+            }
+            RouteTarget::Node(node) => {
+                let ov = tables.overlay.as_ref()?;
+                let remote = ov.nodes.get(usize::from(node))?;
+                Some(PodHop {
+                    dst_mac: remote.vtep_mac,
+                    src_mac: ov.vtep_mac,
+                    mtu: overlay_mtu(tables, ov),
+                    verdict: Verdict::Encap { node },
+                })
+            }
+            RouteTarget::Unassigned => None,
+        }
+    }
+
+    /// Forwards `p` (a whole IPv4 datagram from a pod, to the address the
+    /// hop was resolved for) exactly as `route_one` would, unless it is
+    /// one `route_one` answers with an ICMP error (TTL expiring, larger
+    /// than the MTU): then it returns false and leaves `p` untouched.
+    #[inline]
+    pub(super) fn forward(&self, p: &mut Packet, c: &WorkerCounters) -> bool {
+        if p.meta.ttl <= 1 || u32::from(p.meta.ip_len) > self.mtu {
+            return false;
+        }
+        rewrite_for_next_hop(p, &self.dst_mac, &self.src_mac);
+        match self.verdict {
+            Verdict::Encap { .. } => c.stages.forwarded_overlay.inc(),
+            _ => c.stages.forwarded_local.inc(),
+        }
+        p.verdict = self.verdict;
+        true
+    }
+}
+
 /// ICMP errors per second per worker, and the burst allowed.
 pub const ICMP_ERROR_RATE: u32 = 1000;
 pub const ICMP_ERROR_BURST: u32 = 200;
@@ -139,12 +221,7 @@ impl RouteStage {
             }
             return;
         }
-        let (mac, gw_mac) = (dst.mac, tables.gateway.mac);
-        let f = p.frame_mut();
-        f[0..6].copy_from_slice(&mac);
-        f[6..12].copy_from_slice(&gw_mac);
-        checksum::ipv4_decrement_ttl(&mut f[ETH_LEN..]);
-        p.meta.ttl -= 1;
+        rewrite_for_next_hop(p, &dst.mac, &tables.gateway.mac);
         if p.meta.vnet.is_gso() {
             c.stages.gso_superframes.inc();
         }
@@ -177,7 +254,7 @@ impl RouteStage {
         }
         // The overlay's MTU: the underlay's minus the encapsulation, the MTU
         // the overlay port was given.
-        let mtu = tables.port(ov.port).map(|port| port.mtu).unwrap_or(1450);
+        let mtu = overlay_mtu(tables, ov);
         let wire_len = wire_len(&p.meta);
         if wire_len > mtu {
             let mtu = mtu.min(u32::from(u16::MAX)) as u16;
@@ -193,12 +270,7 @@ impl RouteStage {
             );
             return;
         }
-        let (dst_mac, src_mac) = (remote.vtep_mac, ov.vtep_mac);
-        let f = p.frame_mut();
-        f[0..6].copy_from_slice(&dst_mac);
-        f[6..12].copy_from_slice(&src_mac);
-        checksum::ipv4_decrement_ttl(&mut f[ETH_LEN..]);
-        p.meta.ttl -= 1;
+        rewrite_for_next_hop(p, &remote.vtep_mac, &ov.vtep_mac);
         c.stages.forwarded_overlay.inc();
         p.verdict = Verdict::Encap { node };
     }

@@ -145,6 +145,15 @@ pub const VIP: [u8; 4] = [10, 96, 0, 10];
 /// A node with one Service, `default/web` on VIP:8080/TCP, whose
 /// endpoints (port 80, `true`: terminating) are `endpoints`.
 pub fn svc_tables(endpoints: &[([u8; 4], bool)], affinity: Option<u32>) -> Tables {
+    svc_tables_with(endpoints, affinity, &ServiceSettings::default())
+}
+
+/// [`svc_tables`] with the given service settings.
+pub fn svc_tables_with(
+    endpoints: &[([u8; 4], bool)],
+    affinity: Option<u32>,
+    settings: &ServiceSettings,
+) -> Tables {
     let mut t = tables();
     let spec = ServiceSpec {
         name: "default/web".into(),
@@ -178,7 +187,6 @@ pub fn svc_tables(endpoints: &[([u8; 4], bool)], affinity: Option<u32>) -> Table
         mode: ClusterMode::Native,
         maglev_size: 251,
     };
-    t.services =
-        Arc::new(ServiceTable::build([&spec], &ServiceSettings::default(), &node).unwrap());
+    t.services = Arc::new(ServiceTable::build([&spec], settings, &node).unwrap());
     t
 }

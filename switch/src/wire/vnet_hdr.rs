@@ -97,6 +97,7 @@ impl<T: AsRef<[u8]>> VnetHdr<T> {
         Ok(Self { buffer })
     }
 
+    #[inline]
     fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_le_bytes([b[r.start], b[r.start + 1]])
@@ -109,12 +110,15 @@ impl<T: AsRef<[u8]>> VnetHdr<T> {
         self.flags() == 0 && self.gso_type() == 0 && self.hdr_len() == 0
     }
 
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
+    #[inline]
     pub fn gso_type(&self) -> u8 {
         self.buffer.as_ref()[field::GSO_TYPE]
     }
+    #[inline]
     pub fn hdr_len(&self) -> u16 {
         self.u16_at(field::HDR_LEN)
     }
