@@ -121,24 +121,8 @@ pub fn inner_checksum_state(frame: &[u8]) -> InnerChecksum {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::overlay;
     use super::*;
-    use crate::tables::OverlayNode;
-
-    fn overlay() -> Overlay {
-        Overlay {
-            vni: 1,
-            udp_port: 8472,
-            local_ipv4: Ipv4Addr::new(198, 18, 0, 1),
-            vtep_mac: [2, 0x56, 198, 18, 0, 1],
-            port: 9,
-            nodes: vec![OverlayNode {
-                name: "node-2".into(),
-                underlay_ipv4: Ipv4Addr::new(198, 18, 0, 2),
-                vtep_mac: [2, 0x56, 198, 18, 0, 2],
-                pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
-            }],
-        }
-    }
 
     fn datagram(flags: u8, vni: u32) -> Vec<u8> {
         let mut d = vec![

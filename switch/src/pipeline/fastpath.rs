@@ -444,7 +444,7 @@ mod tests {
     use crate::conntrack::FlowInfo;
     use crate::control::api::ServiceSettings;
     use crate::metrics::DatapathStats;
-    use crate::tables::{Overlay, OverlayNode, RouteTarget};
+    use crate::tables::RouteTarget;
     use etherparse::PacketBuilder;
 
     /// A small deterministic generator (splitmix64), so a failing batch
@@ -603,20 +603,8 @@ mod tests {
         };
         let mut t = svc_tables_with(&[(POD_B, false)], None, &settings);
         // An overlay with one remote node, 10.244.2.0/24 (MTU 1450 by
-        // default), and a route to a node it does not list.
-        t.overlay = Some(Overlay {
-            vni: 1,
-            udp_port: 4789,
-            local_ipv4: Ipv4Addr::new(198, 18, 0, 1),
-            vtep_mac: [0x0e, 0, 0, 0, 0, 1],
-            port: 9,
-            nodes: vec![OverlayNode {
-                name: "n2".into(),
-                underlay_ipv4: Ipv4Addr::new(198, 18, 0, 2),
-                vtep_mac: [0x0e, 0, 0, 0, 0, 2],
-                pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
-            }],
-        });
+        // default: no port 9), and a route to a node it does not list.
+        t.overlay = Some(overlay());
         t.routes
             .insert("10.244.2.0/24".parse().unwrap(), RouteTarget::Node(0));
         t.routes

@@ -182,28 +182,38 @@ fn rewrite_at(
     else {
         return;
     };
-    let old = u16::from_be_bytes(*field);
-    // UDP checksum 0 means "none" (RFC 768): leave it so.
-    if proto == 17 && old == 0 {
-        return;
-    }
     // ICMP has no pseudo-header.
     let pseudo = if proto == 1 { 0 } else { addrs };
-    let new = if partial {
+    if let Some(new) = patched_l4_checksum(
+        u16::from_be_bytes(*field),
+        pseudo,
+        ports,
+        partial,
+        proto == 17,
+    ) {
+        *field = new.to_be_bytes();
+    }
+}
+
+/// The L4 checksum field `old` after a change whose pseudo-header terms
+/// are `pseudo` and whose terms in the L4 header are `ports` (RFC 1624
+/// eqn. 3); `None` where the field stays as it is (a UDP datagram sent
+/// without a checksum).
+#[inline]
+fn patched_l4_checksum(old: u16, pseudo: u64, ports: u64, partial: bool, udp: bool) -> Option<u16> {
+    // UDP checksum 0 means "none" (RFC 768): leave it so.
+    if udp && old == 0 {
+        return None;
+    }
+    if partial {
         // NEEDS_CSUM: the field holds the uncomplemented pseudo-header
         // sum, which the addresses change the other way round; the ports
         // are summed later, by whoever completes the checksum.
-        checksum::fold(u64::from(old) + pseudo)
-    } else {
-        let c = !checksum::fold(u64::from(!old) + pseudo + ports);
-        // A computed UDP checksum of 0 is sent as all ones (RFC 768).
-        if proto == 17 && c == 0 {
-            0xffff
-        } else {
-            c
-        }
-    };
-    *field = new.to_be_bytes();
+        return Some(checksum::fold(u64::from(old) + pseudo));
+    }
+    let c = !checksum::fold(u64::from(!old) + pseudo + ports);
+    // A computed UDP checksum of 0 is sent as all ones (RFC 768).
+    Some(if udp && c == 0 { 0xffff } else { c })
 }
 
 /// Rewrites a parsed packet's tuple to `to` and updates its metadata.
@@ -257,25 +267,11 @@ pub fn rewrite_plain_ipv4(p: &mut Packet, from: &FlowKey, to: &FlowKey) {
     else {
         return;
     };
-    let old = u16::from_be_bytes(*field);
-    // UDP checksum 0 means "none" (RFC 768): leave it so.
-    if !tcp && old == 0 {
-        return;
+    let ports = checksum::diff_u32(old_ports, new_ports);
+    if let Some(new) = patched_l4_checksum(u16::from_be_bytes(*field), addrs, ports, partial, !tcp)
+    {
+        *field = new.to_be_bytes();
     }
-    let new = if partial {
-        // NEEDS_CSUM: the pseudo-header sum only (see `rewrite_at`).
-        checksum::fold(u64::from(old) + addrs)
-    } else {
-        let ports = checksum::diff_u32(old_ports, new_ports);
-        let c = !checksum::fold(u64::from(!old) + addrs + ports);
-        // A computed UDP checksum of 0 is sent as all ones (RFC 768).
-        if !tcp && c == 0 {
-            0xffff
-        } else {
-            c
-        }
-    };
-    *field = new.to_be_bytes();
     p.meta.src = to.src.into();
     p.meta.dst = to.dst.into();
 }

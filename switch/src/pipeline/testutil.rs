@@ -11,7 +11,7 @@ use crate::control::api::{
 };
 use crate::metrics::WorkerCounters;
 use crate::tables::services::{NodeView, ServiceTable};
-use crate::tables::{Gateway, PodPort, Tables};
+use crate::tables::{Gateway, Overlay, OverlayNode, PodPort, Tables};
 use crate::wire::vnet_hdr::{self, VnetHdr};
 
 pub const VNET: usize = vnet_hdr::LEN;
@@ -189,4 +189,22 @@ pub fn svc_tables_with(
     };
     t.services = Arc::new(ServiceTable::build([&spec], settings, &node).unwrap());
     t
+}
+
+/// A VXLAN overlay of node 198.18.0.1 with one remote node, `node-2`
+/// (198.18.0.2, pods 10.244.2.0/24); decapsulated frames enter on port 9.
+pub fn overlay() -> Overlay {
+    Overlay {
+        vni: 1,
+        udp_port: 8472,
+        local_ipv4: Ipv4Addr::new(198, 18, 0, 1),
+        vtep_mac: [2, 0x56, 198, 18, 0, 1],
+        port: 9,
+        nodes: vec![OverlayNode {
+            name: "node-2".into(),
+            underlay_ipv4: Ipv4Addr::new(198, 18, 0, 2),
+            vtep_mac: [2, 0x56, 198, 18, 0, 2],
+            pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
+        }],
+    }
 }
