@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod exporter;
 pub mod fuzzing;
+pub mod hugepage;
 pub mod metrics;
 pub mod pipeline;
 pub mod port;

@@ -332,8 +332,10 @@ impl ConnTrack {
         }
         let seed = RandomState::new().build_hasher().finish();
         ConnTrack {
-            entries: (0..cap).map(|_| Entry::default()).collect(),
-            heads: (0..buckets).map(|_| AtomicU32::new(NIL)).collect(),
+            // In huge pages where the kernel has them: a lookup then
+            // rarely misses the TLB as well as the cache.
+            entries: crate::hugepage::boxed_slice(cap, |_| Entry::default()),
+            heads: crate::hugepage::boxed_slice(buckets, |_| AtomicU32::new(NIL)),
             mask: buckets - 1,
             seed,
             free,
