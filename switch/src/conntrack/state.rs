@@ -101,6 +101,7 @@ pub mod flow_flags {
 
 /// The TCP transition for a segment with `flags` in direction `dir`, given
 /// the current state and flow flags. Returns the new state and flags.
+#[inline]
 pub fn tcp_next(state: FlowState, fl: u8, dir: Dir, flags: u8) -> (FlowState, u8) {
     use tcp_flags::*;
     use FlowState::*;

@@ -125,16 +125,17 @@ pub(super) struct TrackClass {
 }
 
 /// Whether a (non-error) packet with tuple `key` concerns a translation or
-/// a tracked flow; `from_pod`: it entered on a pod's port (asked only when
-/// the answer matters). The conntrack stage and the fast path classify
-/// with this one function, so they track the same packets.
+/// a tracked flow; `to_frontend`: `svc.is_frontend_ip(key.dst)`; `from_pod`:
+/// it entered on a pod's port (asked only when the answer matters). The
+/// conntrack stage and the fast path classify with this one function, so
+/// they track the same packets.
 #[inline]
 pub(super) fn track_class(
     svc: &ServiceTable,
     key: &FlowKey,
+    to_frontend: bool,
     from_pod: impl FnOnce() -> bool,
 ) -> Option<TrackClass> {
-    let to_frontend = svc.is_frontend_ip(key.dst);
     // A packet to a frontend is always looked up; the other probes
     // matter only for the rest (most packets to a service skip them).
     if to_frontend {
@@ -303,7 +304,7 @@ impl ConntrackStage {
     fn tracked(&self, p: &Packet, tables: &Tables, svc: &ServiceTable) -> Option<Track> {
         let key = nat::packet_tuple(p)?;
         let from_pod = || tables.port(p.ingress).map(|x| x.kind) == Some(PortKind::Pod);
-        let class = track_class(svc, &key, from_pod)?;
+        let class = track_class(svc, &key, svc.is_frontend_ip(key.dst), from_pod)?;
         let bucket = self.ct.bucket_of(&key);
         self.ct.prefetch_head(bucket);
         Some(Track {

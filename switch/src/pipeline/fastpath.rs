@@ -80,8 +80,11 @@ pub struct FastPathStage {
     /// Flows an earlier packet of the batch left to the stage path will
     /// touch (reused; rarely more than a few).
     touched: Vec<u32>,
-    /// What each destination address of the batch gets (reused).
-    dests: Destinations,
+    /// What each destination address of the batch gets, after translation.
+    dests: PerBatch<Destination>,
+    /// Whether a destination address (before translation) is a service
+    /// frontend's.
+    frontends: PerBatch<bool>,
     /// Packets this stage has taken (for tests and benches).
     pub taken: u64,
 }
@@ -111,25 +114,25 @@ impl Destination {
     }
 }
 
-/// The destinations of one batch: a small direct-mapped table, emptied
-/// per batch (the tables cannot change within one), so most packets of a
-/// batch find their hop without a route lookup.
+/// What one batch's packets have found out about an address: a small
+/// direct-mapped table emptied per batch (the tables cannot change within
+/// one), so most packets of a batch skip a hash lookup.
 #[derive(Debug)]
-struct Destinations {
+struct PerBatch<V> {
     /// Batches seen; a slot is valid for the batch whose number it holds.
     batch: u64,
-    slots: [(u64, u32, Destination); DESTINATION_SLOTS],
+    slots: [(u64, u32, V); PER_BATCH_SLOTS],
 }
 
-/// Slots of [`Destinations`]: a batch rarely has more distinct
-/// destinations; a collision only costs a route lookup.
-const DESTINATION_SLOTS: usize = 16;
+/// Slots of [`PerBatch`]: a batch rarely has more distinct addresses; a
+/// collision only costs the lookup it saves.
+const PER_BATCH_SLOTS: usize = 16;
 
-impl Destinations {
-    fn new() -> Self {
-        Destinations {
+impl<V: Copy> PerBatch<V> {
+    fn new(empty: V) -> Self {
+        PerBatch {
             batch: 1,
-            slots: [(0, 0, Destination::Route); DESTINATION_SLOTS],
+            slots: [(0, 0, empty); PER_BATCH_SLOTS],
         }
     }
 
@@ -137,14 +140,15 @@ impl Destinations {
         self.batch += 1;
     }
 
+    /// The value for `addr`, from `resolve` the first time in a batch.
     #[inline]
-    fn get(&mut self, dst: Ipv4Addr, tables: &Tables) -> Destination {
-        let a = u32::from(dst);
+    fn get(&mut self, addr: Ipv4Addr, resolve: impl FnOnce() -> V) -> V {
+        let a = u32::from(addr);
         // Fibonacci hashing: the top bits of the product.
-        let i = (a.wrapping_mul(0x9E37_79B9) >> (32 - DESTINATION_SLOTS.trailing_zeros())) as usize;
-        let slot = &mut self.slots[i % DESTINATION_SLOTS];
+        let i = (a.wrapping_mul(0x9E37_79B9) >> (32 - PER_BATCH_SLOTS.trailing_zeros())) as usize;
+        let slot = &mut self.slots[i % PER_BATCH_SLOTS];
         if slot.0 != self.batch || slot.1 != a {
-            *slot = (self.batch, a, Destination::resolve(dst, tables));
+            *slot = (self.batch, a, resolve());
         }
         slot.2
     }
@@ -182,7 +186,8 @@ impl FastPathStage {
             worker,
             work: Vec::with_capacity(BATCH_SIZE),
             touched: Vec::with_capacity(BATCH_SIZE),
-            dests: Destinations::new(),
+            dests: PerBatch::new(Destination::Route),
+            frontends: PerBatch::new(false),
             taken: 0,
         }
     }
@@ -203,6 +208,7 @@ impl FastPathStage {
         self.work.clear();
         self.touched.clear();
         self.dests.clear();
+        self.frontends.clear();
         // Pass 1: parse, classify, hash and prefetch.
         for (at, p) in batch.packets_mut().iter_mut().enumerate() {
             if !p.pending() {
@@ -210,7 +216,11 @@ impl FastPathStage {
             }
             let (kind, key, tcp_flags) = match parse_fast(p, tables) {
                 Some((key, fl)) => {
-                    let tracked = tracking && track_class(svc, &key, || true).is_some();
+                    let tracked = tracking && {
+                        let to_frontend =
+                            self.frontends.get(key.dst, || svc.is_frontend_ip(key.dst));
+                        track_class(svc, &key, to_frontend, || true).is_some()
+                    };
                     let kind = if tracked {
                         WorkKind::Tracked
                     } else {
@@ -283,7 +293,7 @@ impl FastPathStage {
                 WorkKind::Untracked => w.key.dst,
             };
             self.taken += 1;
-            match self.dests.get(dst, tables) {
+            match self.dests.get(dst, || Destination::resolve(dst, tables)) {
                 Destination::Drop(reason) => drop_packet(p, reason, c),
                 Destination::Hop(hop) => {
                     if !hop.forward(p, c) {

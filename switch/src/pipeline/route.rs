@@ -41,12 +41,19 @@ fn overlay_mtu(tables: &Tables, ov: &crate::tables::Overlay) -> u32 {
 
 /// The rewrite of a forwarded IPv4 frame: Ethernet to the next hop, TTL
 /// decremented (RFC 1812 §5.3.1) with the header checksum patched.
-#[inline]
+/// The caller has checked that the frame holds the IPv4 header.
+#[inline(always)]
 fn rewrite_for_next_hop(p: &mut Packet, dst_mac: &[u8; 6], src_mac: &[u8; 6]) {
-    let f = p.frame_mut();
-    f[0..6].copy_from_slice(dst_mac);
-    f[6..12].copy_from_slice(src_mac);
-    checksum::ipv4_decrement_ttl(&mut f[ETH_LEN..]);
+    // One fixed-size view: Ethernet and the IPv4 header up to its checksum.
+    if let Some(h) = p
+        .frame_mut()
+        .get_mut(..ETH_LEN + 12)
+        .and_then(|h| <&mut [u8; ETH_LEN + 12]>::try_from(h).ok())
+    {
+        h[0..6].copy_from_slice(dst_mac);
+        h[6..12].copy_from_slice(src_mac);
+        checksum::ipv4_decrement_ttl(&mut h[ETH_LEN..]);
+    }
     p.meta.ttl -= 1;
 }
 

@@ -65,7 +65,7 @@ pub fn diff_u32(old: u32, new: u32) -> u64 {
 /// The ones'-complement sum of an option-less 20-byte IPv4 header, as five
 /// 32-bit words: the header is valid when it is 0xffff (its checksum is
 /// then 0). The common case of [`checksum`], without the byte loop.
-#[inline]
+#[inline(always)]
 pub fn sum_ipv4_header(h: &[u8; 20]) -> u16 {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     fold(w(0) + w(4) + w(8) + w(12) + w(16))
@@ -83,12 +83,22 @@ pub fn ipv4_decrement_ttl(ipv4: &mut [u8]) {
     else {
         return;
     };
-    // TTL is the high byte of the 16-bit word at offset 8 (with protocol).
-    let old = u16::from_be_bytes([h[8], h[9]]);
-    h[8] = h[8].wrapping_sub(1);
-    let new = u16::from_be_bytes([h[8], h[9]]);
+    // TTL is the high byte of the 16-bit word at offset 8 (with protocol),
+    // so the word drops by 0x100 and RFC 1624's `~m + m'` is exactly
+    // 0xfeff, whatever the word was (RFC 1141's observation), unless the
+    // TTL was 0 and wraps.
+    let ttl = h[8];
+    h[8] = ttl.wrapping_sub(1);
     let check = u16::from_be_bytes([h[10], h[11]]);
-    h[10..12].copy_from_slice(&update_u16(check, old, new).to_be_bytes());
+    let new = if ttl != 0 {
+        let mut acc = u32::from(!check) + 0xfeff;
+        acc = (acc & 0xffff) + (acc >> 16);
+        acc = (acc & 0xffff) + (acc >> 16);
+        !(acc as u16)
+    } else {
+        update_u16(check, u16::from(h[9]), u16::from_be_bytes([h[8], h[9]]))
+    };
+    h[10..12].copy_from_slice(&new.to_be_bytes());
 }
 
 /// Where a UDP header keeps its checksum (RFC 768).
@@ -156,6 +166,29 @@ mod tests {
         expect.header_checksum = expect.calc_header_checksum();
         assert_eq!(&b[..], &expect.to_bytes()[..]);
         assert_eq!(checksum(&b), 0);
+    }
+
+    #[test]
+    fn ttl_decrement_equals_the_general_update_for_every_ttl() {
+        // Every TTL (0 wraps), and header checksums from all over the range.
+        for ttl in 0..=255u8 {
+            for check in (0..=0xffffu32).step_by(257) {
+                let mut b = [0u8; 12];
+                b[8] = ttl;
+                b[9] = 6;
+                b[10..12].copy_from_slice(&(check as u16).to_be_bytes());
+                let old = u16::from_be_bytes([ttl, 6]);
+                let new = u16::from_be_bytes([ttl.wrapping_sub(1), 6]);
+                let expect = update_u16(check as u16, old, new);
+                ipv4_decrement_ttl(&mut b);
+                assert_eq!(b[8], ttl.wrapping_sub(1));
+                assert_eq!(
+                    u16::from_be_bytes([b[10], b[11]]),
+                    expect,
+                    "ttl {ttl} check {check:#x}"
+                );
+            }
+        }
     }
 
     #[test]
