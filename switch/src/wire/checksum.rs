@@ -44,13 +44,18 @@ pub fn update_u32(check: u16, old: u32, new: u32) -> u16 {
 /// Folds a ones'-complement sum of 16- or 32-bit big-endian words held in
 /// a `u64` to 16 bits (end-around carry: 2^16 and 2^32 are both 1 modulo
 /// 0xffff, so wider words sum correctly).
+///
+/// Two end-around-carry additions, halves of 32 bits and then of 16
+/// (an add with carry each): 2^32 - 1 is a multiple of 0xffff, so the
+/// first keeps the value modulo 0xffff. Like the textbook loop it gives 0
+/// only for 0 and otherwise the representative in 1..=0xffff (a test
+/// compares the two).
 #[inline]
 pub fn fold(acc: u64) -> u16 {
-    let mut s = (acc >> 32) + (acc & 0xffff_ffff);
-    s = (s >> 16) + (s & 0xffff);
-    s = (s >> 16) + (s & 0xffff);
-    s = (s >> 16) + (s & 0xffff);
-    s as u16
+    let (s, carry) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    let s = s + u32::from(carry);
+    let (t, carry) = (s as u16).overflowing_add((s >> 16) as u16);
+    t + u16::from(carry)
 }
 
 /// The term a 32-bit field's change from `old` to `new` adds to a
@@ -65,10 +70,14 @@ pub fn diff_u32(old: u32, new: u32) -> u64 {
 /// The ones'-complement sum of an option-less 20-byte IPv4 header, as five
 /// 32-bit words: the header is valid when it is 0xffff (its checksum is
 /// then 0). The common case of [`checksum`], without the byte loop.
+///
+/// The words are summed in the machine's byte order and the folded sum
+/// swapped once at the end: a ones'-complement sum commutes with
+/// swapping the bytes of every word (RFC 1071 §2(B)).
 #[inline(always)]
 pub fn sum_ipv4_header(h: &[u8; 20]) -> u16 {
-    let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    fold(w(0) + w(4) + w(8) + w(12) + w(16))
+    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    u16::from_be(fold(w(0) + w(4) + w(8) + w(12) + w(16)))
 }
 
 /// Decrements the IPv4 TTL of the header at the start of `ipv4` and patches
@@ -166,6 +175,44 @@ mod tests {
         expect.header_checksum = expect.calc_header_checksum();
         assert_eq!(&b[..], &expect.to_bytes()[..]);
         assert_eq!(checksum(&b), 0);
+    }
+
+    /// The textbook fold: end-around carries until 16 bits remain.
+    fn fold_by_loop(acc: u64) -> u16 {
+        let mut s = acc;
+        while s > 0xffff {
+            s = (s >> 16) + (s & 0xffff);
+        }
+        s as u16
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fold_equals_the_textbook_fold(acc in proptest::prelude::any::<u64>()) {
+            proptest::prop_assert_eq!(fold(acc), fold_by_loop(acc));
+        }
+
+        #[test]
+        fn ipv4_header_sum_equals_the_byte_loop(h in proptest::prelude::any::<[u8; 20]>()) {
+            proptest::prop_assert_eq!(sum_ipv4_header(&h) as u32, sum(&h, 0));
+        }
+    }
+
+    #[test]
+    fn fold_edges() {
+        for acc in [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0xffff_ffff,
+            0x1_0000_0000,
+            u64::MAX,
+            u64::MAX - 1,
+            0xffff_0000_ffff,
+        ] {
+            assert_eq!(fold(acc), fold_by_loop(acc), "{acc:#x}");
+        }
     }
 
     #[test]
