@@ -14,11 +14,15 @@
 //! where the kernel can. It is a hint: with THP `never`, or when no huge
 //! page is free, the memory stays in small pages and works the same.
 //!
-//! `madvise` has no safe wrapper (libc's and nix's are `unsafe fn`), so
-//! this module allows `unsafe_code`, denied elsewhere in the crate outside
-//! the kernel-interface modules. Its one block is sound: the range lies
-//! inside memory the caller owns, and `MADV_HUGEPAGE` changes neither its
-//! contents nor its mapping, only how the kernel backs it.
+//! `madvise` has no safe wrapper (libc's and nix's are `unsafe fn`), and
+//! no std collection allocates with a huge page's alignment, so this
+//! module allows `unsafe_code`, denied elsewhere in the crate outside the
+//! kernel-interface modules: the `madvise` call (the range lies inside
+//! memory the caller owns, and `MADV_HUGEPAGE` changes neither its
+//! contents nor its mapping, only how the kernel backs it) and
+//! [`HugeSlice`], a `Box<[T]>` with a 2 MiB-aligned allocation (each
+//! block says why it holds; its tests check values, alignment and drops,
+//! also when filling it panics).
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
@@ -59,13 +63,96 @@ pub fn advise<T>(buf: &mut [MaybeUninit<T>]) -> bool {
     }
 }
 
-/// A boxed slice of `len` values made by `make`, its memory advised for
-/// huge pages before the values are written.
-pub fn boxed_slice<T>(len: usize, make: impl FnMut(usize) -> T) -> Box<[T]> {
-    let mut v = Vec::with_capacity(len);
-    advise(&mut v.spare_capacity_mut()[..len]);
-    v.extend((0..len).map(make));
-    v.into_boxed_slice()
+/// A slice of `len` values made by `make`, in memory aligned to a huge
+/// page and advised for huge pages before the values are written, so that
+/// every whole 2 MiB of it can be one huge page (a `Vec` of a few MiB
+/// starts just past a page boundary, and its first and last huge-page
+/// spans are left in small pages).
+pub fn slice<T>(len: usize, make: impl FnMut(usize) -> T) -> HugeSlice<T> {
+    HugeSlice::new(len, make)
+}
+
+/// An owned slice in huge-page-aligned memory (see [`slice`]).
+pub struct HugeSlice<T> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: a HugeSlice owns its values as a Box<[T]> would: it is Send and
+// Sync exactly when T is.
+unsafe impl<T: Send> Send for HugeSlice<T> {}
+// SAFETY: as above; shared access only hands out &T.
+unsafe impl<T: Sync> Sync for HugeSlice<T> {}
+
+impl<T> HugeSlice<T> {
+    fn new(len: usize, mut make: impl FnMut(usize) -> T) -> Self {
+        let bytes = std::mem::size_of::<T>()
+            .checked_mul(len)
+            .expect("a table that fits the address space");
+        let align = if bytes >= HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            std::mem::align_of::<T>()
+        };
+        let layout =
+            std::alloc::Layout::from_size_align(bytes.max(1), align.max(std::mem::align_of::<T>()))
+                .expect("a valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw.cast::<T>()) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        // SAFETY: `raw` points at `bytes` bytes we own and have not
+        // written, aligned for T; viewing them as uninitialised T is sound.
+        let spare = unsafe { std::slice::from_raw_parts_mut(raw.cast::<MaybeUninit<T>>(), len) };
+        advise(spare);
+        let mut slice = HugeSlice {
+            ptr,
+            len: 0,
+            layout,
+        };
+        for i in 0..len {
+            let v = make(i);
+            // SAFETY: i < len, inside the allocation; slot i is not yet
+            // initialised, and `len` counts the initialised prefix, so a
+            // panic in `make` drops exactly the values written.
+            unsafe { slice.ptr.as_ptr().add(i).write(v) };
+            slice.len = i + 1;
+        }
+        slice
+    }
+}
+
+impl<T> std::ops::Deref for HugeSlice<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the first `len` values are initialised and owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for HugeSlice<T> {
+    fn drop(&mut self) {
+        // SAFETY: the first `len` values are initialised and dropped once
+        // here; the memory was allocated with `self.layout`.
+        unsafe {
+            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.len,
+            ));
+            std::alloc::dealloc(self.ptr.as_ptr().cast::<u8>(), self.layout);
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for HugeSlice<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HugeSlice")
+            .field("len", &self.len)
+            .field("align", &self.layout.align())
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -73,13 +160,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn boxed_slice_holds_the_values_whatever_the_kernel_says() {
-        // Large enough to be advised, and a small one that is not.
-        for len in [3 << 20, 100] {
-            let s = boxed_slice(len, |i| (i % 251) as u8);
+    fn slice_holds_the_values_whatever_the_kernel_says() {
+        // Large enough to be advised (and aligned), a small one, none.
+        for len in [3 << 20, 100, 0] {
+            let s = slice(len, |i| (i % 251) as u8);
             assert_eq!(s.len(), len);
             assert!(s.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+            if len >= HUGE_PAGE {
+                assert_eq!(s.as_ptr() as usize % HUGE_PAGE, 0, "aligned to a huge page");
+            }
         }
+    }
+
+    #[test]
+    fn values_are_dropped_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        struct Counted;
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                DROPS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(slice(1000, |_| Counted));
+        assert_eq!(DROPS.load(Ordering::Relaxed), 1000);
+        // A panic while filling drops what was made, nothing more.
+        DROPS.store(0, Ordering::Relaxed);
+        let r = std::panic::catch_unwind(|| {
+            slice(10, |i| {
+                assert!(i < 7, "make fails at 7");
+                Counted
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(DROPS.load(Ordering::Relaxed), 7);
     }
 
     #[test]

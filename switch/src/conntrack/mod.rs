@@ -307,8 +307,8 @@ struct Reclaim {
 /// The shared flow table.
 #[derive(Debug)]
 pub struct ConnTrack {
-    entries: Box<[Entry]>,
-    heads: Box<[AtomicU32]>,
+    entries: crate::hugepage::HugeSlice<Entry>,
+    heads: crate::hugepage::HugeSlice<AtomicU32>,
     mask: usize,
     seed: u64,
     free: ArrayQueue<u32>,
@@ -334,8 +334,8 @@ impl ConnTrack {
         ConnTrack {
             // In huge pages where the kernel has them: a lookup then
             // rarely misses the TLB as well as the cache.
-            entries: crate::hugepage::boxed_slice(cap, |_| Entry::default()),
-            heads: crate::hugepage::boxed_slice(buckets, |_| AtomicU32::new(NIL)),
+            entries: crate::hugepage::slice(cap, |_| Entry::default()),
+            heads: crate::hugepage::slice(buckets, |_| AtomicU32::new(NIL)),
             mask: buckets - 1,
             seed,
             free,
