@@ -730,6 +730,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                     d.batches
                 );
                 outln!("forwarded {}  gso superframes {}  arp replies {}  echo replies {}  icmp errors {}", d.forwarded_local, d.gso_superframes, d.arp_replies, d.icmp_echo_replies, d.icmp_errors_sent);
+                outln!("fast path {} packets", d.fast_path);
                 if d.drops.is_empty() {
                     outln!("\nno drops");
                 } else {

@@ -123,6 +123,9 @@ fn scrape_shows_known_traffic_and_health_answers() {
         ("podswitch_icmp_echo_replies_total", 5.0),
         ("podswitch_arp_replies_total", 1.0),
         ("podswitch_batches_total", 1.0),
+        // The 50 UDP echoes and their replies, pod to pod: the fast
+        // path's shape.
+        ("podswitch_fast_path_packets_total", 100.0),
     ] {
         let v = all.get(m).copied().unwrap_or_default();
         assert!(v >= at_least, "{m} is {v}, expected at least {at_least}");

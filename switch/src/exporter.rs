@@ -147,7 +147,7 @@ type StageField = fn(&StageCounters) -> &Counter;
 
 /// The datapath events exported one counter each: (metric name without
 /// `_total`, help, the worker counter summed).
-pub const EVENT_SERIES: [(&str, &str, StageField); 13] = [
+pub const EVENT_SERIES: [(&str, &str, StageField); 14] = [
     (
         "podswitch_batches",
         "Batches the workers ran through the pipeline",
@@ -197,6 +197,11 @@ pub const EVENT_SERIES: [(&str, &str, StageField); 13] = [
         "podswitch_gso_superframes",
         "Segmentation-offload superframes handled (passed on or cut into segments)",
         |c| &c.gso_superframes,
+    ),
+    (
+        "podswitch_fast_path_packets",
+        "Packets of known flows the fast path took from frame to verdict in one pass",
+        |c| &c.fast_path,
     ),
     (
         "podswitch_checksums_completed",

@@ -62,6 +62,9 @@ pub struct StageCounters {
     pub gro_merged: Counter,
     /// GSO superframes forwarded whole (no software segmentation).
     pub gso_superframes: Counter,
+    /// Packets the fast path took from frame to verdict (the rest of the
+    /// batch went stage by stage).
+    pub fast_path: Counter,
     /// Partial checksums completed in software for a port without offload.
     pub csum_completed: Counter,
     /// Flows created in the conntrack table by this worker.
@@ -177,6 +180,9 @@ pub struct DatapathStats {
     #[serde(default)]
     pub gro_merged: u64,
     pub gso_superframes: u64,
+    /// Packets the fast path took from frame to verdict.
+    #[serde(default)]
+    pub fast_path: u64,
     pub csum_completed: u64,
     /// Frames copied into packet captures, and those lost to a full ring.
     #[serde(default)]
@@ -206,6 +212,7 @@ impl DatapathStats {
             s.vxlan_rx += c.vxlan_rx.get();
             s.gro_merged += c.gro_merged.get();
             s.gso_superframes += c.gso_superframes.get();
+            s.fast_path += c.fast_path.get();
             s.csum_completed += c.csum_completed.get();
             s.capture_frames += c.capture_frames.get();
             s.capture_ring_drops += c.capture_ring_drops.get();

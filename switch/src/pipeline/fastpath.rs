@@ -254,6 +254,7 @@ impl FastPathStage {
             return batch.packets().iter().any(|p| p.pending());
         }
         self.ct.enter(self.worker);
+        let taken_before = self.taken;
         self.look_up_all();
         // Pass 3, in batch order.
         let now_s = self.ct.clock(now);
@@ -304,6 +305,7 @@ impl FastPathStage {
             }
         }
         self.ct.exit(self.worker);
+        c.stages.fast_path.add(self.taken - taken_before);
         batch.packets().iter().any(|p| p.pending())
     }
 
@@ -650,11 +652,21 @@ mod tests {
                 assert_eq!(a.0, b.0, "seed {seed}, packet {i}: verdict");
                 assert_eq!(a.1, b.1, "seed {seed}, packet {i}: bytes");
             }
-            let stats = |pl: &Pipeline| DatapathStats::sum(std::slice::from_ref(pl.counters()));
+            let stats = |pl: &Pipeline| DatapathStats {
+                // Which path took a packet is the one difference.
+                fast_path: 0,
+                ..DatapathStats::sum(std::slice::from_ref(pl.counters()))
+            };
             assert_eq!(stats(&fast), stats(&slow), "seed {seed}: counters");
             assert_eq!(flows(&fast), flows(&slow), "seed {seed}: flows");
             taken = fast.fast.taken;
         }
+        let counted = DatapathStats::sum(std::slice::from_ref(fast.counters())).fast_path;
+        assert_eq!(counted, taken, "the fast path's counter");
+        assert_eq!(
+            DatapathStats::sum(std::slice::from_ref(slow.counters())).fast_path,
+            0
+        );
         // The comparison means something only if both paths ran a lot.
         let total = fast.counters().stages.batches.get();
         assert!(taken > 2000, "fast path took {taken} packets");
