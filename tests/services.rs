@@ -145,6 +145,10 @@ fn cluster_ip_and_policies(mode: &str) {
         serde_json::json!({ &client.1: 60 }),
         "{mode}: client IP must be kept"
     );
+    eprintln!(
+        "{mode}: ClusterIP: {} of 60 ok, per replica {from:?}, client IPs seen {}",
+        r["ok"], r["client_ips"]
+    );
 
     // The client's node tracks those flows (closed: TIME_WAIT), with the
     // VIP as original destination and an api pod as the reply's source.
@@ -279,6 +283,10 @@ fn cluster_ip_and_policies(mode: &str) {
     let r = s.load(&client.0, &format!("{sticky}:8080"), 20);
     assert_eq!(r["ok"], 20);
     assert_eq!(from_counts(&r).len(), 1, "{mode}: affinity: {r}");
+    eprintln!(
+        "{mode}: affinity: 20 requests, per replica {:?}",
+        from_counts(&r)
+    );
     // A trace of a new connection of that client shows the record and
     // the pinned replica as its backend.
     let pinned = s.pod(from_counts(&r).keys().next().unwrap()).1.clone();
@@ -300,6 +308,11 @@ fn cluster_ip_and_policies(mode: &str) {
     let r = s.load(&alt.0, &format!("{hp}:9090"), 5);
     assert_eq!(r["ok"], 5, "{mode}: hairpin: {r}");
     assert_eq!(from_counts(&r).get("alt"), Some(&5));
+    eprintln!(
+        "{mode}: hairpin: {} of 5 ok, per pod {:?}",
+        r["ok"],
+        from_counts(&r)
+    );
 
     // NodePort, policy Cluster: both nodes answer; node-1 has no local
     // endpoint and source-translates, node-2 keeps the client IP.
@@ -315,6 +328,7 @@ fn cluster_ip_and_policies(mode: &str) {
         .outside_get("http://198.18.0.2:30081/local")
         .unwrap_or_else(|e| panic!("{mode}: Local NodePort on node-2: {e}"));
     assert!(body.contains("ClientIP=203.0.113.10 "), "{mode}: {body}");
+    eprintln!("{mode}: NodePort Local on node-2: {}", body.trim());
     assert!(
         s.outside_get("http://198.18.0.1:30081/local").is_err(),
         "{mode}: node-1 has no local endpoint and must not answer"
@@ -385,6 +399,10 @@ fn cluster_ip_and_policies(mode: &str) {
         serde_json::json!({"198.18.0.1": 1}),
         "{mode}: egress must leave with node-1's address"
     );
+    eprintln!(
+        "{mode}: egress: the outside host saw {}",
+        last["client_ips"]
+    );
     // A ping is masqueraded too.
     let out = s
         .lab
@@ -432,6 +450,10 @@ fn cluster_ip_and_policies(mode: &str) {
         "{mode}: requests failed while endpoints drained: {r}"
     );
     assert!(r["ok"].as_u64().unwrap() > 200, "{mode}: {r}");
+    eprintln!(
+        "{mode}: endpoint terminating then removed during the stream: ok {} failed {}",
+        r["ok"], r["failed"]
+    );
     let left = s.lab.pods_with_nodes();
     assert_eq!(left.iter().filter(|p| p.0.starts_with("api-")).count(), 2);
 }
