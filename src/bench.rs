@@ -23,6 +23,11 @@ pub struct BenchArgs {
     /// kernel-vxlan, podswitch-services, kernel-iptables.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
+    /// The switches' poll modes, comma-separated: interrupt, adaptive,
+    /// poll (default: adaptive). With several, each podswitch mode runs in
+    /// each, interleaved, and is reported as `MODE@POLL`.
+    #[arg(long, value_delimiter = ',')]
+    poll_modes: Vec<podswitch_switch::worker::poll::PollMode>,
     /// Tests to run, comma-separated (default: all): tcp-rr-64, tcp-rr-1k,
     /// udp-rr-64, udp-rr-1k, tcp-crr, tcp-stream-1, tcp-stream-n, udp-pps-64.
     #[arg(long, value_delimiter = ',')]
@@ -84,6 +89,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|m| Mode::parse(m.trim()))
             .collect::<anyhow::Result<_>>()?;
+    }
+    if !args.poll_modes.is_empty() {
+        cfg.poll_modes = args.poll_modes.clone();
     }
     if !args.tests.is_empty() {
         cfg.tests = args

@@ -7,9 +7,9 @@ use podswitch_switch::capture::file::CaptureFormat;
 use podswitch_switch::capture::{CaptureFilter, CapturePoint, CaptureProto};
 use podswitch_switch::control::api::CaptureSpec;
 use podswitch_switch::control::api::{
-    ClusterMode, FlowFilter, Flows, Hello, Nodes, PortInfo, Protocol, Request, RouteEntry,
-    RouteHop, RouteLookup, Routes, RunningConfig, ServiceSettings, ServiceSpec, ServiceState,
-    Stats, Topology,
+    ClusterMode, FlowFilter, Flows, Hello, Nodes, PollSettings, PortInfo, Protocol, Request,
+    RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig, ServiceSettings, ServiceSpec,
+    ServiceState, Stats, Topology,
 };
 use podswitch_switch::control::client;
 
@@ -64,6 +64,20 @@ enum CtlCommand {
     /// Capture frames at a port's ingress/egress or on the underlay into a
     /// pcap/pcapng file (`-w -`: stdout, e.g. `| tshark -r -`).
     Capture(CaptureArgs),
+    /// Change how idle workers wait for frames on the running switch
+    /// (`interrupt`, `adaptive` or `poll`); `ctl config` shows the mode in
+    /// force, `ctl stats` where each worker's time goes.
+    PollMode(PollModeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PollModeArgs {
+    /// interrupt: park in epoll when idle; adaptive: busy-poll for the
+    /// budget after the last frame, then park; poll: never park.
+    mode: podswitch_switch::worker::poll::PollMode,
+    /// The adaptive budget in microseconds (unchanged when omitted).
+    #[arg(long)]
+    budget_us: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -720,7 +734,12 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 outln!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 let d = &s.datapath;
-                outln!("generation {}  workers {}", s.generation, s.workers);
+                outln!(
+                    "generation {}  workers {}  tap I/O {}",
+                    s.generation,
+                    s.workers,
+                    s.io_backend
+                );
                 outln!(
                     "rx {} pkts / {} B   tx {} pkts / {} B   batches {}",
                     d.rx_packets,
@@ -731,6 +750,30 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 );
                 outln!("forwarded {}  gso superframes {}  arp replies {}  echo replies {}  icmp errors {}", d.forwarded_local, d.gso_superframes, d.arp_replies, d.icmp_echo_replies, d.icmp_errors_sent);
                 outln!("fast path {} packets", d.fast_path);
+                if !d.workers.is_empty() {
+                    let mut rows = vec![row([
+                        "WORKER",
+                        "WORKING",
+                        "POLLING",
+                        "SLEEPING",
+                        "WAKEUPS",
+                        "EMPTY POLLS",
+                    ])];
+                    for (i, w) in d.workers.iter().enumerate() {
+                        let total = (w.working_ns + w.polling_ns + w.sleeping_ns).max(1) as f64;
+                        let pct = |ns: u64| format!("{:.1} %", 100.0 * ns as f64 / total);
+                        rows.push(vec![
+                            i.to_string(),
+                            pct(w.working_ns),
+                            pct(w.polling_ns),
+                            pct(w.sleeping_ns),
+                            w.wakeups.to_string(),
+                            w.empty_polls.to_string(),
+                        ]);
+                    }
+                    outln!("\nworker time since start");
+                    out!("{}", render_table(&rows));
+                }
                 if d.drops.is_empty() {
                     outln!("\nno drops");
                 } else {
@@ -912,6 +955,20 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Topology => {
             let t: Topology = client::call(&args.socket, &Request::GetTopology)?;
             outln!("{}", serde_json::to_string_pretty(&t)?);
+        }
+        CtlCommand::PollMode(a) => {
+            let r: PollSettings = client::call(
+                &args.socket,
+                &Request::SetPollMode {
+                    mode: a.mode,
+                    budget_us: a.budget_us,
+                },
+            )?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                outln!("poll mode {}  adaptive budget {} µs", r.mode, r.budget_us);
+            }
         }
     }
     Ok(())

@@ -137,6 +137,18 @@ struct SwitchRunArgs {
     /// node's addresses (default "primary").
     #[arg(long)]
     nodeport_addresses: Option<String>,
+    /// How idle workers wait for frames: interrupt (park in epoll at once),
+    /// adaptive (busy-poll for --adaptive-poll-us after the last frame,
+    /// then park; the default) or poll (never park: dedicated cores).
+    #[arg(long, env = "PODSWITCH_POLL_MODE")]
+    poll_mode: Option<podswitch_switch::worker::poll::PollMode>,
+    /// The adaptive mode's budget in microseconds (default 100).
+    #[arg(long, env = "PODSWITCH_ADAPTIVE_POLL_US")]
+    adaptive_poll_us: Option<u64>,
+    /// How workers move tap frames: auto (io_uring where the kernel allows
+    /// it, else one read/write per frame), io_uring, or syscalls.
+    #[arg(long, env = "PODSWITCH_IO_BACKEND")]
+    io_backend: Option<podswitch_switch::worker::IoBackend>,
     /// Enter this network namespace before starting (the node's namespace).
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -184,6 +196,9 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
             maglev_table_size: podswitch_switch::tables::maglev::DEFAULT_TABLE_SIZE,
             metrics_address: Some(podswitch_switch::exporter::DEFAULT_METRICS_ADDRESS),
             node_port_addresses: podswitch_switch::tables::node_ports::default_list(),
+            poll_mode: Default::default(),
+            adaptive_poll_us: podswitch_switch::worker::poll::DEFAULT_ADAPTIVE_BUDGET_US,
+            io_backend: Default::default(),
         });
     }
     let mut config = config.context("no configuration")?;
@@ -231,6 +246,16 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
     if let Some(list) = &args.nodeport_addresses {
         config.node_port_addresses = podswitch_switch::tables::node_ports::parse_list(list)
             .with_context(|| format!("--nodeport-addresses {list:?}"))?;
+    }
+    if let Some(m) = args.poll_mode {
+        config.poll_mode = m;
+    }
+    if let Some(us) = args.adaptive_poll_us {
+        config.adaptive_poll_us =
+            podswitch_switch::worker::poll::check_budget_us(us).context("--adaptive-poll-us")?;
+    }
+    if let Some(b) = args.io_backend {
+        config.io_backend = b;
     }
     if let Some(s) = args.control_socket {
         config.control_socket = s;

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::conntrack::{ConnTrack, ConntrackConfig};
 use crate::control::api::{
     ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FrontendState,
-    Hello, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PortInfo, RemoteNode,
-    RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig,
+    Hello, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PollSettings, PortInfo,
+    RemoteNode, RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig,
     ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied, Stats, Topology,
     VtepState, VxlanSpec,
 };
@@ -38,7 +38,8 @@ use crate::port::steer::SteerAddress;
 use crate::tables::node_ports::{self, NodePortAddress};
 use crate::tables::services::{NodeView, PatchedTable, ServiceLayout, ServiceTable};
 use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
-use crate::worker::{PortIo, Snapshot, Worker};
+use crate::worker::poll::{check_budget_us, PollControl, PollMode};
+use crate::worker::{IoBackend, PortIo, Snapshot, Worker};
 
 /// How the daemon is started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +73,26 @@ pub struct DaemonConfig {
     /// ([`crate::tables::node_ports`]).
     #[serde(default = "node_ports::default_list")]
     pub node_port_addresses: Vec<NodePortAddress>,
+    /// How idle workers wait for frames: `interrupt` (park in epoll at
+    /// once), `adaptive` (busy-poll for `adaptive_poll_us` after the last
+    /// frame, then park; the default) or `poll` (never park)
+    /// ([`crate::worker::poll`]).
+    #[serde(default)]
+    pub poll_mode: PollMode,
+    /// In `adaptive` mode, how long after its last frame a worker keeps
+    /// polling, in microseconds.
+    #[serde(default = "default_adaptive_poll_us")]
+    pub adaptive_poll_us: u64,
+    /// How workers move tap frames: `auto` (io_uring where the kernel and
+    /// its seccomp profile allow it, else read/write; the default),
+    /// `io_uring` (or refuse to start), `syscalls` (one read/write per
+    /// frame).
+    #[serde(default)]
+    pub io_backend: IoBackend,
+}
+
+fn default_adaptive_poll_us() -> u64 {
+    crate::worker::poll::DEFAULT_ADAPTIVE_BUDGET_US
 }
 
 fn default_metrics_address() -> Option<SocketAddr> {
@@ -288,8 +309,13 @@ pub struct SwitchState {
     apply_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Packet captures, shared with the workers.
     captures: Arc<crate::capture::CaptureHub>,
-    /// The configuration as loaded, for `get_config`.
+    /// The configuration as loaded, for `get_config` (the poll mode as
+    /// last set).
     running_config: crate::control::api::RunningConfig,
+    /// The workers' poll mode and budget, shared with them.
+    poll_control: Arc<PollControl>,
+    /// The tap I/O the workers use (`io_uring` or `syscalls`).
+    io_backend_in_use: &'static str,
 }
 
 impl SwitchState {
@@ -1619,9 +1645,24 @@ impl SwitchState {
                     .map(|p| self.port_info(p))
                     .collect::<Vec<_>>(),
             )),
+            Request::SetPollMode { mode, budget_us } => {
+                let budget_us = budget_us.unwrap_or(self.running_config.config.adaptive_poll_us);
+                check_budget_us(budget_us)
+                    .map_err(|e| ApiError::invalid("budget_us", e.to_string()))?;
+                self.poll_control.set(mode, budget_us);
+                // A parked worker picks the change up now, not after its park.
+                for w in &self.wakers {
+                    let _ = w.wake();
+                }
+                self.running_config.config.poll_mode = mode;
+                self.running_config.config.adaptive_poll_us = budget_us;
+                tracing::info!(%mode, budget_us, "poll mode set");
+                to_json(serde_json::to_value(PollSettings { mode, budget_us }))
+            }
             Request::GetStats => to_json(serde_json::to_value(Stats {
                 generation: self.generation,
                 workers: self.workers(),
+                io_backend: self.io_backend_in_use.to_string(),
                 datapath: DatapathStats::sum(&self.counters),
                 ports: self.ports.values().map(|p| self.port_info(p)).collect(),
             })),
@@ -1702,6 +1743,8 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             .unwrap_or(1);
     }
     config.workers = config.workers.clamp(1, crate::port::tap::MAX_QUEUES);
+    check_budget_us(config.adaptive_poll_us).context("adaptive_poll_us")?;
+    let poll_control = Arc::new(PollControl::new(config.poll_mode, config.adaptive_poll_us));
     anyhow::ensure!(
         !config.node_port_addresses.is_empty(),
         "node_port_addresses is empty: list \"primary\" and/or CIDRs (0.0.0.0/0 opens NodePorts on every address)"
@@ -1747,6 +1790,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     ))));
     let mut wakers = Vec::new();
     let mut counters = Vec::new();
+    let mut rings = 0;
     let mut handles = Vec::new();
     // Flows handed over by the previous switch go in before any worker runs.
     let mut table = ConnTrack::new(config.conntrack, config.workers);
@@ -1781,7 +1825,14 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
             config.workers,
         )
         .context("creating worker poller")?;
-        let worker = worker.with_captures(Arc::clone(&captures));
+        let ring = crate::worker::tap_ring(config.io_backend, id).with_context(|| {
+            format!("setting up io_uring for worker {id} (io_backend = \"io_uring\")")
+        })?;
+        rings += usize::from(ring.is_some());
+        let worker = worker
+            .with_captures(Arc::clone(&captures))
+            .with_poll_control(Arc::clone(&poll_control))
+            .with_ring(ring);
         wakers.push(waker);
         counters.push(c);
         let running = health.worker_started();
@@ -1821,6 +1872,14 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         apply_seconds: crate::exporter::apply_latency_histogram(),
         captures: Arc::clone(&captures),
         running_config,
+        poll_control,
+        io_backend_in_use: if rings == config.workers {
+            "io_uring"
+        } else if rings == 0 {
+            "syscalls"
+        } else {
+            "mixed"
+        },
     };
     if let Some(name) = state.node.host_interface.clone() {
         // The node forwards between its pods, the host port and the underlay.
@@ -1888,6 +1947,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     }
     state.publish();
     health.set_published();
+    let state_io = state.io_backend_in_use;
     let apply_seconds = state.apply_seconds.clone();
     let state = Arc::new(Mutex::new(state));
     let exporter_thread = match config.metrics_address {
@@ -1919,7 +1979,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
             .context("installing signal handler")?;
     }
-    tracing::info!(node = %config.node.name, workers = config.workers, socket = %config.control_socket.display(), "switch running");
+    tracing::info!(node = %config.node.name, workers = config.workers, poll_mode = %config.poll_mode, adaptive_poll_us = config.adaptive_poll_us, io = state_io, socket = %config.control_socket.display(), "switch running");
     tracing::debug!(?config, "daemon configuration");
     let needs_address_checks = node_ports::needs_local_addresses(&config.node_port_addresses);
     // The flow table's sweeper runs here, off the workers.

@@ -23,7 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::conntrack::ConnTrack;
-use crate::metrics::{Counter, PortStats, StageCounters, WorkerCounters};
+use crate::metrics::{Counter, PortStats, StageCounters, WorkerCounters, WorkerPollStats};
 use crate::pipeline::drop_reason::DropReason;
 use crate::tables::services::ServiceTable;
 use crate::worker::PortIo;
@@ -242,6 +242,8 @@ pub struct Scrape {
     /// Distinct endpoint addresses per service name.
     pub service_endpoints: BTreeMap<String, u64>,
     pub services: u64,
+    /// Per worker, in worker order: where its time went.
+    pub workers: Vec<WorkerPollStats>,
 }
 
 impl Scrape {
@@ -300,6 +302,11 @@ impl Scrape {
                 .map(|(n, s)| (n, s.len() as u64))
                 .collect(),
             services: src.service_count as u64,
+            workers: src
+                .workers
+                .iter()
+                .map(|w| WorkerPollStats::read(&w.poll))
+                .collect(),
         }
     }
 
@@ -376,6 +383,54 @@ fn gauge(
 ) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(v as i64);
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// Per-worker time by state (working, polling, sleeping), wake-ups and
+/// empty polls ([`crate::worker::poll`]).
+fn encode_worker_poll(
+    enc: &mut DescriptorEncoder,
+    workers: &[WorkerPollStats],
+) -> Result<(), std::fmt::Error> {
+    let ids: Vec<String> = (0..workers.len()).map(|i| i.to_string()).collect();
+    {
+        let mut m = enc.encode_descriptor(
+            "podswitch_worker_time",
+            "Worker time by state: working (moving frames), polling (busy polls that found nothing), sleeping (parked in epoll)",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        for (w, id) in workers.iter().zip(&ids) {
+            for (state, ns) in [
+                ("working", w.working_ns),
+                ("polling", w.polling_ns),
+                ("sleeping", w.sleeping_ns),
+            ] {
+                let labels = [("worker", id.as_str()), ("state", state)];
+                ConstCounter::new(ns as f64 / 1e9).encode(m.encode_family(&labels)?)?;
+            }
+        }
+    }
+    counter_family(
+        enc,
+        "podswitch_worker_wakeups",
+        "Times a parked worker was woken by an event",
+        None,
+        workers
+            .iter()
+            .zip(&ids)
+            .map(|(w, id)| ([("worker", id.as_str())], w.wakeups)),
+    )?;
+    counter_family(
+        enc,
+        "podswitch_worker_empty_polls",
+        "Busy polls (zero-timeout epoll waits) that found no frame",
+        None,
+        workers
+            .iter()
+            .zip(&ids)
+            .map(|(w, id)| ([("worker", id.as_str())], w.empty_polls)),
+    )?;
+    Ok(())
 }
 
 /// Writes one scrape. Counter names get their `_total` (and unit) suffix
@@ -486,6 +541,7 @@ pub fn encode_scrape(s: &Scrape, mut enc: DescriptorEncoder) -> Result<(), std::
     for ((name, help, _), v) in EVENT_SERIES.iter().zip(&s.events) {
         counter(&mut enc, name, help, *v)?;
     }
+    encode_worker_poll(&mut enc, &s.workers)?;
     gauge(
         &mut enc,
         "podswitch_conntrack_entries",
@@ -675,6 +731,16 @@ mod tests {
             services: 1,
             vxlan_tx: 7,
             events: (1..=EVENT_SERIES.len() as u64).collect(),
+            workers: vec![
+                WorkerPollStats {
+                    working_ns: 1_500_000_000,
+                    polling_ns: 250_000_000,
+                    sleeping_ns: 3_000_000_000,
+                    wakeups: 12,
+                    empty_polls: 4000,
+                },
+                WorkerPollStats::default(),
+            ],
             ..Default::default()
         }
     }
@@ -825,6 +891,34 @@ mod tests {
             Some(262_144.0)
         );
         assert_eq!(value(&all, "podswitch_conntrack_entries", &[]), Some(2.0));
+        assert_eq!(
+            value(
+                &all,
+                "podswitch_worker_time_seconds_total",
+                &[("worker", "0"), ("state", "working")]
+            ),
+            Some(1.5)
+        );
+        assert_eq!(
+            value(
+                &all,
+                "podswitch_worker_time_seconds_total",
+                &[("worker", "0"), ("state", "sleeping")]
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&all, "podswitch_worker_wakeups_total", &[("worker", "0")]),
+            Some(12.0)
+        );
+        assert_eq!(
+            value(
+                &all,
+                "podswitch_worker_empty_polls_total",
+                &[("worker", "1")]
+            ),
+            Some(0.0)
+        );
         assert_eq!(
             value(&all, "podswitch_nat_port_exhausted_total", &[]),
             Some(1.0)

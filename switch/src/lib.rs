@@ -10,8 +10,9 @@
 //!
 //! `unsafe` is denied crate-wide and allowed only in `port::tap` and
 //! `port::raw`, the two modules that speak to the kernel through ioctls and
-//! raw sockets that no safe crate wraps, and in `prefetch`, one cache
-//! prefetch hint that std has no safe form of.
+//! raw sockets that no safe crate wraps, in `port::uring`, which hands
+//! buffer addresses to io_uring, and in `prefetch`, one cache prefetch hint
+//! that std has no safe form of.
 #![deny(unsafe_code)]
 
 pub mod capture;

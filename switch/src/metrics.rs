@@ -84,11 +84,53 @@ pub struct StageCounters {
     pub capture_ring_drops: Counter,
 }
 
+/// Where one worker's time goes and how often it wakes
+/// ([`crate::worker::poll`]). The three times add up to the worker's wall
+/// time.
+#[derive(Debug, Default)]
+pub struct PollCounters {
+    /// Nanoseconds in loop iterations that moved frames (reading,
+    /// the pipeline, writing).
+    pub working_ns: Counter,
+    /// Nanoseconds busy-polling without finding a frame.
+    pub polling_ns: Counter,
+    /// Nanoseconds parked in epoll.
+    pub sleeping_ns: Counter,
+    /// Returns from a parked epoll wait with an event (the thread was
+    /// woken).
+    pub wakeups: Counter,
+    /// Busy polls (zero-timeout epoll waits) that found nothing.
+    pub empty_polls: Counter,
+}
+
+/// One worker's [`PollCounters`], as reported.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WorkerPollStats {
+    pub working_ns: u64,
+    pub polling_ns: u64,
+    pub sleeping_ns: u64,
+    pub wakeups: u64,
+    pub empty_polls: u64,
+}
+
+impl WorkerPollStats {
+    pub fn read(c: &PollCounters) -> Self {
+        WorkerPollStats {
+            working_ns: c.working_ns.get(),
+            polling_ns: c.polling_ns.get(),
+            sleeping_ns: c.sleeping_ns.get(),
+            wakeups: c.wakeups.get(),
+            empty_polls: c.empty_polls.get(),
+        }
+    }
+}
+
 /// All counters of one worker.
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct WorkerCounters {
     pub stages: StageCounters,
+    pub poll: PollCounters,
     pub drop_packets: [Counter; DropReason::COUNT],
     pub drop_bytes: [Counter; DropReason::COUNT],
 }
@@ -97,6 +139,7 @@ impl Default for WorkerCounters {
     fn default() -> Self {
         Self {
             stages: StageCounters::default(),
+            poll: PollCounters::default(),
             drop_packets: std::array::from_fn(|_| Counter::default()),
             drop_bytes: std::array::from_fn(|_| Counter::default()),
         }
@@ -191,6 +234,9 @@ pub struct DatapathStats {
     pub capture_ring_drops: u64,
     /// Non-zero drop reasons only.
     pub drops: Vec<DropStat>,
+    /// Per worker, in worker order: where its time went.
+    #[serde(default)]
+    pub workers: Vec<WorkerPollStats>,
 }
 
 impl DatapathStats {
@@ -217,6 +263,10 @@ impl DatapathStats {
             s.capture_frames += c.capture_frames.get();
             s.capture_ring_drops += c.capture_ring_drops.get();
         }
+        s.workers = workers
+            .iter()
+            .map(|w| WorkerPollStats::read(&w.poll))
+            .collect();
         for r in DropReason::ALL {
             let packets: u64 = workers
                 .iter()

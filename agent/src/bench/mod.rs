@@ -50,9 +50,10 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use podswitch_switch::control::api::{
-    EndpointSpec, Request, ServicePortSpec, ServiceSpec, ServicesApplied,
+    EndpointSpec, PollSettings, Request, ServicePortSpec, ServiceSpec, ServicesApplied,
 };
 use podswitch_switch::control::client;
+use podswitch_switch::worker::poll::PollMode;
 
 use crate::lab::bridge::KernelBridgeLab;
 use crate::lab::cluster::{self, Lab, LabState};
@@ -218,6 +219,9 @@ impl Test {
 pub struct BenchConfig {
     pub quick: bool,
     pub modes: Vec<Mode>,
+    /// The switches' poll modes; each podswitch mode runs once per poll
+    /// mode, interleaved with the others (default: adaptive only).
+    pub poll_modes: Vec<PollMode>,
     pub tests: Vec<Test>,
     pub rounds: usize,
     /// Seconds per request/response measurement.
@@ -263,6 +267,7 @@ impl BenchConfig {
         BenchConfig {
             quick,
             modes: Mode::ALL.to_vec(),
+            poll_modes: vec![PollMode::default()],
             tests: Test::ALL.to_vec(),
             rounds,
             rr_secs: rr,
@@ -283,6 +288,15 @@ impl BenchConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         ensure!(!self.modes.is_empty(), "no modes to measure");
+        ensure!(!self.poll_modes.is_empty(), "no poll modes to measure");
+        ensure!(
+            self.poll_modes
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == self.poll_modes.len(),
+            "a poll mode is listed twice"
+        );
         ensure!(!self.tests.is_empty(), "no tests to run");
         ensure!(
             (1..=100).contains(&self.rounds),
@@ -421,7 +435,41 @@ struct Target {
     server_ip: Ipv4Addr,
     /// Switch processes of the mode, for the CPU accounting.
     switch_pids: Vec<i32>,
+    /// Their control sockets, to set the poll mode.
+    switch_sockets: Vec<PathBuf>,
+    /// The poll mode this target runs its switches in (podswitch modes;
+    /// set before each of its tests, so targets may share a lab).
+    poll_mode: Option<PollMode>,
     setup: ModeSetup,
+}
+
+impl Target {
+    /// The mode's name, with the poll mode when the run compares several
+    /// (`podswitch-local@poll`).
+    fn label(&self, several_poll_modes: bool) -> String {
+        match self.poll_mode {
+            Some(p) if several_poll_modes => format!("{}@{}", self.mode.name(), p.name()),
+            _ => self.mode.name().to_string(),
+        }
+    }
+
+    /// Puts the target's switches in its poll mode.
+    fn enter_poll_mode(&self) -> anyhow::Result<()> {
+        let Some(mode) = self.poll_mode else {
+            return Ok(());
+        };
+        for sock in &self.switch_sockets {
+            let _: PollSettings = client::call(
+                sock,
+                &Request::SetPollMode {
+                    mode,
+                    budget_us: None,
+                },
+            )
+            .with_context(|| format!("setting poll mode {mode} on {}", sock.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// A podswitch lab torn down on drop.
@@ -579,6 +627,14 @@ fn pod<'a>(st: &'a LabState, name: &str) -> anyhow::Result<&'a cluster::PodState
         .with_context(|| format!("lab {} has no pod {name}", st.name))
 }
 
+fn switch_sockets(st: &LabState, nodes: &[&str]) -> Vec<PathBuf> {
+    st.nodes
+        .iter()
+        .filter(|n| nodes.contains(&n.name.as_str()))
+        .map(|n| n.control_socket.clone())
+        .collect()
+}
+
 fn switch_pids(st: &LabState, nodes: &[&str]) -> Vec<i32> {
     st.nodes
         .iter()
@@ -645,6 +701,8 @@ fn build_labs(
                 rr: SocketAddr::from((srv.ip, RR_PORT)),
                 server_ip: srv.ip,
                 switch_pids: switch_pids(&st, nodes),
+                switch_sockets: switch_sockets(&st, nodes),
+                poll_mode: None,
                 setup: ModeSetup {
                     shape: shape.into(),
                     mtu,
@@ -688,6 +746,8 @@ fn build_labs(
                 rr: KernelServiceLab::crr_target(),
                 server_ip: kube_proxy::TARGET_CLUSTER_IP,
                 switch_pids: switch_pids(&st, &["node-1"]),
+                switch_sockets: switch_sockets(&st, &["node-1"]),
+                poll_mode: None,
                 setup: ModeSetup {
                     shape: format!(
                         "1 node, client + 3 backends, ClusterIP {} of {} Services in podswitch",
@@ -727,6 +787,8 @@ fn build_labs(
             rr: SocketAddr::from((srv.ip, RR_PORT)),
             server_ip: srv.ip,
             switch_pids: switch_pids(&st, &["node-1", "node-2"]),
+            switch_sockets: switch_sockets(&st, &["node-1", "node-2"]),
+            poll_mode: None,
             setup: ModeSetup {
                 shape: "2 nodes on an underlay bridge, 1 pod each, podswitch VXLAN (UDP 4789)"
                     .into(),
@@ -752,6 +814,8 @@ fn build_labs(
             rr: SocketAddr::from((ip, RR_PORT)),
             server_ip: ip,
             switch_pids: vec![],
+            switch_sockets: vec![],
+            poll_mode: None,
             setup: ModeSetup {
                 shape: shape.into(),
                 mtu,
@@ -818,6 +882,8 @@ fn build_labs(
             rr: KernelServiceLab::crr_target(),
             server_ip: kube_proxy::TARGET_CLUSTER_IP,
             switch_pids: vec![],
+            switch_sockets: vec![],
+            poll_mode: None,
             setup: ModeSetup {
                 shape: format!(
                     "1 node, client + 3 backends, ClusterIP {} of {} Services in kube-proxy's iptables rules",
@@ -833,6 +899,26 @@ fn build_labs(
     }
     // Report order.
     targets.sort_by_key(|t| Mode::ALL.iter().position(|m| *m == t.mode));
+    // One target per podswitch mode and poll mode, sharing the mode's lab.
+    let targets = targets
+        .into_iter()
+        .flat_map(|t| {
+            if t.mode.is_kernel() {
+                return vec![t];
+            }
+            cfg.poll_modes
+                .iter()
+                .map(|&p| {
+                    let mut v = t.clone();
+                    v.poll_mode = Some(p);
+                    v.setup
+                        .podswitch_config
+                        .insert("poll_mode".into(), p.name().into());
+                    v
+                })
+                .collect()
+        })
+        .collect();
     Ok(targets)
 }
 
@@ -1213,7 +1299,19 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
         * cfg
             .tests
             .iter()
-            .map(|t| cfg.modes.iter().filter(|&&m| t.applies(m)).count() as u64)
+            .map(|t| {
+                cfg.modes
+                    .iter()
+                    .filter(|&&m| t.applies(m))
+                    .map(|m| {
+                        if m.is_kernel() {
+                            1
+                        } else {
+                            cfg.poll_modes.len() as u64
+                        }
+                    })
+                    .sum::<u64>()
+            })
             .sum::<u64>();
     let pb = progress(steps + 2);
     let mut labs = Labs::default();
@@ -1233,25 +1331,41 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
         })
         .with_context(|| format!("{}: warm-up request/response", t.mode.name()))?;
     }
-    let mut samples: BTreeMap<Mode, Samples> = BTreeMap::new();
+    let several = cfg.poll_modes.len() > 1;
+    let mut samples: BTreeMap<String, Samples> = BTreeMap::new();
     let mut port = SINK_PORT_BASE;
     for round in 1..=cfg.rounds {
         for &test in &cfg.tests {
             for t in targets.iter().filter(|t| test.applies(t.mode)) {
                 check("the next measurement")?;
+                let label = t.label(several);
                 phase(
                     &pb,
-                    &format!(
-                        "round {round}/{}: {} {}",
-                        cfg.rounds,
-                        test.name(),
-                        t.mode.name()
-                    ),
+                    &format!("round {round}/{}: {} {label}", cfg.rounds, test.name()),
                 );
-                run_test(cfg, t, test, &mut port, samples.entry(t.mode).or_default())
-                    .with_context(|| {
-                        format!("round {round}: {} on {}", test.name(), t.mode.name())
-                    })?;
+                t.enter_poll_mode()?;
+                let s = samples.entry(label.clone()).or_default();
+                let before = cpu::snapshot(&t.switch_pids)?;
+                let began = Instant::now();
+                run_test(cfg, t, test, &mut port, s)
+                    .with_context(|| format!("round {round}: {} on {label}", test.name()))?;
+                if !t.mode.is_kernel() {
+                    // The switches' CPU during the test, in cores: what its
+                    // result cost (a polling worker shows here).
+                    let wall = began.elapsed().as_secs_f64();
+                    let used = cpu::usage(
+                        &before,
+                        &cpu::snapshot(&t.switch_pids)?,
+                        cpu::ticks_per_second(),
+                    );
+                    s.push(
+                        &format!("{} switch-cpu", test.name()),
+                        test.name(),
+                        "cores",
+                        false,
+                        used.switch_s / wall.max(1e-3),
+                    );
+                }
                 pb.inc(1);
             }
         }
@@ -1259,9 +1373,10 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
     let mut modes: Vec<ModeReport> = targets
         .iter()
         .map(|t| {
-            let s = samples.remove(&t.mode).unwrap_or_default();
+            let label = t.label(several);
+            let s = samples.remove(&label).unwrap_or_default();
             ModeReport {
-                mode: t.mode.name().into(),
+                mode: label,
                 kernel: t.mode.is_kernel(),
                 setup: t.setup.clone(),
                 metrics: s
@@ -1302,7 +1417,8 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
     let comparisons: Vec<Comparison> = modes
         .iter()
         .filter_map(|ps| {
-            let base = Mode::parse(&ps.mode).ok()?.baseline()?;
+            let mode = ps.mode.split('@').next().unwrap_or(&ps.mode);
+            let base = Mode::parse(mode).ok()?.baseline()?;
             let k = modes.iter().find(|m| m.mode == base.name())?;
             Some(report::compare(ps, k))
         })
@@ -1338,6 +1454,11 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
             services: cfg.services,
             workers_per_switch: cfg.workers,
             modes: cfg.modes.iter().map(|m| m.name().to_string()).collect(),
+            poll_modes: cfg
+                .poll_modes
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
             tests: cfg.tests.iter().map(|t| t.name().to_string()).collect(),
         },
         modes,

@@ -272,6 +272,7 @@ mod tests {
                 cpu_idle_states: String::new(),
             },
             settings: Settings {
+                poll_modes: vec![],
                 quick: true,
                 rounds: 2,
                 rr_secs: 0.1,

@@ -264,6 +264,9 @@ pub struct Settings {
     pub workers_per_switch: usize,
     pub modes: Vec<String>,
     pub tests: Vec<String>,
+    /// The switches' poll modes (each podswitch mode ran in each).
+    #[serde(default)]
+    pub poll_modes: Vec<String>,
 }
 
 /// The whole report (the JSON file).
@@ -540,6 +543,7 @@ mod tests {
                 cpu_idle_states: "off".into(),
             },
             settings: Settings {
+                poll_modes: vec![],
                 quick: true,
                 rounds: 3,
                 rr_secs: 0.2,

@@ -817,6 +817,21 @@ pub enum Request {
     ListPorts,
     /// Result: [`Stats`].
     GetStats,
+    /// Changes how idle workers wait for frames, on the running switch;
+    /// `budget_us` (the adaptive budget) keeps its value when omitted.
+    /// Result: [`PollSettings`].
+    SetPollMode {
+        mode: crate::worker::poll::PollMode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget_us: Option<u64>,
+    },
+}
+
+/// Result of `set_poll_mode`: the mode and adaptive budget now in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollSettings {
+    pub mode: crate::worker::poll::PollMode,
+    pub budget_us: u64,
 }
 
 /// Result of `hello`.
@@ -858,6 +873,10 @@ pub struct Applied {
 pub struct Stats {
     pub generation: u64,
     pub workers: usize,
+    /// How the workers move tap frames: `io_uring` (batched) or
+    /// `syscalls` (one read/write per frame).
+    #[serde(default)]
+    pub io_backend: String,
     pub datapath: DatapathStats,
     pub ports: Vec<PortInfo>,
 }
@@ -1023,6 +1042,13 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct SetPollMode {
+        mode: crate::worker::poll::PollMode,
+        #[serde(default)]
+        budget_us: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct GetRoutes {
         #[serde(default)]
         lookup: Option<std::net::IpAddr>,
@@ -1095,6 +1121,10 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
+        "set_poll_mode" => decode_args::<SetPollMode>(args).map(|a| Request::SetPollMode {
+            mode: a.mode,
+            budget_us: a.budget_us,
+        })?,
         other => {
             return Err(ApiError {
                 code: ErrorCode::BadRequest,
@@ -1244,6 +1274,14 @@ mod tests {
             Request::GetServiceState {
                 name: Some("default/api".into()),
             },
+            Request::SetPollMode {
+                mode: crate::worker::poll::PollMode::Poll,
+                budget_us: None,
+            },
+            Request::SetPollMode {
+                mode: crate::worker::poll::PollMode::Adaptive,
+                budget_us: Some(50),
+            },
         ] {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r, "{r:?}");
         }
@@ -1280,6 +1318,14 @@ mod tests {
             ),
             (r#"{"v":1,"op":"get_nodes","args":{"all":true}}"#, None),
             (r#"{"v":1,"op":"get_config","args":{"x":1}}"#, None),
+            (
+                r#"{"v":1,"op":"set_poll_mode","args":{"mode":"busy"}}"#,
+                Some("mode"),
+            ),
+            (
+                r#"{"v":1,"op":"set_poll_mode","args":{"mode":"poll","budget_us":-1}}"#,
+                Some("budget_us"),
+            ),
             (
                 r#"{"v":1,"op":"get_routes","args":{"dst":"10.0.0.1"}}"#,
                 None,

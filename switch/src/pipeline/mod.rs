@@ -328,6 +328,31 @@ impl Batch {
         }
     }
 
+    /// The read areas of up to `n` free packets after the batch's, for a
+    /// batched read; then [`Batch::commit_reads`] says which were filled.
+    pub fn free_read_areas(&mut self, n: usize) -> impl Iterator<Item = &mut [u8]> {
+        let end = (self.len + n).min(self.pkts.len());
+        self.pkts[self.len..end].iter_mut().map(Packet::read_area)
+    }
+
+    /// After a batched read into the free packets: `filled[k]` is what the
+    /// k-th free packet got (its port and length), or `None`. The filled
+    /// ones join the batch in order; the others stay free.
+    pub fn commit_reads(&mut self, filled: impl IntoIterator<Item = Option<(PortId, usize)>>) {
+        let first = self.len;
+        for (k, f) in filled.into_iter().enumerate() {
+            let Some((port, n)) = f else { continue };
+            if first + k >= self.pkts.len() {
+                break;
+            }
+            // Packets own their buffers, so moving one is a swap of
+            // pointers, never a copy of a frame.
+            self.pkts.swap(self.len, first + k);
+            self.pkts[self.len].filled(port, n);
+            self.len += 1;
+        }
+    }
+
     /// Loads one packet from bytes (tests, benches). Returns false if full.
     pub fn push_bytes(&mut self, ingress: PortId, bytes: &[u8]) -> bool {
         match self.next_free() {
@@ -425,3 +450,40 @@ pub(crate) fn drop_packet(p: &mut Packet, reason: DropReason, c: &WorkerCounters
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn batched_reads_join_the_batch_in_order_and_skip_holes() {
+        let mut b = Batch::new(6);
+        assert!(b.push_bytes(9, &[9; 20]));
+        // Four read areas after the one packet; the 2nd and 4th stay empty.
+        let mut areas = 0;
+        for (k, area) in b.free_read_areas(4).enumerate() {
+            area[..4].copy_from_slice(&[k as u8; 4]);
+            areas += 1;
+        }
+        assert_eq!(areas, 4);
+        b.commit_reads([Some((1, 30)), None, Some((2, 40)), None]);
+        let got: Vec<(PortId, usize, u8)> = b
+            .packets()
+            .iter()
+            .map(|p| (p.ingress, p.len(), p.data()[0]))
+            .collect();
+        assert_eq!(got, [(9, 20, 9), (1, 30, 0), (2, 40, 2)]);
+        // What is left is still free and reusable.
+        assert_eq!(b.free_read_areas(10).count(), 3);
+    }
+
+    #[test]
+    fn batched_reads_never_overfill() {
+        let mut b = Batch::new(2);
+        assert_eq!(b.free_read_areas(5).count(), 2);
+        b.commit_reads([Some((1, 10)), Some((1, 10)), Some((1, 10))]);
+        assert_eq!(b.len(), 2);
+        assert!(b.is_full());
+        assert_eq!(b.free_read_areas(5).count(), 0);
+    }
+}

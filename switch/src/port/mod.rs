@@ -5,6 +5,8 @@
 //! - `netns` and `netlink`: creating namespaces and configuring links,
 //!   addresses and routes through netlink (no `ip` commands).
 //! - `raw`: AF_PACKET sockets, for test tools that write arbitrary frames.
+//! - `uring`: batched tap reads and writes through io_uring (one system
+//!   call per batch instead of one per frame).
 pub mod netlink;
 pub mod netns;
 pub mod pod;
@@ -12,3 +14,4 @@ pub mod raw;
 pub mod steer;
 pub mod tap;
 pub mod underlay;
+pub mod uring;

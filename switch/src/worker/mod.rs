@@ -13,6 +13,11 @@
 //! cannot starve the others; a queue with more waiting goes back on the
 //! ready list and is served without waiting for another event.
 //!
+//! When nothing is ready, the worker busy-polls or parks in epoll as its
+//! [`poll::PollMode`] says (`adaptive` by default: polling for a budget
+//! after the last frame, then parking), and charges its time to working,
+//! polling or sleeping ([`crate::metrics::PollCounters`]).
+//!
 //! Packet capture hooks in at three places: a batch's frames right after
 //! they are read (ingress), each frame after it is written (egress), and
 //! each VXLAN datagram received or sent (underlay). With no capture armed
@@ -33,14 +38,17 @@ use crate::metrics::{PortWorkerCounters, WorkerCounters};
 use crate::pipeline::{Batch, DropReason, Pipeline, Verdict};
 use crate::port::tap::TapQueue;
 use crate::port::underlay::UnderlaySocket;
+use crate::port::uring::{ReadOp, TapRing, RING_ENTRIES};
 use crate::tables::{PortId, TablePublisher, Tables};
+
+pub mod poll;
+
+use poll::PollControl;
 
 /// Frames read from one queue before the worker moves to the next.
 pub const PER_PORT_BURST: usize = 32;
 /// The token of the worker's waker (ports use their id).
 pub const WAKE_TOKEN: Token = Token(usize::MAX);
-/// How long a worker sleeps without events before re-checking for shutdown.
-const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// A port's I/O: one tap queue and one counter block per worker.
 #[derive(Debug)]
@@ -131,6 +139,75 @@ pub struct Worker {
     shutdown: Arc<AtomicBool>,
     /// Packet captures armed through the control socket.
     captures: Arc<CaptureHub>,
+    /// The poll mode and budget, shared with the control thread.
+    poll_control: Arc<PollControl>,
+    /// Batched tap I/O; `None`: one read/write system call per frame.
+    ring: Option<TapRing>,
+    /// Reads to queue per port in the next batched read: doubles while a
+    /// queue fills them all, shrinks to what it gave otherwise.
+    read_burst: Vec<u8>,
+    /// Per batched read: (port, reads, queue fd).
+    rx_plan: Vec<(PortId, usize, std::os::fd::RawFd)>,
+    /// Per batched write: (packet index, port, queue fd).
+    tx_plan: Vec<(usize, PortId, std::os::fd::RawFd)>,
+    /// Completion results of the last batched read or write.
+    results: Vec<i32>,
+}
+
+/// How a worker moves frames to and from its tap queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackend {
+    /// io_uring where the kernel allows it, else read/write.
+    #[default]
+    Auto,
+    /// io_uring, or the switch refuses to start.
+    IoUring,
+    /// One read/write system call per frame.
+    Syscalls,
+}
+
+impl IoBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::IoUring => "io_uring",
+            IoBackend::Syscalls => "syscalls",
+        }
+    }
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [IoBackend::Auto, IoBackend::IoUring, IoBackend::Syscalls]
+            .into_iter()
+            .find(|b| b.name() == s.trim())
+            .ok_or_else(|| format!("unknown I/O backend {s:?} (auto, io_uring, syscalls)"))
+    }
+}
+
+impl std::fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Sets up the batched I/O a worker uses for `backend`: `Ok(None)` for
+/// read/write (asked for, or `auto` on a kernel or sandbox without
+/// io_uring, which is logged once per worker).
+pub fn tap_ring(backend: IoBackend, worker: usize) -> std::io::Result<Option<TapRing>> {
+    match backend {
+        IoBackend::Syscalls => Ok(None),
+        IoBackend::IoUring => TapRing::new().map(Some),
+        IoBackend::Auto => match TapRing::new() {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "io_uring unavailable; tap I/O falls back to one read/write per frame");
+                Ok(None)
+            }
+        },
+    }
 }
 
 impl Worker {
@@ -171,6 +248,12 @@ impl Worker {
                 batch: Batch::default(),
                 shutdown,
                 captures: Arc::new(CaptureHub::new(workers)),
+                poll_control: Arc::new(PollControl::default()),
+                ring: None,
+                read_burst: Vec::new(),
+                rx_plan: Vec::with_capacity(crate::pipeline::BATCH_SIZE),
+                tx_plan: Vec::with_capacity(crate::pipeline::BATCH_SIZE),
+                results: vec![0; RING_ENTRIES as usize],
             },
             waker,
         ))
@@ -183,60 +266,119 @@ impl Worker {
         self
     }
 
+    /// Follows the poll mode in `control` (shared with the control
+    /// thread) instead of a private default one.
+    pub fn with_poll_control(mut self, control: Arc<PollControl>) -> Self {
+        self.poll_control = control;
+        self
+    }
+
+    /// Moves tap frames through `ring` (batched) instead of one system
+    /// call per frame.
+    pub fn with_ring(mut self, ring: Option<TapRing>) -> Self {
+        self.ring = ring;
+        self
+    }
+
     /// Runs until shutdown is flagged.
     pub fn run(mut self) {
+        let poll_counters = Arc::clone(self.pipeline.counters());
+        let pc = &poll_counters.poll;
+        // The end of the last iteration that moved a frame, and of the
+        // last iteration: time is charged from one to the next.
+        let mut last_frame = Instant::now();
+        let mut mark = last_frame;
         while !self.shutdown.load(Ordering::Relaxed) {
             let snap = self.snapshots.load_full();
             if snap.tables.generation != self.generation {
                 self.sync_ports(&snap);
             }
             let timeout = if self.ready.is_empty() && !self.overlay_ready {
-                Some(IDLE_POLL)
+                let (mode, budget) = self.poll_control.get();
+                mode.idle_timeout(budget, mark.saturating_duration_since(last_frame))
             } else {
-                Some(Duration::ZERO)
+                Duration::ZERO
             };
-            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            let parked = !timeout.is_zero();
+            let polled = self.poll.poll(&mut self.events, Some(timeout));
+            let woke = Instant::now();
+            if parked {
+                pc.sleeping_ns.add(nanos(woke - mark));
+                mark = woke;
+                if polled.is_ok() && !self.events.is_empty() {
+                    pc.wakeups.inc();
+                }
+            }
+            if let Err(e) = polled {
                 if e.kind() != ErrorKind::Interrupted {
                     tracing::error!(worker = self.id, error = %e, "poll failed");
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 continue;
             }
-            for ev in self.events.iter() {
-                let t = ev.token();
-                if t == OVERLAY_TOKEN {
-                    self.overlay_ready = true;
-                } else if t != WAKE_TOKEN {
-                    mark_ready(&mut self.ready, &mut self.in_ready, t.0 as PortId);
+            let moved = self.serve_ready();
+            let now = Instant::now();
+            if moved {
+                pc.working_ns.add(nanos(now - mark));
+                last_frame = now;
+            } else {
+                pc.polling_ns.add(nanos(now - mark));
+                if !parked {
+                    pc.empty_polls.inc();
+                    // A pod's process woken on this core (the other end of
+                    // the ping-pong) runs now instead of after our time
+                    // slice: busy polling must not starve what it serves
+                    // on a machine with fewer cores than busy threads.
+                    std::thread::yield_now();
                 }
             }
-            while (!self.ready.is_empty() || self.overlay_ready)
-                && !self.shutdown.load(Ordering::Relaxed)
-            {
-                let snap = self.snapshots.load_full();
-                if snap.tables.generation != self.generation {
-                    self.sync_ports(&snap);
-                }
-                let captures = self.captures.armed();
-                self.fill_batch();
-                self.fill_from_overlay(&snap.tables, captures.as_ref());
-                if self.batch.is_empty() {
-                    continue;
-                }
-                if let Some(caps) = &captures {
-                    // Before any stage rewrites the frames.
-                    self.capture_ingress(caps);
-                }
-                self.pipeline
-                    .process(&mut self.batch, &snap.tables, Instant::now());
-                self.transmit(&snap, captures.as_ref());
+            mark = now;
+        }
+    }
+
+    /// Takes the events of the last poll, then reads, processes and writes
+    /// batches until no queue is ready; says whether any frame was read.
+    fn serve_ready(&mut self) -> bool {
+        let mut moved = false;
+        for ev in self.events.iter() {
+            let t = ev.token();
+            if t == OVERLAY_TOKEN {
+                self.overlay_ready = true;
+            } else if t != WAKE_TOKEN {
+                mark_ready(&mut self.ready, &mut self.in_ready, t.0 as PortId);
             }
         }
+        while (!self.ready.is_empty() || self.overlay_ready)
+            && !self.shutdown.load(Ordering::Relaxed)
+        {
+            let snap = self.snapshots.load_full();
+            if snap.tables.generation != self.generation {
+                self.sync_ports(&snap);
+            }
+            let captures = self.captures.armed();
+            self.fill_batch();
+            self.fill_from_overlay(&snap.tables, captures.as_ref());
+            if self.batch.is_empty() {
+                continue;
+            }
+            moved = true;
+            if let Some(caps) = &captures {
+                // Before any stage rewrites the frames.
+                self.capture_ingress(caps);
+            }
+            self.pipeline
+                .process(&mut self.batch, &snap.tables, Instant::now());
+            self.transmit(&snap, captures.as_ref());
+        }
+        moved
     }
 
     /// Reads from ready queues round-robin until the batch is full or no
     /// queue is ready.
     fn fill_batch(&mut self) {
+        if self.ring.is_some() {
+            return self.fill_batch_batched();
+        }
         self.batch.clear();
         let c = Arc::clone(self.pipeline.counters());
         let mut turns = self.ready.len();
@@ -284,6 +426,105 @@ impl Worker {
                 self.ready.push_back(port);
             }
         }
+    }
+
+    /// [`Worker::fill_batch`] through the ring: a burst of reads from each
+    /// ready queue, all in one system call.
+    fn fill_batch_batched(&mut self) {
+        self.batch.clear();
+        let c = Arc::clone(self.pipeline.counters());
+        let room = self.batch.capacity();
+        self.rx_plan.clear();
+        let mut planned = 0;
+        let mut turns = self.ready.len();
+        while turns > 0 && planned < room {
+            turns -= 1;
+            let Some(port) = self.ready.pop_front() else {
+                break;
+            };
+            let i = port as usize;
+            let Some(Some(io)) = self.registered.get(i) else {
+                self.in_ready[i] = false;
+                continue;
+            };
+            if self.read_burst.len() <= i {
+                self.read_burst.resize(i + 1, 2);
+            }
+            let k = usize::from(self.read_burst[i])
+                .clamp(1, PER_PORT_BURST)
+                .min(room - planned);
+            self.rx_plan.push((port, k, io.queues[self.id].as_raw_fd()));
+            planned += k;
+        }
+        if planned == 0 {
+            return;
+        }
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let plan = &self.rx_plan;
+        let ops = plan
+            .iter()
+            .flat_map(|&(_, k, fd)| (0..k).map(move |j| (fd, j + 1 < k)))
+            .zip(self.batch.free_read_areas(planned))
+            .map(|((fd, then_same_queue), buf)| ReadOp {
+                fd,
+                buf,
+                then_same_queue,
+            });
+        let made = match ring.read(ops, &mut self.results) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(worker = self.id, error = %e, "batched tap read failed");
+                0
+            }
+        };
+        let mut at = 0;
+        for &(port, k, _) in &self.rx_plan {
+            let i = port as usize;
+            let (mut got, mut drained) = (0, false);
+            for &r in &self.results[at..(at + k).min(made)] {
+                if r >= 0 {
+                    got += 1;
+                    let n = r as u64;
+                    if let Some(Some(io)) = self.registered.get(i) {
+                        let pc = &io.counters[self.id];
+                        pc.rx_packets.inc();
+                        pc.rx_bytes.add(n);
+                    }
+                    c.stages.rx_packets.inc();
+                    c.stages.rx_bytes.add(n);
+                } else {
+                    // EAGAIN: the queue is empty; anything else: the
+                    // device is going away (the next snapshot drops it).
+                    drained = true;
+                    if r != -libc::EAGAIN {
+                        tracing::debug!(worker = self.id, port, errno = -r, "tap read failed");
+                    }
+                }
+            }
+            at += k;
+            self.read_burst[i] = if got == k {
+                (k * 2).min(PER_PORT_BURST) as u8
+            } else {
+                (got + 1).max(2) as u8
+            };
+            if drained || made == 0 {
+                self.in_ready[i] = false;
+            } else {
+                self.ready.push_back(port);
+            }
+        }
+        let plan = &self.rx_plan;
+        let ports = plan
+            .iter()
+            .flat_map(|&(port, k, _)| std::iter::repeat_n(port, k));
+        let results = &self.results[..made];
+        self.batch.commit_reads(
+            ports
+                .zip(results)
+                .map(|(port, &r)| (r >= 0).then_some((port, r as usize))),
+        );
     }
 
     /// Offers the frames of the batch just read to the armed captures of
@@ -465,7 +706,8 @@ impl Worker {
 
     fn transmit(&mut self, snap: &Snapshot, caps: Option<&ArmedCaptures>) {
         let c = Arc::clone(self.pipeline.counters());
-        for p in self.batch.packets() {
+        self.tx_plan.clear();
+        for (i, p) in self.batch.packets().iter().enumerate() {
             let out_port = match p.verdict {
                 Verdict::Encap { node } => {
                     match self.overlay.as_mut() {
@@ -506,25 +748,76 @@ impl Worker {
                 c.count_drop(DropReason::PortGone, p.len());
                 continue;
             };
-            let pc = &io.counters[self.id];
-            match q.write(p.data()) {
-                Ok(n) => {
-                    if let Some(caps) = caps {
-                        caps.port_frame(self.id, out_port, Direction::Egress, p.frame(), &c);
-                    }
-                    pc.tx_packets.inc();
-                    pc.tx_bytes.add(n as u64);
-                    c.stages.tx_packets.inc();
-                    c.stages.tx_bytes.add(n as u64);
+            if self.ring.is_some() {
+                // Written below, with the rest of the batch, in one call.
+                self.tx_plan.push((i, out_port, q.as_raw_fd()));
+                continue;
+            }
+            let written = q.write(p.data());
+            Self::account_write(self.id, written, io, out_port, p, &c, caps);
+        }
+        if self.tx_plan.is_empty() {
+            return;
+        }
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let packets = self.batch.packets();
+        let frames = self
+            .tx_plan
+            .iter()
+            .map(|&(i, _, fd)| (fd, packets[i].data()));
+        let made = match ring.write(frames, &mut self.results) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(worker = self.id, error = %e, "batched tap write failed");
+                0
+            }
+        };
+        for (j, &(i, port, _)) in self.tx_plan.iter().enumerate() {
+            let p = &packets[i];
+            let Some(Some(io)) = snap.io.get(port as usize) else {
+                continue;
+            };
+            let written = match self.results.get(j) {
+                Some(&r) if j < made && r >= 0 => Ok(r as usize),
+                Some(&r) if j < made => Err(std::io::Error::from_raw_os_error(-r)),
+                _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            };
+            Self::account_write(self.id, written, io, port, p, &c, caps);
+        }
+        self.tx_plan.clear();
+    }
+
+    /// Counts one frame written to a tap queue (or not), and offers it to
+    /// the port's egress captures.
+    fn account_write(
+        worker: usize,
+        written: std::io::Result<usize>,
+        io: &PortIo,
+        port: PortId,
+        p: &crate::pipeline::Packet,
+        c: &WorkerCounters,
+        caps: Option<&ArmedCaptures>,
+    ) {
+        let pc = &io.counters[worker];
+        match written {
+            Ok(n) => {
+                if let Some(caps) = caps {
+                    caps.port_frame(worker, port, Direction::Egress, p.frame(), c);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    pc.tx_drops.inc();
-                    c.count_drop(DropReason::TxQueueFull, p.len());
-                }
-                Err(_) => {
-                    pc.tx_drops.inc();
-                    c.count_drop(DropReason::TxError, p.len());
-                }
+                pc.tx_packets.inc();
+                pc.tx_bytes.add(n as u64);
+                c.stages.tx_packets.inc();
+                c.stages.tx_bytes.add(n as u64);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                pc.tx_drops.inc();
+                c.count_drop(DropReason::TxQueueFull, p.len());
+            }
+            Err(_) => {
+                pc.tx_drops.inc();
+                c.count_drop(DropReason::TxError, p.len());
             }
         }
     }
@@ -574,6 +867,10 @@ impl Worker {
         }
         self.generation = snap.tables.generation;
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn mark_ready(ready: &mut VecDeque<PortId>, in_ready: &mut Vec<bool>, port: PortId) {

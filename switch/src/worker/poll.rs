@@ -1,0 +1,227 @@
+//! How a worker waits for frames: its poll mode, and the accounting of
+//! where its time goes.
+//!
+//! Waking a parked thread costs more latency than copying a frame: a
+//! request/response between two pods pays the wake-up twice per round trip
+//! (once per direction), and the kernel's own bridge pays none. So, like
+//! VPP's rx modes and the kernel's NAPI busy polling, a worker can keep
+//! polling its queues instead of sleeping:
+//!
+//! | mode | when idle |
+//! | --- | --- |
+//! | [`PollMode::Interrupt`] | parks in epoll at once (lowest CPU, highest latency) |
+//! | [`PollMode::Adaptive`] | keeps polling (epoll with a zero timeout) until the budget has passed since the last frame, then parks |
+//! | [`PollMode::Poll`] | never parks (a dedicated core, as DPDK/VPP deployments run) |
+//!
+//! The mode and the budget are read by every worker once per loop from a
+//! [`PollControl`] the daemon shares, so `ctl poll-mode` changes them on a
+//! running switch. Time is charged to one of three states per worker
+//! ([`crate::metrics::PollCounters`]): working (an iteration that moved
+//! frames), polling (a busy poll that found nothing) and sleeping (parked
+//! in epoll).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How long a parked worker sleeps without events before it re-checks for
+/// shutdown (a waker interrupts it earlier).
+pub const PARK_TIMEOUT: Duration = Duration::from_millis(200);
+/// The default adaptive budget: how long after its last frame a worker
+/// keeps polling. A request/response round trip between pods is 20-60 µs
+/// on the test VMs, so 100 µs keeps a worker awake across a ping-pong
+/// while an idle switch parks within a tenth of a millisecond.
+pub const DEFAULT_ADAPTIVE_BUDGET_US: u64 = 100;
+/// The largest adaptive budget accepted (beyond this, use `poll`).
+pub const MAX_ADAPTIVE_BUDGET_US: u64 = 1_000_000;
+
+/// How an idle worker waits for frames.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PollMode {
+    /// Park in epoll as soon as no frame is waiting.
+    Interrupt,
+    /// Busy-poll for the adaptive budget after the last frame, then park.
+    #[default]
+    Adaptive,
+    /// Never park: busy-poll for as long as the switch runs.
+    Poll,
+}
+
+impl PollMode {
+    /// Every mode, in the order the CLI lists them.
+    pub const ALL: [PollMode; 3] = [PollMode::Interrupt, PollMode::Adaptive, PollMode::Poll];
+
+    /// The name in configs, flags and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PollMode::Interrupt => "interrupt",
+            PollMode::Adaptive => "adaptive",
+            PollMode::Poll => "poll",
+        }
+    }
+
+    /// How long the worker may wait in epoll when nothing is ready and its
+    /// last frame was `since_last_frame` ago.
+    pub fn idle_timeout(self, budget: Duration, since_last_frame: Duration) -> Duration {
+        match self {
+            PollMode::Interrupt => PARK_TIMEOUT,
+            PollMode::Poll => Duration::ZERO,
+            PollMode::Adaptive if since_last_frame < budget => Duration::ZERO,
+            PollMode::Adaptive => PARK_TIMEOUT,
+        }
+    }
+
+    fn from_u8(v: u8) -> PollMode {
+        match v {
+            0 => PollMode::Interrupt,
+            2 => PollMode::Poll,
+            _ => PollMode::Adaptive,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            PollMode::Interrupt => 0,
+            PollMode::Adaptive => 1,
+            PollMode::Poll => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for PollMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A poll mode name that is not one of [`PollMode::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown poll mode {0:?} (modes: interrupt, adaptive, poll)")]
+pub struct UnknownPollMode(pub String);
+
+impl std::str::FromStr for PollMode {
+    type Err = UnknownPollMode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PollMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s.trim())
+            .ok_or_else(|| UnknownPollMode(s.to_string()))
+    }
+}
+
+/// An adaptive budget outside 1 µs ..= [`MAX_ADAPTIVE_BUDGET_US`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("adaptive poll budget {0} µs is outside 1..={MAX_ADAPTIVE_BUDGET_US} µs")]
+pub struct BudgetOutOfRange(pub u64);
+
+/// Checks an adaptive budget in microseconds.
+pub fn check_budget_us(us: u64) -> Result<u64, BudgetOutOfRange> {
+    if (1..=MAX_ADAPTIVE_BUDGET_US).contains(&us) {
+        Ok(us)
+    } else {
+        Err(BudgetOutOfRange(us))
+    }
+}
+
+/// The poll mode and budget every worker reads once per loop; the control
+/// thread may change them while the switch runs.
+#[derive(Debug)]
+pub struct PollControl {
+    mode: AtomicU8,
+    budget_ns: AtomicU64,
+}
+
+impl PollControl {
+    /// `budget_us` must have passed [`check_budget_us`].
+    pub fn new(mode: PollMode, budget_us: u64) -> Self {
+        PollControl {
+            mode: AtomicU8::new(mode.as_u8()),
+            budget_ns: AtomicU64::new(budget_us.saturating_mul(1000)),
+        }
+    }
+
+    /// The mode and adaptive budget in force.
+    #[inline]
+    pub fn get(&self) -> (PollMode, Duration) {
+        (
+            PollMode::from_u8(self.mode.load(Ordering::Relaxed)),
+            Duration::from_nanos(self.budget_ns.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Changes the mode and budget; workers pick them up on their next
+    /// loop (a parked worker when its waker fires or its park times out).
+    pub fn set(&self, mode: PollMode, budget_us: u64) {
+        self.budget_ns
+            .store(budget_us.saturating_mul(1000), Ordering::Relaxed);
+        self.mode.store(mode.as_u8(), Ordering::Relaxed);
+    }
+}
+
+impl Default for PollControl {
+    fn default() -> Self {
+        PollControl::new(PollMode::default(), DEFAULT_ADAPTIVE_BUDGET_US)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adaptive_polls_within_the_budget_then_parks() {
+        let budget = Duration::from_micros(100);
+        let m = PollMode::Adaptive;
+        assert_eq!(m.idle_timeout(budget, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            m.idle_timeout(budget, Duration::from_micros(99)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            m.idle_timeout(budget, Duration::from_micros(100)),
+            PARK_TIMEOUT
+        );
+        assert_eq!(
+            PollMode::Interrupt.idle_timeout(budget, Duration::ZERO),
+            PARK_TIMEOUT
+        );
+        assert_eq!(
+            PollMode::Poll.idle_timeout(budget, Duration::from_secs(3600)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn names_parse_back_and_bad_ones_are_refused() {
+        for m in PollMode::ALL {
+            assert_eq!(m.name().parse::<PollMode>(), Ok(m));
+            assert_eq!(PollMode::from_u8(m.as_u8()), m);
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json, format!("\"{}\"", m.name()));
+        }
+        let e = "busy".parse::<PollMode>().unwrap_err();
+        assert!(e.to_string().contains("interrupt, adaptive, poll"), "{e}");
+        assert_eq!(PollMode::default(), PollMode::Adaptive);
+    }
+
+    #[test]
+    fn budget_bounds_and_control_round_trip() {
+        assert!(check_budget_us(0).is_err());
+        assert!(check_budget_us(MAX_ADAPTIVE_BUDGET_US + 1).is_err());
+        assert_eq!(check_budget_us(50), Ok(50));
+        let c = PollControl::default();
+        assert_eq!(
+            c.get(),
+            (
+                PollMode::Adaptive,
+                Duration::from_micros(DEFAULT_ADAPTIVE_BUDGET_US)
+            )
+        );
+        c.set(PollMode::Poll, 7);
+        assert_eq!(c.get(), (PollMode::Poll, Duration::from_micros(7)));
+    }
+}
