@@ -28,6 +28,11 @@ pub struct BenchArgs {
     /// each, interleaved, and is reported as `MODE@POLL`.
     #[arg(long, value_delimiter = ',')]
     poll_modes: Vec<podswitch_switch::worker::poll::PollMode>,
+    /// The switches' tap I/O, comma-separated: auto, io_uring, syscalls
+    /// (default: auto). With several, crossed with the poll modes and
+    /// reported as `MODE/IO` (`MODE@POLL/IO`).
+    #[arg(long, value_delimiter = ',')]
+    io_backends: Vec<podswitch_switch::worker::IoBackend>,
     /// Tests to run, comma-separated (default: all): tcp-rr-64, tcp-rr-1k,
     /// udp-rr-64, udp-rr-1k, tcp-crr, tcp-stream-1, tcp-stream-n, udp-pps-64.
     #[arg(long, value_delimiter = ',')]
@@ -89,6 +94,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|m| Mode::parse(m.trim()))
             .collect::<anyhow::Result<_>>()?;
+    }
+    if !args.io_backends.is_empty() {
+        cfg.io_backends = args.io_backends.clone();
     }
     if !args.poll_modes.is_empty() {
         cfg.poll_modes = args.poll_modes.clone();

@@ -7,9 +7,9 @@ use podswitch_switch::capture::file::CaptureFormat;
 use podswitch_switch::capture::{CaptureFilter, CapturePoint, CaptureProto};
 use podswitch_switch::control::api::CaptureSpec;
 use podswitch_switch::control::api::{
-    ClusterMode, FlowFilter, Flows, Hello, Nodes, PollSettings, PortInfo, Protocol, Request,
-    RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig, ServiceSettings, ServiceSpec,
-    ServiceState, Stats, Topology,
+    ClusterMode, FlowFilter, Flows, Hello, IoBackendSet, Nodes, PollSettings, PortInfo, Protocol,
+    Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig, ServiceSettings,
+    ServiceSpec, ServiceState, Stats, Topology,
 };
 use podswitch_switch::control::client;
 
@@ -68,6 +68,14 @@ enum CtlCommand {
     /// (`interrupt`, `adaptive` or `poll`); `ctl config` shows the mode in
     /// force, `ctl stats` where each worker's time goes.
     PollMode(PollModeArgs),
+    /// Switch the workers' tap I/O on the running switch: io_uring
+    /// (batched), syscalls (one read/write per frame) or auto.
+    IoBackend(IoBackendArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct IoBackendArgs {
+    backend: podswitch_switch::worker::IoBackend,
 }
 
 #[derive(clap::Args, Debug)]
@@ -955,6 +963,15 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Topology => {
             let t: Topology = client::call(&args.socket, &Request::GetTopology)?;
             outln!("{}", serde_json::to_string_pretty(&t)?);
+        }
+        CtlCommand::IoBackend(a) => {
+            let r: IoBackendSet =
+                client::call(&args.socket, &Request::SetIoBackend { backend: a.backend })?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                outln!("tap I/O {}", r.in_use);
+            }
         }
         CtlCommand::PollMode(a) => {
             let r: PollSettings = client::call(

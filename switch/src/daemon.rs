@@ -27,10 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::conntrack::{ConnTrack, ConntrackConfig};
 use crate::control::api::{
     ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FrontendState,
-    Hello, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PollSettings, PortInfo,
-    RemoteNode, RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig,
-    ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied, Stats, Topology,
-    VtepState, VxlanSpec,
+    Hello, IoBackendSet, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PollSettings,
+    PortInfo, RemoteNode, RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes,
+    RunningConfig, ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied,
+    Stats, Topology, VtepState, VxlanSpec,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
@@ -316,6 +316,8 @@ pub struct SwitchState {
     poll_control: Arc<PollControl>,
     /// The tap I/O the workers use (`io_uring` or `syscalls`).
     io_backend_in_use: &'static str,
+    /// Workers that have an io_uring.
+    io_backend_rings: usize,
 }
 
 impl SwitchState {
@@ -1645,6 +1647,27 @@ impl SwitchState {
                     .map(|p| self.port_info(p))
                     .collect::<Vec<_>>(),
             )),
+            Request::SetIoBackend { backend } => {
+                let has_rings = self.io_backend_rings == self.workers();
+                let batched = match backend {
+                    IoBackend::Syscalls => false,
+                    IoBackend::Auto => has_rings,
+                    IoBackend::IoUring if has_rings => true,
+                    IoBackend::IoUring => {
+                        return Err(ApiError::invalid(
+                            "backend",
+                            "the workers have no io_uring (the switch started with io_backend = \"syscalls\" or the kernel refused it)",
+                        ))
+                    }
+                };
+                self.poll_control.set_batched_io(batched);
+                self.io_backend_in_use = if batched { "io_uring" } else { "syscalls" };
+                self.running_config.config.io_backend = backend;
+                tracing::info!(%backend, in_use = self.io_backend_in_use, "tap I/O set");
+                to_json(serde_json::to_value(IoBackendSet {
+                    in_use: self.io_backend_in_use.to_string(),
+                }))
+            }
             Request::SetPollMode { mode, budget_us } => {
                 let budget_us = budget_us.unwrap_or(self.running_config.config.adaptive_poll_us);
                 check_budget_us(budget_us)
@@ -1873,6 +1896,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         captures: Arc::clone(&captures),
         running_config,
         poll_control,
+        io_backend_rings: rings,
         io_backend_in_use: if rings == config.workers {
             "io_uring"
         } else if rings == 0 {

@@ -50,10 +50,12 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use podswitch_switch::control::api::{
-    EndpointSpec, PollSettings, Request, ServicePortSpec, ServiceSpec, ServicesApplied,
+    EndpointSpec, IoBackendSet, PollSettings, Request, ServicePortSpec, ServiceSpec,
+    ServicesApplied,
 };
 use podswitch_switch::control::client;
 use podswitch_switch::worker::poll::PollMode;
+use podswitch_switch::worker::IoBackend;
 
 use crate::lab::bridge::KernelBridgeLab;
 use crate::lab::cluster::{self, Lab, LabState};
@@ -222,6 +224,8 @@ pub struct BenchConfig {
     /// The switches' poll modes; each podswitch mode runs once per poll
     /// mode, interleaved with the others (default: adaptive only).
     pub poll_modes: Vec<PollMode>,
+    /// The switches' tap I/O, crossed with the poll modes (default: auto).
+    pub io_backends: Vec<IoBackend>,
     pub tests: Vec<Test>,
     pub rounds: usize,
     /// Seconds per request/response measurement.
@@ -268,6 +272,7 @@ impl BenchConfig {
             quick,
             modes: Mode::ALL.to_vec(),
             poll_modes: vec![PollMode::default()],
+            io_backends: vec![IoBackend::default()],
             tests: Test::ALL.to_vec(),
             rounds,
             rr_secs: rr,
@@ -289,6 +294,15 @@ impl BenchConfig {
     fn validate(&self) -> anyhow::Result<()> {
         ensure!(!self.modes.is_empty(), "no modes to measure");
         ensure!(!self.poll_modes.is_empty(), "no poll modes to measure");
+        ensure!(
+            !self.io_backends.is_empty(),
+            "no tap I/O backends to measure"
+        );
+        ensure!(
+            (1..=self.io_backends.len())
+                .all(|i| !self.io_backends[i..].contains(&self.io_backends[i - 1])),
+            "a tap I/O backend is listed twice"
+        );
         ensure!(
             self.poll_modes
                 .iter()
@@ -440,21 +454,35 @@ struct Target {
     /// The poll mode this target runs its switches in (podswitch modes;
     /// set before each of its tests, so targets may share a lab).
     poll_mode: Option<PollMode>,
+    /// The tap I/O its switches use, set like the poll mode.
+    io_backend: Option<IoBackend>,
     setup: ModeSetup,
 }
 
 impl Target {
     /// The mode's name, with the poll mode when the run compares several
     /// (`podswitch-local@poll`).
-    fn label(&self, several_poll_modes: bool) -> String {
-        match self.poll_mode {
-            Some(p) if several_poll_modes => format!("{}@{}", self.mode.name(), p.name()),
-            _ => self.mode.name().to_string(),
+    /// and with the tap I/O when it compares several
+    /// (`podswitch-local@adaptive/syscalls`).
+    fn label(&self, several_poll_modes: bool, several_io_backends: bool) -> String {
+        let mut l = self.mode.name().to_string();
+        if let (Some(p), true) = (self.poll_mode, several_poll_modes) {
+            l = format!("{l}@{}", p.name());
         }
+        if let (Some(b), true) = (self.io_backend, several_io_backends) {
+            l = format!("{l}/{}", b.name());
+        }
+        l
     }
 
-    /// Puts the target's switches in its poll mode.
+    /// Puts the target's switches in its poll mode and tap I/O.
     fn enter_poll_mode(&self) -> anyhow::Result<()> {
+        if let Some(backend) = self.io_backend {
+            for sock in &self.switch_sockets {
+                let _: IoBackendSet = client::call(sock, &Request::SetIoBackend { backend })
+                    .with_context(|| format!("setting tap I/O {backend} on {}", sock.display()))?;
+            }
+        }
         let Some(mode) = self.poll_mode else {
             return Ok(());
         };
@@ -703,6 +731,7 @@ fn build_labs(
                 switch_pids: switch_pids(&st, nodes),
                 switch_sockets: switch_sockets(&st, nodes),
                 poll_mode: None,
+                io_backend: None,
                 setup: ModeSetup {
                     shape: shape.into(),
                     mtu,
@@ -748,6 +777,7 @@ fn build_labs(
                 switch_pids: switch_pids(&st, &["node-1"]),
                 switch_sockets: switch_sockets(&st, &["node-1"]),
                 poll_mode: None,
+                io_backend: None,
                 setup: ModeSetup {
                     shape: format!(
                         "1 node, client + 3 backends, ClusterIP {} of {} Services in podswitch",
@@ -789,6 +819,7 @@ fn build_labs(
             switch_pids: switch_pids(&st, &["node-1", "node-2"]),
             switch_sockets: switch_sockets(&st, &["node-1", "node-2"]),
             poll_mode: None,
+            io_backend: None,
             setup: ModeSetup {
                 shape: "2 nodes on an underlay bridge, 1 pod each, podswitch VXLAN (UDP 4789)"
                     .into(),
@@ -816,6 +847,7 @@ fn build_labs(
             switch_pids: vec![],
             switch_sockets: vec![],
             poll_mode: None,
+            io_backend: None,
             setup: ModeSetup {
                 shape: shape.into(),
                 mtu,
@@ -884,6 +916,7 @@ fn build_labs(
             switch_pids: vec![],
             switch_sockets: vec![],
             poll_mode: None,
+            io_backend: None,
             setup: ModeSetup {
                 shape: format!(
                     "1 node, client + 3 backends, ClusterIP {} of {} Services in kube-proxy's iptables rules",
@@ -906,17 +939,19 @@ fn build_labs(
             if t.mode.is_kernel() {
                 return vec![t];
             }
-            cfg.poll_modes
-                .iter()
-                .map(|&p| {
+            let mut out = Vec::new();
+            for &p in &cfg.poll_modes {
+                for &b in &cfg.io_backends {
                     let mut v = t.clone();
                     v.poll_mode = Some(p);
-                    v.setup
-                        .podswitch_config
-                        .insert("poll_mode".into(), p.name().into());
-                    v
-                })
-                .collect()
+                    v.io_backend = Some(b);
+                    let c = &mut v.setup.podswitch_config;
+                    c.insert("poll_mode".into(), p.name().into());
+                    c.insert("io_backend".into(), b.name().into());
+                    out.push(v);
+                }
+            }
+            out
         })
         .collect();
     Ok(targets)
@@ -1331,14 +1366,14 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
         })
         .with_context(|| format!("{}: warm-up request/response", t.mode.name()))?;
     }
-    let several = cfg.poll_modes.len() > 1;
+    let several = (cfg.poll_modes.len() > 1, cfg.io_backends.len() > 1);
     let mut samples: BTreeMap<String, Samples> = BTreeMap::new();
     let mut port = SINK_PORT_BASE;
     for round in 1..=cfg.rounds {
         for &test in &cfg.tests {
             for t in targets.iter().filter(|t| test.applies(t.mode)) {
                 check("the next measurement")?;
-                let label = t.label(several);
+                let label = t.label(several.0, several.1);
                 phase(
                     &pb,
                     &format!("round {round}/{}: {} {label}", cfg.rounds, test.name()),
@@ -1373,7 +1408,7 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
     let mut modes: Vec<ModeReport> = targets
         .iter()
         .map(|t| {
-            let label = t.label(several);
+            let label = t.label(several.0, several.1);
             let s = samples.remove(&label).unwrap_or_default();
             ModeReport {
                 mode: label,
@@ -1417,7 +1452,7 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
     let comparisons: Vec<Comparison> = modes
         .iter()
         .filter_map(|ps| {
-            let mode = ps.mode.split('@').next().unwrap_or(&ps.mode);
+            let mode = ps.mode.split(['@', '/']).next().unwrap_or(&ps.mode);
             let base = Mode::parse(mode).ok()?.baseline()?;
             let k = modes.iter().find(|m| m.mode == base.name())?;
             Some(report::compare(ps, k))
@@ -1456,6 +1491,11 @@ pub fn run(cfg: &BenchConfig, exe: &Path, name: &str) -> anyhow::Result<Report> 
             modes: cfg.modes.iter().map(|m| m.name().to_string()).collect(),
             poll_modes: cfg
                 .poll_modes
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+            io_backends: cfg
+                .io_backends
                 .iter()
                 .map(|m| m.name().to_string())
                 .collect(),

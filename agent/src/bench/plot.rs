@@ -273,6 +273,7 @@ mod tests {
             },
             settings: Settings {
                 poll_modes: vec![],
+                io_backends: vec![],
                 quick: true,
                 rounds: 2,
                 rr_secs: 0.1,

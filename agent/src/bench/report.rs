@@ -267,6 +267,9 @@ pub struct Settings {
     /// The switches' poll modes (each podswitch mode ran in each).
     #[serde(default)]
     pub poll_modes: Vec<String>,
+    /// The switches' tap I/O backends (crossed with the poll modes).
+    #[serde(default)]
+    pub io_backends: Vec<String>,
 }
 
 /// The whole report (the JSON file).
@@ -544,6 +547,7 @@ mod tests {
             },
             settings: Settings {
                 poll_modes: vec![],
+                io_backends: vec![],
                 quick: true,
                 rounds: 3,
                 rr_secs: 0.2,

@@ -825,6 +825,17 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         budget_us: Option<u64>,
     },
+    /// Switches the workers' tap I/O on the running switch: `io_uring`
+    /// (refused when the workers have no ring), `syscalls`, or `auto`.
+    /// Result: [`IoBackendSet`].
+    SetIoBackend { backend: crate::worker::IoBackend },
+}
+
+/// Result of `set_io_backend`: the tap I/O now in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoBackendSet {
+    /// `io_uring` or `syscalls`.
+    pub in_use: String,
 }
 
 /// Result of `set_poll_mode`: the mode and adaptive budget now in force.
@@ -1042,6 +1053,11 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct SetIoBackend {
+        backend: crate::worker::IoBackend,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct SetPollMode {
         mode: crate::worker::poll::PollMode,
         #[serde(default)]
@@ -1121,6 +1137,8 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
+        "set_io_backend" => decode_args::<SetIoBackend>(args)
+            .map(|a| Request::SetIoBackend { backend: a.backend })?,
         "set_poll_mode" => decode_args::<SetPollMode>(args).map(|a| Request::SetPollMode {
             mode: a.mode,
             budget_us: a.budget_us,
@@ -1281,6 +1299,9 @@ mod tests {
             Request::SetPollMode {
                 mode: crate::worker::poll::PollMode::Adaptive,
                 budget_us: Some(50),
+            },
+            Request::SetIoBackend {
+                backend: crate::worker::IoBackend::Syscalls,
             },
         ] {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r, "{r:?}");

@@ -376,7 +376,7 @@ impl Worker {
     /// Reads from ready queues round-robin until the batch is full or no
     /// queue is ready.
     fn fill_batch(&mut self) {
-        if self.ring.is_some() {
+        if self.ring.is_some() && self.poll_control.batched_io() {
             return self.fill_batch_batched();
         }
         self.batch.clear();
@@ -707,6 +707,7 @@ impl Worker {
     fn transmit(&mut self, snap: &Snapshot, caps: Option<&ArmedCaptures>) {
         let c = Arc::clone(self.pipeline.counters());
         self.tx_plan.clear();
+        let batched = self.ring.is_some() && self.poll_control.batched_io();
         for (i, p) in self.batch.packets().iter().enumerate() {
             let out_port = match p.verdict {
                 Verdict::Encap { node } => {
@@ -748,7 +749,7 @@ impl Worker {
                 c.count_drop(DropReason::PortGone, p.len());
                 continue;
             };
-            if self.ring.is_some() {
+            if batched {
                 // Written below, with the rest of the batch, in one call.
                 self.tx_plan.push((i, out_port, q.as_raw_fd()));
                 continue;

@@ -20,7 +20,7 @@
 //! frames), polling (a busy poll that found nothing) and sleeping (parked
 //! in epoll).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -127,12 +127,16 @@ pub fn check_budget_us(us: u64) -> Result<u64, BudgetOutOfRange> {
     }
 }
 
-/// The poll mode and budget every worker reads once per loop; the control
-/// thread may change them while the switch runs.
+/// The poll mode and budget every worker reads once per loop, and whether
+/// it moves tap frames through its io_uring (when it has one); the control
+/// thread may change them while the switch runs (`ctl poll-mode`,
+/// `ctl io-backend`), which is also how `podswitch bench` compares them in
+/// one run.
 #[derive(Debug)]
 pub struct PollControl {
     mode: AtomicU8,
     budget_ns: AtomicU64,
+    batched_io: AtomicBool,
 }
 
 impl PollControl {
@@ -141,7 +145,19 @@ impl PollControl {
         PollControl {
             mode: AtomicU8::new(mode.as_u8()),
             budget_ns: AtomicU64::new(budget_us.saturating_mul(1000)),
+            batched_io: AtomicBool::new(true),
         }
+    }
+
+    /// Whether workers with an io_uring use it (else read/write).
+    #[inline]
+    pub fn batched_io(&self) -> bool {
+        self.batched_io.load(Ordering::Relaxed)
+    }
+
+    /// Switches workers between their io_uring and read/write.
+    pub fn set_batched_io(&self, on: bool) {
+        self.batched_io.store(on, Ordering::Relaxed);
     }
 
     /// The mode and adaptive budget in force.
@@ -223,5 +239,8 @@ mod tests {
         );
         c.set(PollMode::Poll, 7);
         assert_eq!(c.get(), (PollMode::Poll, Duration::from_micros(7)));
+        assert!(c.batched_io());
+        c.set_batched_io(false);
+        assert!(!c.batched_io());
     }
 }
