@@ -1,5 +1,6 @@
 //! The workers' poll modes on a running switch: each mode forwards real
-//! traffic, `ctl config` shows the mode in force, the per-worker time
+//! traffic (through io_uring and through read/write), `ctl config` shows
+//! the mode in force, the per-worker time
 //! accounting says what the mode does (a polling worker polls, an
 //! interrupt-driven one is woken), and an idle switch in the default mode
 //! costs next to nothing.
@@ -167,6 +168,27 @@ fn every_poll_mode_forwards_and_accounts_its_time() {
     );
     // Every mode change went through without losing a frame.
     echo(&lab, a, b_ip, 20);
+
+    // The tap I/O switches the same way: batched through io_uring (the
+    // default where the kernel has it, as here) and one read/write per
+    // frame; both forward.
+    assert_eq!(lab.stats("node-1")["io_backend"], "io_uring");
+    for backend in ["syscalls", "io_uring"] {
+        let out = podswitch_ok(&["ctl", "-s", &lab.socket("node-1"), "io-backend", backend]);
+        assert!(out.contains(&format!("tap I/O {backend}")), "{out}");
+        assert_eq!(lab.stats("node-1")["io_backend"], backend);
+        let rx = lab.stats("node-1")["datapath"]["rx_packets"]
+            .as_u64()
+            .unwrap();
+        echo(&lab, a, b_ip, 30);
+        let rx2 = lab.stats("node-1")["datapath"]["rx_packets"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            rx2 >= rx + 60,
+            "{backend}: {rx} -> {rx2} frames read for 30 echoes"
+        );
+    }
     assert_eq!(lab.drops("node-1", "tx_queue_full"), 0);
 
     // A bad mode is refused with the choices, and changes nothing.
