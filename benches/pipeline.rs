@@ -52,6 +52,16 @@
 //!
 //! Run: `cargo bench --bench pipeline` (a few seconds per case) or
 //! `cargo bench --bench pipeline -- --quick` (well under a minute).
+//!
+//! # Instructions per packet
+//!
+//! `pipeline --instructions CASE` runs one case a fixed number of batches
+//! with a frozen clock, for callgrind (`benches/instructions/mod.rs`);
+//! `benches/tools/instructions.sh` counts `route_udp64` (pod to pod),
+//! `gateway_arp` and `gateway_icmp_echo` that way on every `./run test`
+//! (through the switch crate's `instructions` bench, which compiles this
+//! file as a module) and fails when one grows more than 5 % over its
+//! committed baseline.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -59,14 +69,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use etherparse::{PacketBuilder, TcpOptionElement};
+use podswitch_switch::conntrack::{ConnTrack, ConntrackConfig};
 use podswitch_switch::metrics::WorkerCounters;
 use podswitch_switch::pipeline::parse::ParseStage;
 use podswitch_switch::pipeline::{Batch, Pipeline, Verdict};
 use podswitch_switch::tables::{Gateway, PodPort, PortId, Tables};
 use podswitch_switch::wire::checksum;
 use podswitch_switch::wire::vnet_hdr::{self, VnetHdr};
+
+mod instructions;
 
 /// Frames per batch, as a worker reads them.
 const BATCH: usize = 64;
@@ -86,6 +99,8 @@ const MSS: usize = 1448;
 const TSO_SEGMENTS: usize = 45;
 /// The ingress port of every case (pod-0).
 const INGRESS: PortId = 0;
+/// The flow table's hash seed (fixed: the same chains on every run).
+const CONNTRACK_SEED: u64 = 0x5eed_c0ff_ee00_0001;
 
 /// The address of pod `i`: 10.244.1.(i + 2).
 fn pod_ip(i: u8) -> [u8; 4] {
@@ -406,8 +421,9 @@ struct Runner {
 impl Runner {
     fn new(parse_only: bool) -> Self {
         let counters = Arc::new(WorkerCounters::default());
+        let ct = ConnTrack::with_seed(ConntrackConfig::default(), 1, CONNTRACK_SEED);
         Runner {
-            pipeline: Pipeline::new(Arc::clone(&counters)),
+            pipeline: Pipeline::with_conntrack(Arc::clone(&counters), Arc::new(ct), 0, 1),
             parse: ParseStage,
             counters,
             parse_only,
@@ -450,6 +466,21 @@ fn check(case: &Case, tables: &Tables) {
     let mut batch = load(&case.frames);
     let mut runner = Runner::new(case.parse_only);
     runner.run(&mut batch, tables, Instant::now());
+    check_verdicts(case, &batch);
+    restore(&mut batch, &case.frames);
+    for (i, (p, f)) in batch.packets().iter().zip(&case.frames).enumerate() {
+        assert!(
+            p.data() == f.as_slice(),
+            "case {}: frame {i} differs from its pristine bytes after restore; \
+             the pipeline wrote beyond RESTORE_WINDOW ({RESTORE_WINDOW} B)",
+            case.name
+        );
+    }
+}
+
+/// Checks that the verdicts of a processed batch are the ones the case is
+/// about; panics with the offending frame otherwise.
+fn check_verdicts(case: &Case, batch: &Batch) {
     for (i, p) in batch.packets().iter().enumerate() {
         let ok = match &case.expect {
             Expect::Parsed => p.verdict == Verdict::Pending,
@@ -471,15 +502,6 @@ fn check(case: &Case, tables: &Tables) {
                 Expect::Dropped(reasons) => format!("Drop({})", reasons[i]),
                 other => format!("{other:?}"),
             }
-        );
-    }
-    restore(&mut batch, &case.frames);
-    for (i, (p, f)) in batch.packets().iter().zip(&case.frames).enumerate() {
-        assert!(
-            p.data() == f.as_slice(),
-            "case {}: frame {i} differs from its pristine bytes after restore; \
-             the pipeline wrote beyond RESTORE_WINDOW ({RESTORE_WINDOW} B)",
-            case.name
         );
     }
 }
@@ -542,9 +564,67 @@ fn config() -> Criterion {
         .sample_size(30)
 }
 
+/// A case in the instruction-count mode: the criterion iteration's
+/// restore (untimed) and `process` (counted), with a frozen clock.
+struct Counted<'a> {
+    case: &'a Case,
+    tables: &'a Tables,
+    batch: Batch,
+    runner: Runner,
+    now: Instant,
+}
+
+impl instructions::Counted for Counted<'_> {
+    fn next_batch(&mut self) -> usize {
+        restore(&mut self.batch, &self.case.frames);
+        self.batch.len()
+    }
+
+    fn run(&mut self) {
+        self.runner.run(&mut self.batch, self.tables, self.now);
+    }
+
+    fn check(&self) {
+        check_verdicts(self.case, &self.batch);
+    }
+}
+
+/// `--instructions CASE`: one case, a fixed number of batches (also
+/// called by `switch/benches/instructions.rs`).
+pub(crate) fn count_instructions(name: &str) {
+    let tables = tables();
+    let cases = cases();
+    let Some(case) = cases.iter().find(|c| c.name == name) else {
+        let known: Vec<&str> = cases.iter().map(|c| c.name).collect();
+        instructions::unknown(name, &known)
+    };
+    check(case, &tables);
+    // One instant for every batch, read before the flow table is made.
+    let now = Instant::now();
+    instructions::count(
+        name,
+        &mut Counted {
+            case,
+            tables: &tables,
+            batch: load(&case.frames),
+            runner: Runner::new(case.parse_only),
+            now,
+        },
+    );
+}
+
 criterion_group! {
     name = benches;
     config = config();
     targets = bench_pipeline, bench_route_lookup
 }
-criterion_main!(benches);
+
+// criterion_main!, with the instruction-count mode in front.
+fn main() {
+    if let Some(case) = instructions::requested() {
+        count_instructions(&case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

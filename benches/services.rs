@@ -25,6 +25,8 @@
 //! | `established_cached_4k`       | same among 4k flows, whose table lines all fit in L2       | (no target)  |
 //! | `established_cold_1m`         | same among 1M flows (table of 2M slots), cache-cold        | >= 5 Mpps    |
 //! | `new_flow`                    | SYNs of never-seen tuples: Maglev, insert, DNAT, encap     | >= 2 Mpps    |
+//! | `vxlan_encap`                 | ACKs from pods straight to a pod on n2 (no service): encap | (no target)  |
+//! | `vxlan_decap`                 | the reverse: datagrams from n2's pods, decap, to our pods  | (no target)  |
 //! | `build_10k_services`          | `ServiceTable::build`, 10k ClusterIPs x 5 endpoints        | <= 1 s       |
 //! | `build_10k_services_nodeport` | same with a NodePort on every service (20k frontends)      | (no target)  |
 //!
@@ -38,6 +40,13 @@
 //! Per-packet cases report packets per second (`Throughput::Elements`);
 //! the build cases report frontends per second, and their time per
 //! iteration is the build time.
+//!
+//! The two overlay cases need no service: `vxlan_encap` sends ACKs of
+//! flows from our pods to 10.244.2.100:80 (routed to n2, untracked, so the
+//! fast path takes them), encapsulated as below; `vxlan_decap` receives
+//! [`BATCH`] VXLAN datagrams from n2, ACKs from pods 10.244.2.100-149 port
+//! 80 to pods 0..63 here, and does what the worker does with them (see
+//! [`Decapsulator`]) before `Pipeline::process` forwards them to the pods.
 //!
 //! # What "encap" means here
 //!
@@ -79,6 +88,18 @@
 //! with its scale cut down (10k and 20k flows, 100 services), so CI stays
 //! fast.
 //!
+//! # Instructions per packet
+//!
+//! `services --instructions CASE` runs one packet case a fixed number of
+//! batches at the bench scale with a frozen clock, for callgrind
+//! (`benches/instructions/mod.rs`); `benches/tools/instructions.sh` counts
+//! the established 4k and 100k cases, `new_flow`, `vxlan_encap` and
+//! `vxlan_decap` that way on every `./run test` (through the switch
+//! crate's `instructions` bench, which compiles this file as a module) and
+//! fails when one grows more than 5 % over its committed baseline. The
+//! flow table's hash seed is fixed ([`CONNTRACK_SEED`]) in every mode, so
+//! the chains are the same from one run to the next.
+//!
 //! Run: `cargo bench --bench services` (about a minute) or
 //! `cargo bench --bench services -- established_hot` for one case.
 
@@ -89,18 +110,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use etherparse::{PacketBuilder, TcpOptionElement};
 use podswitch_switch::conntrack::{ConnTrack, ConntrackConfig};
 use podswitch_switch::control::api::{
     ClusterMode, EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
 };
 use podswitch_switch::metrics::WorkerCounters;
-use podswitch_switch::pipeline::{Batch, DropReason, Packet, Pipeline, Verdict};
+use podswitch_switch::pipeline::{decap, Batch, DropReason, Packet, Pipeline, Verdict};
 use podswitch_switch::tables::maglev::{Maglev, DEFAULT_TABLE_SIZE};
 use podswitch_switch::tables::services::{maglev_size_for, NodeView, ServiceLayout, ServiceTable};
 use podswitch_switch::tables::{Gateway, Overlay, OverlayNode, PodPort, PortId, PortKind, Tables};
 use podswitch_switch::wire::{checksum, vnet_hdr, vxlan};
+
+mod instructions;
 
 /// Frames per batch, as a worker reads them.
 const BATCH: usize = 64;
@@ -121,6 +144,15 @@ const VIP_PORT: u16 = 8080;
 /// Its endpoints, pods on node n2.
 const BACKENDS: [[u8; 4]; 3] = [[10, 244, 2, 10], [10, 244, 2, 11], [10, 244, 2, 12]];
 const BACKEND_PORT: u16 = 80;
+/// The pod on n2 the `vxlan_encap` flows go to (no service), and the
+/// first of the 50 pods the `vxlan_decap` datagrams come from.
+const REMOTE_POD: [u8; 4] = [10, 244, 2, 100];
+const REMOTE_POD_PORT: u16 = 80;
+/// Flows the `vxlan_encap` case cycles through (untracked: only the
+/// frames differ).
+const ENCAP_FLOWS: usize = 4_000;
+/// The flow table's hash seed (fixed: the same chains on every run).
+const CONNTRACK_SEED: u64 = 0x5eed_c0ff_ee00_0002;
 /// Underlay addresses (TEST-NET benchmarking range, RFC 2544).
 const NODE_IP: [u8; 4] = [198, 18, 0, 1];
 const NODE_PORT_IPS: &[Ipv4Addr] = &[Ipv4Addr::new(198, 18, 0, 1)];
@@ -163,14 +195,7 @@ struct Scale {
 impl Scale {
     fn get() -> Scale {
         if bench_mode() {
-            Scale {
-                cached_flows: 4_000,
-                hot_flows: 100_000,
-                cold_flows: 1_000_000,
-                cold_max_flows: 2_000_000,
-                new_flow_max_flows: 4_000_000,
-                services: 10_000,
-            }
+            Self::BENCH
         } else {
             Scale {
                 cached_flows: 1_000,
@@ -182,6 +207,16 @@ impl Scale {
             }
         }
     }
+
+    /// The scale benchmarked, and counted in the instruction-count mode.
+    const BENCH: Scale = Scale {
+        cached_flows: 4_000,
+        hot_flows: 100_000,
+        cold_flows: 1_000_000,
+        cold_max_flows: 2_000_000,
+        new_flow_max_flows: 4_000_000,
+        services: 10_000,
+    };
 }
 
 /// The address of pod `i`: 10.244.1.(i + 2).
@@ -302,10 +337,15 @@ fn node_view() -> NodeView<'static> {
 /// as Linux sends them: a SYN, or an ACK with [`PAYLOAD`] bytes. Built by
 /// etherparse: the reference [`SegmentTemplate`] is checked against.
 fn tcp_segment(pod: usize, sport: u16, syn: bool) -> Vec<u8> {
+    tcp_segment_to(pod, sport, (VIP, VIP_PORT), syn)
+}
+
+/// [`tcp_segment`] to `dst` (address, port) instead of the service.
+fn tcp_segment_to(pod: usize, sport: u16, dst: ([u8; 4], u16), syn: bool) -> Vec<u8> {
     let src = pod_ip(pod);
     let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC)
-        .ipv4(src, VIP, 64)
-        .tcp(sport, VIP_PORT, 1000, 64240);
+        .ipv4(src, dst.0, 64)
+        .tcp(sport, dst.1, 1000, 64240);
     let (b, payload) = if syn {
         (b.syn(), 0)
     } else {
@@ -342,10 +382,16 @@ struct SegmentTemplate {
 }
 
 impl SegmentTemplate {
+    /// Segments to the service.
     fn new(syn: bool) -> Self {
+        Self::to((VIP, VIP_PORT), syn)
+    }
+
+    /// Segments to `dst` (address, port).
+    fn to(dst: ([u8; 4], u16), syn: bool) -> Self {
         let (pod, sport) = flow(0);
         SegmentTemplate {
-            bytes: tcp_segment(pod, sport, syn),
+            bytes: tcp_segment_to(pod, sport, dst, syn),
         }
     }
 
@@ -483,12 +529,13 @@ struct Datapath {
 impl Datapath {
     fn new(max_flows: usize) -> Self {
         let tables = tables();
-        let ct = Arc::new(ConnTrack::new(
+        let ct = Arc::new(ConnTrack::with_seed(
             ConntrackConfig {
                 max_flows,
                 ..Default::default()
             },
             1,
+            CONNTRACK_SEED,
         ));
         let counters = Arc::new(WorkerCounters::default());
         Datapath {
@@ -518,12 +565,12 @@ impl Datapath {
         self.encap.run(&self.batch, self.pipeline.counters());
     }
 
-    /// Opens flows `0..n` with one SYN each (untimed set-up).
-    fn open_flows(&mut self, n: usize) {
+    /// Opens flows `0..n` with one SYN each (untimed set-up) at `now`.
+    fn open_flows(&mut self, n: usize, now: Instant) {
         let syn = SegmentTemplate::new(true);
         for start in (0..n).step_by(BATCH) {
             self.load(&syn, start..n.min(start + BATCH));
-            self.run(Instant::now());
+            self.run(now);
         }
         assert_eq!(self.ct.len(), n, "every SYN opened a flow");
     }
@@ -535,7 +582,12 @@ impl Datapath {
     /// Checks the last batch: every packet encapsulated towards n2, inner
     /// packet from its client to a backend's port 80, outer headers valid.
     fn check_batch(&self, case: &str, flows: &[usize]) {
-        let backends: Vec<Ipv4Addr> = BACKENDS.iter().map(|b| Ipv4Addr::from(*b)).collect();
+        self.check_batch_to(case, flows, &BACKENDS, BACKEND_PORT);
+    }
+
+    /// [`Datapath::check_batch`] for packets to one of `dsts` at `dport`.
+    fn check_batch_to(&self, case: &str, flows: &[usize], dsts: &[[u8; 4]], dport: u16) {
+        let backends: Vec<Ipv4Addr> = dsts.iter().map(|b| Ipv4Addr::from(*b)).collect();
         for (k, (p, &i)) in self.batch.packets().iter().zip(flows).enumerate() {
             assert_eq!(
                 p.verdict,
@@ -554,8 +606,8 @@ impl Datapath {
                 "{case}: packet {k}: client address and port kept"
             );
             assert!(
-                backends.contains(&dst) && rd16(f, 36) == BACKEND_PORT,
-                "{case}: packet {k}: inner destination {dst}:{} is not a backend",
+                backends.contains(&dst) && rd16(f, 36) == dport,
+                "{case}: packet {k}: inner destination {dst}:{} is not {backends:?}:{dport}",
                 rd16(f, 36)
             );
             assert_eq!(
@@ -627,10 +679,11 @@ struct Established {
 }
 
 impl Established {
-    fn new(case: &str, flows: usize, max_flows: usize) -> Self {
+    /// Opens the flows and checks one batch, all at `now`.
+    fn new(case: &str, flows: usize, max_flows: usize, now: Instant) -> Self {
         let mut dp = Datapath::new(max_flows);
         let setup = Instant::now();
-        dp.open_flows(flows);
+        dp.open_flows(flows, now);
         eprintln!(
             "{case}: {flows} flows opened in {:.2?} (untimed set-up)",
             setup.elapsed()
@@ -653,7 +706,7 @@ impl Established {
         }
         let created = e.dp.flows_created();
         e.next_batch();
-        e.dp.run(Instant::now());
+        e.dp.run(now);
         e.dp.check_batch(case, &e.picks);
         assert_eq!(e.dp.flows_created(), created, "{case}: no flow created");
         assert_eq!(e.dp.ct.len(), flows, "{case}: no flow created");
@@ -676,20 +729,24 @@ struct NewFlows {
     dp: Datapath,
     syn: SegmentTemplate,
     next: usize,
+    /// The first tuple of the batch loaded last.
+    last: usize,
     /// Emptied (untimed) before it holds more than this.
     clear_at: usize,
 }
 
 impl NewFlows {
-    fn new(max_flows: usize) -> Self {
+    /// Checks one batch at `now`.
+    fn new(max_flows: usize, now: Instant) -> Self {
         let mut n = NewFlows {
             dp: Datapath::new(max_flows),
             syn: SegmentTemplate::new(true),
             next: 0,
+            last: 0,
             clear_at: max_flows / 4 * 3,
         };
         n.next_batch();
-        n.dp.run(Instant::now());
+        n.dp.run(now);
         let flows: Vec<usize> = (0..BATCH).collect();
         n.dp.check_batch("new_flow", &flows);
         assert_eq!(n.dp.flows_created(), BATCH as u64, "one flow per SYN");
@@ -704,10 +761,214 @@ impl NewFlows {
             self.dp.ct.remove_where(|_| true);
         }
         let start = self.next;
+        self.last = start;
         self.next = (start + BATCH) % (PODS * SPORTS);
         let syn = &self.syn;
         self.dp.load(syn, start..start + BATCH);
     }
+}
+
+/// The `vxlan_encap` case: ACKs from pods to a pod on n2, no service.
+struct OverlayEncap {
+    dp: Datapath,
+    ack: SegmentTemplate,
+    next: usize,
+}
+
+impl OverlayEncap {
+    /// Checks one batch at `now`.
+    fn new(now: Instant) -> Self {
+        let mut e = OverlayEncap {
+            // No flow is tracked: the table stays empty.
+            dp: Datapath::new(ConntrackConfig::default().max_flows),
+            ack: SegmentTemplate::to((REMOTE_POD, REMOTE_POD_PORT), false),
+            next: 0,
+        };
+        e.next_batch();
+        e.dp.run(now);
+        e.check();
+        assert_eq!(e.dp.ct.len(), 0, "vxlan_encap: pod to pod is not tracked");
+        e
+    }
+
+    /// Loads ACKs of the next [`BATCH`] flows (of [`ENCAP_FLOWS`]).
+    #[inline]
+    fn next_batch(&mut self) {
+        let start = self.next;
+        self.next = (start + BATCH) % ENCAP_FLOWS;
+        let ack = &self.ack;
+        self.dp.load(ack, start..start + BATCH);
+    }
+
+    fn check(&self) {
+        let start = (self.next + ENCAP_FLOWS - BATCH) % ENCAP_FLOWS;
+        let flows: Vec<usize> = (start..start + BATCH).collect();
+        self.dp
+            .check_batch_to("vxlan_encap", &flows, &[REMOTE_POD], REMOTE_POD_PORT);
+    }
+}
+
+/// What the worker's `fill_from_overlay` does with a datagram from the
+/// underlay socket, minus the receive: check the VXLAN header, the VNI and
+/// the sending node (`decap::decap`), copy the inner frame into a packet
+/// of the batch, make its inner L4 checksum whole if the sender left it
+/// partial, and note the node it came from. Each datagram here is a read
+/// of its own: datagrams of different inner flows carry different outer
+/// source ports (RFC 7348 §5), so the kernel's UDP GRO does not merge
+/// them, and the worker's receive-side coalescing, which only looks
+/// within one read, never runs.
+struct Decapsulator {
+    /// VXLAN header and inner frame, as the underlay socket hands them over.
+    datagrams: Vec<Vec<u8>>,
+    /// The sender's underlay address (n2).
+    src: Ipv4Addr,
+}
+
+impl Decapsulator {
+    /// Fills `batch` from the datagrams; counts what the worker counts.
+    #[inline]
+    fn run(&self, batch: &mut Batch, tables: &Tables, c: &WorkerCounters) {
+        let ov = tables.overlay.as_ref().expect("overlay configured");
+        for dgram in &self.datagrams {
+            c.stages.vxlan_rx.inc();
+            let inner = match decap::decap(dgram, self.src, ov) {
+                Ok(inner) => inner,
+                Err(reason) => {
+                    c.count_drop(reason, dgram.len());
+                    continue;
+                }
+            };
+            let Some(p) = batch.next_free() else {
+                return;
+            };
+            if p.load_frame(ov.port, vnet_hdr::Repr::NONE, inner) {
+                match decap::repair_inner_l4_checksum(p.frame_mut()) {
+                    Ok(repaired) => {
+                        if repaired {
+                            c.stages.csum_completed.inc();
+                        }
+                        p.meta.from_node = ov.node_by_ip(self.src);
+                        batch.commit();
+                    }
+                    Err(reason) => c.count_drop(reason, dgram.len()),
+                }
+            }
+        }
+    }
+}
+
+/// The `vxlan_decap` case: [`BATCH`] datagrams from n2, ACKs from pods
+/// 10.244.2.100-149 port 80 to our pods 0..63 (one flow each, the same
+/// datagrams every batch: decapsulation only reads them).
+struct OverlayDecap {
+    dp: Datapath,
+    decap: Decapsulator,
+}
+
+impl OverlayDecap {
+    /// Checks one batch at `now`.
+    fn new(now: Instant) -> Self {
+        let ov = tables().overlay.expect("overlay configured");
+        let datagrams = (0..BATCH)
+            .map(|k| {
+                let src = [10, 244, 2, REMOTE_POD[3] + (k % 50) as u8];
+                let dst = pod_ip(k);
+                let mut out = vec![0u8; vxlan::HEADER_LEN];
+                vxlan::Repr { vni: ov.vni }.emit_into(&mut out);
+                // As n2's route stage leaves it: to our VTEP, TTL spent.
+                PacketBuilder::ethernet2(REMOTE_VTEP_MAC, VTEP_MAC)
+                    .ipv4(src, dst, 63)
+                    .tcp(REMOTE_POD_PORT, 40000, 5000, 64240)
+                    .ack(1000)
+                    .options(&[
+                        TcpOptionElement::Noop,
+                        TcpOptionElement::Noop,
+                        TcpOptionElement::Timestamp(3, 4),
+                    ])
+                    .expect("TCP options fit")
+                    .write(&mut out, &[0xcd; PAYLOAD])
+                    .expect("fixture serialises");
+                out
+            })
+            .collect();
+        let mut d = OverlayDecap {
+            dp: Datapath::new(ConntrackConfig::default().max_flows),
+            decap: Decapsulator {
+                datagrams,
+                src: Ipv4Addr::from(REMOTE_IP),
+            },
+        };
+        d.dp.batch.clear();
+        d.run(now);
+        d.check();
+        assert_eq!(d.dp.ct.len(), 0, "vxlan_decap: pod to pod is not tracked");
+        d
+    }
+
+    /// The timed part: decapsulation into the batch, then the pipeline.
+    #[inline]
+    fn run(&mut self, now: Instant) {
+        let dp = &mut self.dp;
+        self.decap
+            .run(&mut dp.batch, &dp.tables, dp.pipeline.counters());
+        dp.pipeline.process(&mut dp.batch, &dp.tables, now);
+    }
+
+    /// Every datagram delivered to its pod, from the gateway's MAC.
+    fn check(&self) {
+        assert_eq!(self.dp.batch.len(), BATCH, "vxlan_decap: every datagram");
+        for (k, p) in self.dp.batch.packets().iter().enumerate() {
+            assert_eq!(
+                p.verdict,
+                Verdict::Forward { port: k as PortId },
+                "vxlan_decap: packet {k}"
+            );
+            let f = p.frame();
+            assert_eq!(
+                &f[0..6],
+                &mac_of(pod_ip(k)),
+                "vxlan_decap: to the pod's MAC"
+            );
+            assert_eq!(&f[6..12], &GW_MAC, "vxlan_decap: from the gateway's MAC");
+            assert_eq!(f[22], 62, "vxlan_decap: TTL decremented");
+        }
+    }
+}
+
+fn bench_overlay(c: &mut Criterion) {
+    let mut group = c.benchmark_group("services");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut case: Option<OverlayEncap> = None;
+    group.bench_function("vxlan_encap", |b| {
+        let e = case.get_or_insert_with(|| OverlayEncap::new(Instant::now()));
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                e.next_batch();
+                let start = Instant::now();
+                e.dp.run(black_box(start));
+                timed += start.elapsed();
+            }
+            black_box(e.dp.batch.packets().first().map(|p| p.verdict));
+            timed
+        });
+    });
+    let mut case: Option<OverlayDecap> = None;
+    group.bench_function("vxlan_decap", |b| {
+        let d = case.get_or_insert_with(|| OverlayDecap::new(Instant::now()));
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                d.dp.batch.clear();
+                let start = Instant::now();
+                d.run(black_box(start));
+                timed += start.elapsed();
+            }
+            black_box(d.dp.batch.packets().first().map(|p| p.verdict));
+            timed
+        });
+    });
+    group.finish();
 }
 
 fn bench_established(c: &mut Criterion) {
@@ -736,7 +997,7 @@ fn bench_established(c: &mut Criterion) {
         let mut case: Option<Established> = None;
         group.bench_function(name, |b| {
             let e = case.get_or_insert_with(|| {
-                let e = Established::new(name, flows, max_flows);
+                let e = Established::new(name, flows, max_flows, Instant::now());
                 let ct = &e.dp.ct;
                 eprintln!(
                     "{name}: conntrack {} flows in {} slots, {} MiB: {} bytes per slot, {} per flow",
@@ -763,7 +1024,7 @@ fn bench_established(c: &mut Criterion) {
     }
     let mut case: Option<NewFlows> = None;
     group.bench_function("new_flow", |b| {
-        let n = case.get_or_insert_with(|| NewFlows::new(scale.new_flow_max_flows));
+        let n = case.get_or_insert_with(|| NewFlows::new(scale.new_flow_max_flows, Instant::now()));
         b.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
@@ -953,9 +1214,121 @@ fn config() -> Criterion {
         .sample_size(30)
 }
 
+/// A packet case in the instruction-count mode: the criterion iteration's
+/// untimed set-up, then its timed part (counted), with a frozen clock.
+enum Counted {
+    Established(&'static str, Box<Established>),
+    NewFlow(Box<NewFlows>),
+    Encap(OverlayEncap),
+    Decap(OverlayDecap),
+}
+
+impl Counted {
+    /// Sets case `name` up with its clock at `now`.
+    fn new(name: &str, now: Instant) -> Self {
+        let scale = Scale::BENCH;
+        let default_max = ConntrackConfig::default().max_flows;
+        match name {
+            "established_cached_4k" => Counted::Established(
+                "established_cached_4k",
+                Box::new(Established::new(name, scale.cached_flows, default_max, now)),
+            ),
+            "established_hot_100k" => Counted::Established(
+                "established_hot_100k",
+                Box::new(Established::new(name, scale.hot_flows, default_max, now)),
+            ),
+            "established_cold_1m" => Counted::Established(
+                "established_cold_1m",
+                Box::new(Established::new(
+                    name,
+                    scale.cold_flows,
+                    scale.cold_max_flows,
+                    now,
+                )),
+            ),
+            "new_flow" => Counted::NewFlow(Box::new(NewFlows::new(scale.new_flow_max_flows, now))),
+            "vxlan_encap" => Counted::Encap(OverlayEncap::new(now)),
+            "vxlan_decap" => Counted::Decap(OverlayDecap::new(now)),
+            _ => instructions::unknown(
+                name,
+                &[
+                    "established_cached_4k",
+                    "established_hot_100k",
+                    "established_cold_1m",
+                    "new_flow",
+                    "vxlan_encap",
+                    "vxlan_decap",
+                ],
+            ),
+        }
+    }
+}
+
+/// [`Counted`] with the clock frozen at `now`.
+struct Frozen {
+    case: Counted,
+    now: Instant,
+}
+
+impl instructions::Counted for Frozen {
+    fn next_batch(&mut self) -> usize {
+        match &mut self.case {
+            Counted::Established(_, e) => e.next_batch(),
+            Counted::NewFlow(n) => n.next_batch(),
+            Counted::Encap(e) => e.next_batch(),
+            Counted::Decap(d) => {
+                d.dp.batch.clear();
+                return d.decap.datagrams.len();
+            }
+        }
+        BATCH
+    }
+
+    fn run(&mut self) {
+        match &mut self.case {
+            Counted::Established(_, e) => e.dp.run(self.now),
+            Counted::NewFlow(n) => n.dp.run(self.now),
+            Counted::Encap(e) => e.dp.run(self.now),
+            Counted::Decap(d) => d.run(self.now),
+        }
+    }
+
+    fn check(&self) {
+        match &self.case {
+            Counted::Established(name, e) => e.dp.check_batch(name, &e.picks),
+            Counted::NewFlow(n) => {
+                let flows: Vec<usize> = (n.last..n.last + BATCH).collect();
+                n.dp.check_batch("new_flow", &flows);
+            }
+            Counted::Encap(e) => e.check(),
+            Counted::Decap(d) => d.check(),
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_established, bench_build, bench_patch
+    targets = bench_established, bench_overlay, bench_build, bench_patch
 }
-criterion_main!(benches);
+
+/// `--instructions CASE`: one case, a fixed number of batches (also
+/// called by `switch/benches/instructions.rs`).
+pub(crate) fn count_instructions(name: &str) {
+    // One instant for the set-up and every batch, read before the flow
+    // table is made: the table clock reads 0 throughout, whatever the
+    // set-up took, so no flow ever ages or has its time stamp moved.
+    let now = Instant::now();
+    let case = Counted::new(name, now);
+    instructions::count(name, &mut Frozen { case, now });
+}
+
+// criterion_main!, with the instruction-count mode in front.
+fn main() {
+    if let Some(name) = instructions::requested() {
+        count_instructions(&name);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

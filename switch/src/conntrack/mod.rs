@@ -324,13 +324,21 @@ impl ConnTrack {
     /// Allocates the whole table once: `max_flows` slots and twice as many
     /// chain heads (rounded up to a power of two).
     pub fn new(config: ConntrackConfig, workers: usize) -> Self {
+        Self::with_seed(config, workers, RandomState::new().build_hasher().finish())
+    }
+
+    /// [`ConnTrack::new`] with a fixed hash seed, for benches whose cost
+    /// must not change from one run to the next (instruction counts: with
+    /// a random seed the chains, and so the steps of a lookup, differ per
+    /// run). A switch uses [`ConnTrack::new`]: a seed a peer can predict
+    /// lets it engineer collisions.
+    pub fn with_seed(config: ConntrackConfig, workers: usize, seed: u64) -> Self {
         let cap = config.max_flows.clamp(16, u32::MAX as usize / 4);
         let buckets = (cap * 2).next_power_of_two();
         let free = ArrayQueue::new(cap);
         for i in 0..cap as u32 {
             let _ = free.push(i);
         }
-        let seed = RandomState::new().build_hasher().finish();
         ConnTrack {
             // In huge pages where the kernel has them: a lookup then
             // rarely misses the TLB as well as the cache.
