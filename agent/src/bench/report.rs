@@ -375,6 +375,24 @@ pub fn render(r: &Report) -> String {
                 row.ratio.map_or("-".into(), |x| format!("{x:.2}x"))
             );
         }
+        // What the switches spent during each test: podswitch's own
+        // figure, with no kernel counterpart (the kernel path's cost is
+        // softirq time, in cpu-s-per-gb).
+        let cpu: Vec<String> = ps
+            .metrics
+            .iter()
+            .filter_map(|m| {
+                let test = m.name.strip_suffix(" switch-cpu")?;
+                Some(format!("{test} {:.2}", m.median))
+            })
+            .collect();
+        if !cpu.is_empty() {
+            let _ = writeln!(
+                s,
+                "  switch CPU during each test, cores (median): {}",
+                cpu.join(", ")
+            );
+        }
     }
     for mr in r.modes.iter().filter(|mr| !shown.contains(&mr.mode)) {
         let _ = writeln!(
