@@ -766,6 +766,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                         "SLEEPING",
                         "WAKEUPS",
                         "EMPTY POLLS",
+                        "CONTENDED YIELDS",
                     ])];
                     for (i, w) in d.workers.iter().enumerate() {
                         let total = (w.working_ns + w.polling_ns + w.sleeping_ns).max(1) as f64;
@@ -777,6 +778,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                             pct(w.sleeping_ns),
                             w.wakeups.to_string(),
                             w.empty_polls.to_string(),
+                            w.contended_yields.to_string(),
                         ]);
                     }
                     outln!("\nworker time since start");

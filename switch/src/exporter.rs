@@ -430,6 +430,16 @@ fn encode_worker_poll(
             .zip(&ids)
             .map(|(w, id)| ([("worker", id.as_str())], w.empty_polls)),
     )?;
+    counter_family(
+        enc,
+        "podswitch_worker_contended_yields",
+        "Yields between busy polls that gave the core to another thread (adaptive mode then parks)",
+        None,
+        workers
+            .iter()
+            .zip(&ids)
+            .map(|(w, id)| ([("worker", id.as_str())], w.contended_yields)),
+    )?;
     Ok(())
 }
 
@@ -738,6 +748,7 @@ mod tests {
                     sleeping_ns: 3_000_000_000,
                     wakeups: 12,
                     empty_polls: 4000,
+                    contended_yields: 3,
                 },
                 WorkerPollStats::default(),
             ],

@@ -101,6 +101,9 @@ pub struct PollCounters {
     pub wakeups: Counter,
     /// Busy polls (zero-timeout epoll waits) that found nothing.
     pub empty_polls: Counter,
+    /// Yields between busy polls that gave the core to another thread
+    /// (then the adaptive mode parks until the next frame).
+    pub contended_yields: Counter,
 }
 
 /// One worker's [`PollCounters`], as reported.
@@ -111,6 +114,8 @@ pub struct WorkerPollStats {
     pub sleeping_ns: u64,
     pub wakeups: u64,
     pub empty_polls: u64,
+    #[serde(default)]
+    pub contended_yields: u64,
 }
 
 impl WorkerPollStats {
@@ -121,6 +126,7 @@ impl WorkerPollStats {
             sleeping_ns: c.sleeping_ns.get(),
             wakeups: c.wakeups.get(),
             empty_polls: c.empty_polls.get(),
+            contended_yields: c.contended_yields.get(),
         }
     }
 }

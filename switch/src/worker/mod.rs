@@ -288,6 +288,8 @@ impl Worker {
         // last iteration: time is charged from one to the next.
         let mut last_frame = Instant::now();
         let mut mark = last_frame;
+        // Since the last frame, a yield between polls lost the core.
+        let mut contended = false;
         while !self.shutdown.load(Ordering::Relaxed) {
             let snap = self.snapshots.load_full();
             if snap.tables.generation != self.generation {
@@ -295,7 +297,11 @@ impl Worker {
             }
             let timeout = if self.ready.is_empty() && !self.overlay_ready {
                 let (mode, budget) = self.poll_control.get();
-                mode.idle_timeout(budget, mark.saturating_duration_since(last_frame))
+                mode.idle_timeout(
+                    budget,
+                    mark.saturating_duration_since(last_frame),
+                    contended,
+                )
             } else {
                 Duration::ZERO
             };
@@ -321,6 +327,7 @@ impl Worker {
             if moved {
                 pc.working_ns.add(nanos(now - mark));
                 last_frame = now;
+                contended = false;
             } else {
                 pc.polling_ns.add(nanos(now - mark));
                 if !parked {
@@ -330,6 +337,12 @@ impl Worker {
                     // slice: busy polling must not starve what it serves
                     // on a machine with fewer cores than busy threads.
                     std::thread::yield_now();
+                    if !contended && now.elapsed() > poll::CONTENDED_YIELD {
+                        // Someone needed this core: the adaptive mode parks
+                        // (the yield's time is charged to the park).
+                        contended = true;
+                        pc.contended_yields.inc();
+                    }
                 }
             }
             mark = now;

@@ -10,7 +10,7 @@
 //! | mode | when idle |
 //! | --- | --- |
 //! | [`PollMode::Interrupt`] | parks in epoll at once (lowest CPU, highest latency) |
-//! | [`PollMode::Adaptive`] | keeps polling (epoll with a zero timeout) until the budget has passed since the last frame, then parks |
+//! | [`PollMode::Adaptive`] | keeps polling (epoll with a zero timeout) until the budget has passed since the last frame, then parks; parks at once when a yield between polls shows another thread waiting for the core |
 //! | [`PollMode::Poll`] | never parks (a dedicated core, as DPDK/VPP deployments run) |
 //!
 //! The mode and the budget are read by every worker once per loop from a
@@ -33,6 +33,10 @@ pub const PARK_TIMEOUT: Duration = Duration::from_millis(200);
 /// on the test VMs, so 100 µs keeps a worker awake across a ping-pong
 /// while an idle switch parks within a tenth of a millisecond.
 pub const DEFAULT_ADAPTIVE_BUDGET_US: u64 = 100;
+/// A yield between busy polls that takes longer than this gave the core to
+/// another thread: the core is contended (a system call alone takes
+/// 0.2-1.3 µs on the test VMs).
+pub const CONTENDED_YIELD: Duration = Duration::from_micros(10);
 /// The largest adaptive budget accepted (beyond this, use `poll`).
 pub const MAX_ADAPTIVE_BUDGET_US: u64 = 1_000_000;
 
@@ -65,12 +69,24 @@ impl PollMode {
     }
 
     /// How long the worker may wait in epoll when nothing is ready and its
-    /// last frame was `since_last_frame` ago.
-    pub fn idle_timeout(self, budget: Duration, since_last_frame: Duration) -> Duration {
+    /// last frame was `since_last_frame` ago; `core_contended`: since that
+    /// frame, a yield between polls gave the core to another thread for
+    /// longer than [`CONTENDED_YIELD`].
+    ///
+    /// Adaptive polling pays off only on a core nobody else needs: where
+    /// the pods the switch serves wait for this core (more busy threads
+    /// than cores), every microsecond spent polling delays them, so the
+    /// worker parks until the next frame, as in `interrupt`.
+    pub fn idle_timeout(
+        self,
+        budget: Duration,
+        since_last_frame: Duration,
+        core_contended: bool,
+    ) -> Duration {
         match self {
             PollMode::Interrupt => PARK_TIMEOUT,
             PollMode::Poll => Duration::ZERO,
-            PollMode::Adaptive if since_last_frame < budget => Duration::ZERO,
+            PollMode::Adaptive if since_last_frame < budget && !core_contended => Duration::ZERO,
             PollMode::Adaptive => PARK_TIMEOUT,
         }
     }
@@ -192,21 +208,27 @@ mod tests {
     fn adaptive_polls_within_the_budget_then_parks() {
         let budget = Duration::from_micros(100);
         let m = PollMode::Adaptive;
-        assert_eq!(m.idle_timeout(budget, Duration::ZERO), Duration::ZERO);
         assert_eq!(
-            m.idle_timeout(budget, Duration::from_micros(99)),
+            m.idle_timeout(budget, Duration::ZERO, false),
             Duration::ZERO
         );
         assert_eq!(
-            m.idle_timeout(budget, Duration::from_micros(100)),
-            PARK_TIMEOUT
+            m.idle_timeout(budget, Duration::from_micros(99), false),
+            Duration::ZERO
         );
         assert_eq!(
-            PollMode::Interrupt.idle_timeout(budget, Duration::ZERO),
+            m.idle_timeout(budget, Duration::from_micros(100), false),
             PARK_TIMEOUT
         );
+        // Another thread needed the core: park at once.
+        assert_eq!(m.idle_timeout(budget, Duration::ZERO, true), PARK_TIMEOUT);
         assert_eq!(
-            PollMode::Poll.idle_timeout(budget, Duration::from_secs(3600)),
+            PollMode::Interrupt.idle_timeout(budget, Duration::ZERO, false),
+            PARK_TIMEOUT
+        );
+        // `poll` never parks, contended or not.
+        assert_eq!(
+            PollMode::Poll.idle_timeout(budget, Duration::from_secs(3600), true),
             Duration::ZERO
         );
     }
