@@ -117,7 +117,7 @@ fn check_overlay_source(p: &Packet, tables: &Tables) -> Result<(), DropReason> {
     if sender.is_some_and(|n| n.pod_cidrs.iter().any(|c| c.contains(&p.meta.src))) {
         return Ok(());
     }
-    match tables.routes.lookup(IpAddr::V4(src)) {
+    match tables.routes.lookup_v4(src) {
         Some(RouteTarget::Unassigned) => Err(DropReason::OverlaySourceSpoofed),
         Some(RouteTarget::Node(n)) if n != from => Err(DropReason::OverlaySourceSpoofed),
         Some(RouteTarget::Local(id))

@@ -78,7 +78,7 @@ impl PodHop {
     /// address, a port or node missing from the tables), so that
     /// `route_one` must handle the packet.
     pub(super) fn resolve(tables: &Tables, dst: std::net::Ipv4Addr) -> Option<PodHop> {
-        match tables.routes.lookup(dst.into())? {
+        match tables.routes.lookup_v4(dst)? {
             RouteTarget::Local(port) => {
                 let to = tables.port(port)?;
                 Some(PodHop {
