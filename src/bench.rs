@@ -64,7 +64,7 @@ pub struct BenchArgs {
     /// left out on both sides (iperf3 --omit; default 1).
     #[arg(long)]
     crosscheck_warmup_secs: Option<u64>,
-    /// Alternating runs of each side in the cross-check (default 3, --quick 1).
+    /// Alternating runs of each side in the cross-check (default 5, --quick 1).
     #[arg(long)]
     crosscheck_runs: Option<usize>,
     /// Skip the iperf3/sockperf cross-check.

@@ -266,7 +266,7 @@ impl BenchConfig {
         let (rounds, rr, crr, stream, warmup, pps, cc, cc_runs) = if quick {
             (2, 0.15, 0.15, 0.3, 0.1, 0.15, 1, 1)
         } else {
-            (3, 0.8, 1.0, 1.5, 0.5, 1.0, 2, 3)
+            (3, 0.8, 1.0, 1.5, 0.5, 1.0, 2, 5)
         };
         BenchConfig {
             quick,
