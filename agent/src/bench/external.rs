@@ -183,25 +183,21 @@ pub fn iperf3(
     port: u16,
     omit: u64,
     secs: u64,
+    pin: Option<super::Placement>,
 ) -> anyhow::Result<f64> {
     let port_s = port.to_string();
     let mut srv = spawn(netns_name(server)?, &["iperf3", "-s", "-1", "-p", &port_s])?;
     wait_listening(server, port, true, &mut srv)?;
-    let out = run(
-        netns_name(client)?,
-        &[
-            "iperf3",
-            "-c",
-            &ip.to_string(),
-            "-p",
-            &port_s,
-            "-t",
-            &secs.max(1).to_string(),
-            "--omit",
-            &omit.to_string(),
-            "-J",
-        ],
-    )?;
+    let (ip_s, secs_s, omit_s) = (ip.to_string(), secs.max(1).to_string(), omit.to_string());
+    // `-A n,m`: the client on core n, the server (for this test) on m.
+    let affinity = pin.map(|p| format!("{},{}", p.sender, p.receiver));
+    let mut args = vec![
+        "iperf3", "-c", &ip_s, "-p", &port_s, "-t", &secs_s, "--omit", &omit_s, "-J",
+    ];
+    if let Some(a) = &affinity {
+        args.extend(["-A", a.as_str()]);
+    }
+    let out = run(netns_name(client)?, &args)?;
     parse_iperf3(&out, omit)
 }
 

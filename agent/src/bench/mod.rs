@@ -973,6 +973,7 @@ fn measure_stream(
     warmup: f64,
     secs: f64,
     port: u16,
+    pin: Option<Placement>,
 ) -> anyhow::Result<StreamResult> {
     let server = t.server.clone().context("no server pod")?;
     let (tx, rx) = mpsc::channel();
@@ -988,6 +989,9 @@ fn measure_stream(
         let tx = tx.clone();
         let listen = SocketAddr::from(([0, 0, 0, 0], port + k as u16));
         sinks.push(spawn_in_netns(&server, move || {
+            if let Some(p) = pin {
+                pin_thread(p.receiver)?;
+            }
             let s = load::StreamSink::bind(listen)?;
             let _ = tx.send(());
             s.run(window, deadline)
@@ -1002,6 +1006,9 @@ fn measure_stream(
         .map(|k| {
             let dst = SocketAddr::from((t.server_ip, port + k as u16));
             spawn_in_netns(&t.client, move || {
+                if let Some(p) = pin {
+                    pin_thread(p.sender)?;
+                }
                 load::stream_send(dst, window.stop, Duration::from_secs(10))
             })
         })
@@ -1133,7 +1140,14 @@ fn run_test(
             } else {
                 *port + 16
             };
-            let r = measure_stream(t, streams, cfg.stream_warmup_secs, cfg.stream_secs, *port)?;
+            let r = measure_stream(
+                t,
+                streams,
+                cfg.stream_warmup_secs,
+                cfg.stream_secs,
+                *port,
+                None,
+            )?;
             s.push(name, name, "Gbit/s", true, r.gbit_per_s);
             if test == Test::TcpStream1 {
                 let gb = r.bytes as f64 / 1e9;
@@ -1169,6 +1183,12 @@ fn cross_check(cfg: &BenchConfig, t: &Target, port: &mut u16) -> anyhow::Result<
     };
     let (secs, omit) = (cfg.crosscheck_secs, cfg.crosscheck_warmup_secs);
     let mut out = Vec::new();
+    // Both sides of the stream comparison put sender and receiver on the
+    // same two cores: left to the scheduler, one tool's sender and
+    // receiver shared a core in some runs and not in others (on the
+    // bridge, where the receive path runs in the sender's softirq, 12-13
+    // against 14-15 Gbit/s), which the other tool's runs did not match.
+    let placement = Placement::two_cores();
     if cfg.tests.contains(&Test::TcpStream1) {
         let mut own = Vec::new();
         let mut ext: Result<Vec<f64>, String> = if external::installed("iperf3") {
@@ -1184,7 +1204,10 @@ fn cross_check(cfg: &BenchConfig, t: &Target, port: &mut u16) -> anyhow::Result<
                     } else {
                         *port + 16
                     };
-                    own.push(measure_stream(t, 1, omit as f64, secs as f64, *port)?.gbit_per_s);
+                    own.push(
+                        measure_stream(t, 1, omit as f64, secs as f64, *port, placement)?
+                            .gbit_per_s,
+                    );
                 } else if let Ok(v) = &mut ext {
                     match external::iperf3(
                         &t.client,
@@ -1193,6 +1216,7 @@ fn cross_check(cfg: &BenchConfig, t: &Target, port: &mut u16) -> anyhow::Result<
                         EXTERNAL_PORT,
                         omit,
                         secs,
+                        placement,
                     ) {
                         Ok(g) => v.push(g),
                         Err(e) => ext = Err(format!("{e:#}")),
@@ -1203,7 +1227,8 @@ fn cross_check(cfg: &BenchConfig, t: &Target, port: &mut u16) -> anyhow::Result<
         out.push(
             CrossCheck::new(t.mode.name(), "iperf3", "tcp-stream-1", "Gbit/s", own, ext)
                 .with_window(format!(
-                    "receiver's bytes over {secs} s after {omit} s of warm-up, one stream of 128 KiB writes (built-in: sink from first byte + {omit} s to the sender's stop; iperf3 -t {secs} --omit {omit}: end.sum_received)"
+                    "receiver's bytes over {secs} s after {omit} s of warm-up, one stream of 128 KiB writes{} (built-in: sink from first byte + {omit} s to the sender's stop; iperf3 -t {secs} --omit {omit}: end.sum_received)",
+                    placement.map_or(String::new(), |p| format!(", sender on core {} and receiver on core {} on both sides", p.sender, p.receiver))
                 )),
         );
     }
@@ -1254,6 +1279,33 @@ fn cross_check(cfg: &BenchConfig, t: &Target, port: &mut u16) -> anyhow::Result<
         );
     }
     Ok(out)
+}
+
+/// Which cores a measurement's sender and receiver run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub sender: usize,
+    pub receiver: usize,
+}
+
+impl Placement {
+    /// Sender on core 0, receiver on core 1; `None` on a single-core
+    /// machine (nothing to choose).
+    fn two_cores() -> Option<Placement> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores >= 2).then_some(Placement {
+            sender: 0,
+            receiver: 1,
+        })
+    }
+}
+
+/// Binds the calling thread to one core.
+fn pin_thread(core: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core).with_context(|| format!("core {core}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("binding a measurement thread to core {core}"))
 }
 
 /// Which side goes first in pair `run` of the cross-check: the built-in
