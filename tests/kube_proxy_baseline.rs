@@ -21,8 +21,13 @@ use podswitch_switch::port::netns;
 
 /// Requests through the ClusterIP, each on its own connection.
 const REQUESTS: usize = 60;
-/// Each of the three backends must answer at least this many.
-const MIN_PER_BACKEND: usize = 10;
+/// Each of the three backends must answer at least this many. The rules
+/// pick at random (`-m statistic --mode random`), so each backend's count
+/// is Binomial(60, 1/3): mean 20, standard deviation 3.7. A floor of 10
+/// failed about one run in 290 (P(X <= 9) = 0.12 % per backend; CI hit
+/// 9/30/21 on 2026-12-07); at 4 it is 1.3e-7 per backend, and a rule
+/// set that skips a backend or sends nearly everything to one still fails.
+const MIN_PER_BACKEND: usize = 4;
 
 fn prefix(tag: &str) -> String {
     format!("pswt-kp{}-{tag}", std::process::id() % 100_000)

@@ -138,7 +138,11 @@ fn cluster_ip_and_policies(mode: &str) {
     let from = from_counts(&r);
     for api in &apis {
         let n = from.get(&api.0).copied().unwrap_or(0);
-        assert!(n >= 10, "{mode}: {} answered {n} of 60: {from:?}", api.0);
+        // Maglev picks by the hash of a random ephemeral port: each
+        // replica's count is Binomial(60, 1/3). At least 4 fails a working
+        // balancer with probability 1.3e-7 (at least 10, as before, about
+        // one run in 290) and still catches one that skips a replica.
+        assert!(n >= 4, "{mode}: {} answered {n} of 60: {from:?}", api.0);
     }
     assert_eq!(
         r["client_ips"],
