@@ -283,6 +283,7 @@ fn tables() -> Tables {
         local_ipv4: Ipv4Addr::from(NODE_IP),
         vtep_mac: VTEP_MAC,
         port: OVERLAY_PORT,
+        pod_mtu: 1450,
         nodes: vec![OverlayNode {
             name: "n2".into(),
             underlay_ipv4: Ipv4Addr::from(REMOTE_IP),
@@ -811,8 +812,9 @@ impl OverlayEncap {
 /// What the worker's `fill_from_overlay` does with a datagram from the
 /// underlay socket, minus the receive: check the VXLAN header, the VNI and
 /// the sending node (`decap::decap`), copy the inner frame into a packet
-/// of the batch, make its inner L4 checksum whole if the sender left it
-/// partial, and note the node it came from. Each datagram here is a read
+/// of the batch with the vnet header its inner checksum calls for
+/// (`decap::load_inner`: partial stays partial, anything else is
+/// verified), and note the node it came from. Each datagram here is a read
 /// of its own: datagrams of different inner flows carry different outer
 /// source ports (RFC 7348 §5), so the kernel's UDP GRO does not merge
 /// them, and the worker's receive-side coalescing, which only looks
@@ -841,17 +843,14 @@ impl Decapsulator {
             let Some(p) = batch.next_free() else {
                 return;
             };
-            if p.load_frame(ov.port, vnet_hdr::Repr::NONE, inner) {
-                match decap::repair_inner_l4_checksum(p.frame_mut()) {
-                    Ok(repaired) => {
-                        if repaired {
-                            c.stages.csum_completed.inc();
-                        }
-                        p.meta.from_node = ov.node_by_ip(self.src);
-                        batch.commit();
+            match decap::load_inner(p, inner, self.src, ov) {
+                Ok(whole_superframe) => {
+                    if whole_superframe {
+                        c.stages.vxlan_rx_superframes.inc();
                     }
-                    Err(reason) => c.count_drop(reason, dgram.len()),
+                    batch.commit();
                 }
+                Err(reason) => c.count_drop(reason, dgram.len()),
             }
         }
     }

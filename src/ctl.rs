@@ -9,7 +9,7 @@ use podswitch_switch::control::api::CaptureSpec;
 use podswitch_switch::control::api::{
     ClusterMode, FlowFilter, Flows, Hello, IoBackendSet, Nodes, PollSettings, PortInfo, Protocol,
     Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig, ServiceSettings,
-    ServiceSpec, ServiceState, Stats, Topology,
+    ServiceSpec, ServiceState, Stats, Topology, VxlanTunnelGsoSet,
 };
 use podswitch_switch::control::client;
 
@@ -71,6 +71,17 @@ enum CtlCommand {
     /// Switch the workers' tap I/O on the running switch: io_uring
     /// (batched), syscalls (one read/write per frame) or auto.
     IoBackend(IoBackendArgs),
+    /// Turn VXLAN UDP-tunnel GSO on or off on the running switch: TCP
+    /// superframes handed to the node's kernel whole, or segmented in the
+    /// switch (`ctl stats` shows which is in use).
+    VxlanTunnelGso(VxlanTunnelGsoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VxlanTunnelGsoArgs {
+    /// on or off (also true/false, yes/no, 1/0).
+    #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    on: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -743,10 +754,11 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             } else {
                 let d = &s.datapath;
                 outln!(
-                    "generation {}  workers {}  tap I/O {}",
+                    "generation {}  workers {}  tap I/O {}  vxlan tunnel gso {}",
                     s.generation,
                     s.workers,
-                    s.io_backend
+                    s.io_backend,
+                    if s.vxlan_tunnel_gso { "on" } else { "off" }
                 );
                 outln!(
                     "rx {} pkts / {} B   tx {} pkts / {} B   batches {}",
@@ -973,6 +985,15 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 outln!("tap I/O {}", r.in_use);
+            }
+        }
+        CtlCommand::VxlanTunnelGso(a) => {
+            let r: VxlanTunnelGsoSet =
+                client::call(&args.socket, &Request::SetVxlanTunnelGso { on: a.on })?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                outln!("vxlan tunnel gso {}", if r.in_use { "on" } else { "off" });
             }
         }
         CtlCommand::PollMode(a) => {

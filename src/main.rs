@@ -149,6 +149,11 @@ struct SwitchRunArgs {
     /// it, else one read/write per frame), io_uring, or syscalls.
     #[arg(long, env = "PODSWITCH_IO_BACKEND")]
     io_backend: Option<podswitch_switch::worker::IoBackend>,
+    /// In VXLAN mode, hand TCP superframes to the node's kernel whole
+    /// (UDP-tunnel GSO, Linux >= 6.17; the default) or segment them in
+    /// the switch (false).
+    #[arg(long, env = "PODSWITCH_VXLAN_TUNNEL_GSO", value_parser = clap::builder::BoolishValueParser::new())]
+    vxlan_tunnel_gso: Option<bool>,
     /// Enter this network namespace before starting (the node's namespace).
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -199,6 +204,7 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
             poll_mode: Default::default(),
             adaptive_poll_us: podswitch_switch::worker::poll::DEFAULT_ADAPTIVE_BUDGET_US,
             io_backend: Default::default(),
+            vxlan_tunnel_gso: true,
         });
     }
     let mut config = config.context("no configuration")?;
@@ -256,6 +262,9 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
     }
     if let Some(b) = args.io_backend {
         config.io_backend = b;
+    }
+    if let Some(on) = args.vxlan_tunnel_gso {
+        config.vxlan_tunnel_gso = on;
     }
     if let Some(s) = args.control_socket {
         config.control_socket = s;

@@ -205,13 +205,18 @@ fn pods_talk_both_ways_with_a_flannel_style_kernel_vxlan_node() {
         (&sent["bytes"], &sent["crc32"]),
         "kernel -> podswitch bulk"
     );
-    // 32 MiB each way crossed the overlay. The kernel's side may hand a
-    // TSO burst through the veths as one UDP-tunnel GSO packet, which the
-    // switch receives whole (one `vxlan_rx`), so received datagrams can be
-    // far fewer than wire segments; sent ones are segmented by the switch.
+    // 32 MiB each way crossed the overlay. The kernel's side hands its TSO
+    // bursts through the veths as UDP-tunnel GSO packets, which the switch
+    // receives whole (one `vxlan_rx`, a `vxlan_rx_superframes`), so
+    // received datagrams are far fewer than wire segments. The switch
+    // sends its pod's superframes whole the same way (UDP-tunnel GSO on
+    // this 6.18 kernel), and the kernel's vxlan device took them: the
+    // bytes above arrived intact.
     let d = &lab.stats("node-1")["datapath"];
     assert!(
         d["vxlan_rx"].as_u64().unwrap() > 100 && d["vxlan_tx"].as_u64().unwrap() > 1000,
         "{d}"
     );
+    assert!(d["vxlan_tx_tunnel_gso"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["vxlan_rx_superframes"].as_u64().unwrap() > 0, "{d}");
 }

@@ -30,7 +30,7 @@ use crate::control::api::{
     Hello, IoBackendSet, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PollSettings,
     PortInfo, RemoteNode, RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes,
     RunningConfig, ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied,
-    Stats, Topology, VtepState, VxlanSpec,
+    Stats, Topology, VtepState, VxlanSpec, VxlanTunnelGsoSet,
 };
 use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
 use crate::port::pod::{self, PodWiring};
@@ -89,7 +89,21 @@ pub struct DaemonConfig {
     /// frame).
     #[serde(default)]
     pub io_backend: IoBackend,
+    /// In VXLAN mode, hand pods' TCP superframes to the node's kernel
+    /// whole (UDP-tunnel GSO through a tap, Linux >= 6.17), to be
+    /// segmented as late as the kernel's own vxlan device does it; false,
+    /// or an older kernel: segment them in the switch. Default true.
+    #[serde(default = "default_true")]
+    pub vxlan_tunnel_gso: bool,
 }
+
+fn default_true() -> bool {
+    true
+}
+
+/// The name of the tunnel port ([`pod::tunnel_port`]) in the node's
+/// namespace.
+pub const TUNNEL_PORT_NAME: &str = "psw-vxgso";
 
 fn default_adaptive_poll_us() -> u64 {
     crate::worker::poll::DEFAULT_ADAPTIVE_BUDGET_US
@@ -316,6 +330,8 @@ pub struct SwitchState {
     poll_control: Arc<PollControl>,
     /// The tap I/O the workers use (`io_uring` or `syscalls`).
     io_backend_in_use: &'static str,
+    /// Whether the workers have tunnel port queues (UDP-tunnel GSO).
+    tunnel_gso_available: bool,
     /// Workers that have an io_uring.
     io_backend_rings: usize,
 }
@@ -543,6 +559,7 @@ impl SwitchState {
                 local_ipv4: v.local,
                 vtep_mac: v.mac.0,
                 port: v.id,
+                pod_mtu: u16::try_from(self.node.mtu).unwrap_or(u16::MAX),
                 nodes: self
                     .remote_nodes
                     .iter()
@@ -1668,6 +1685,18 @@ impl SwitchState {
                     in_use: self.io_backend_in_use.to_string(),
                 }))
             }
+            Request::SetVxlanTunnelGso { on } => {
+                if on && !self.tunnel_gso_available {
+                    return Err(ApiError::invalid(
+                        "on",
+                        "the switch has no tunnel port (not VXLAN mode, vxlan_tunnel_gso = false at start, or a kernel before 6.17)",
+                    ));
+                }
+                self.poll_control.set_tunnel_gso(on);
+                self.running_config.config.vxlan_tunnel_gso = on;
+                tracing::info!(on, "VXLAN UDP-tunnel GSO set");
+                to_json(serde_json::to_value(VxlanTunnelGsoSet { in_use: on }))
+            }
             Request::SetPollMode { mode, budget_us } => {
                 let budget_us = budget_us.unwrap_or(self.running_config.config.adaptive_poll_us);
                 check_budget_us(budget_us)
@@ -1686,6 +1715,7 @@ impl SwitchState {
                 generation: self.generation,
                 workers: self.workers(),
                 io_backend: self.io_backend_in_use.to_string(),
+                vxlan_tunnel_gso: self.tunnel_gso_available && self.poll_control.tunnel_gso(),
                 datapath: DatapathStats::sum(&self.counters),
                 ports: self.ports.values().map(|p| self.port_info(p)).collect(),
             })),
@@ -1825,14 +1855,36 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         memory_mib = conntrack.memory_bytes() >> 20,
         "conntrack table allocated"
     );
+    // Whole TCP superframes to the underlay, where the kernel can take them.
+    let mut tunnel_queues = Vec::new();
+    let mut tunnel_mac = [0u8; 6];
+    if node.mode == ClusterMode::Vxlan && config.vxlan_tunnel_gso {
+        match pod::tunnel_port(TUNNEL_PORT_NAME, config.workers) {
+            Ok((queues, mac)) => {
+                tunnel_queues = queues;
+                tunnel_mac = mac;
+            }
+            Err(e) => tracing::warn!(
+                error = %error_chain(&e),
+                "no UDP-tunnel GSO (needs Linux 6.17 or later): VXLAN superframes are segmented in the switch"
+            ),
+        }
+    }
+    let tunnel_gso_available = !tunnel_queues.is_empty();
+    let mut tunnel_queues = tunnel_queues.into_iter();
     for id in 0..config.workers {
         let c = Arc::new(WorkerCounters::default());
         let overlay = match (node.mode, node.underlay_ipv4) {
-            (ClusterMode::Vxlan, Some(local)) => Some(
-                crate::worker::OverlayIo::bind(local, node.vxlan.port).with_context(|| {
-                    format!("binding the VXLAN socket on {local}:{}", node.vxlan.port)
-                })?,
-            ),
+            (ClusterMode::Vxlan, Some(local)) => Some({
+                let io =
+                    crate::worker::OverlayIo::bind(local, node.vxlan.port).with_context(|| {
+                        format!("binding the VXLAN socket on {local}:{}", node.vxlan.port)
+                    })?;
+                match tunnel_queues.next() {
+                    Some(q) => io.with_tunnel(q, tunnel_mac),
+                    None => io,
+                }
+            }),
             (ClusterMode::Vxlan, None) => {
                 anyhow::bail!("VXLAN mode needs the node's underlay address (--underlay-ip)")
             }
@@ -1897,6 +1949,7 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
         running_config,
         poll_control,
         io_backend_rings: rings,
+        tunnel_gso_available,
         io_backend_in_use: if rings == config.workers {
             "io_uring"
         } else if rings == 0 {

@@ -147,7 +147,7 @@ type StageField = fn(&StageCounters) -> &Counter;
 
 /// The datapath events exported one counter each: (metric name without
 /// `_total`, help, the worker counter summed).
-pub const EVENT_SERIES: [(&str, &str, StageField); 14] = [
+pub const EVENT_SERIES: [(&str, &str, StageField); 16] = [
     (
         "podswitch_batches",
         "Batches the workers ran through the pipeline",
@@ -187,6 +187,16 @@ pub const EVENT_SERIES: [(&str, &str, StageField); 14] = [
         "podswitch_lb_affinity_hits",
         "New flows sent to a backend by a session-affinity record",
         |c| &c.lb_affinity_hits,
+    ),
+    (
+        "podswitch_vxlan_tx_tunnel_gso",
+        "TCP superframes handed to the node's kernel whole (UDP-tunnel GSO)",
+        |c| &c.vxlan_tx_tunnel_gso,
+    ),
+    (
+        "podswitch_vxlan_rx_superframes",
+        "VXLAN datagrams that carried a whole TCP superframe, delivered as one",
+        |c| &c.vxlan_rx_superframes,
     ),
     (
         "podswitch_gro_merged",

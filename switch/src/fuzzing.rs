@@ -201,6 +201,7 @@ pub fn build_tables(mode: ClusterMode) -> Tables {
             local_ipv4: NODE_IP,
             vtep_mac: vtep_mac(),
             port: PORT_OVERLAY,
+            pod_mtu: 1450,
             nodes: vec![OverlayNode {
                 name: "node-2".into(),
                 underlay_ipv4: REMOTE_IP,
@@ -444,12 +445,8 @@ impl Run {
                         }
                     }
                     let Some(p) = batch.next_free() else { continue };
-                    if !p.load_frame(overlay.port, vnet_hdr::Repr::NONE, inner) {
-                        continue;
-                    }
-                    match decap::repair_inner_l4_checksum(p.frame_mut()) {
+                    match decap::load_inner(p, inner, src, overlay) {
                         Ok(_) => {
-                            p.meta.from_node = overlay.node_by_ip(src);
                             let before = before_of(p.data());
                             self.before.push(before);
                             batch.commit();

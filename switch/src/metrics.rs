@@ -58,6 +58,12 @@ pub struct StageCounters {
     /// VXLAN datagrams sent and received (after segmentation / before coalescing).
     pub vxlan_tx: Counter,
     pub vxlan_rx: Counter,
+    /// TCP superframes handed to the node's kernel whole through the
+    /// tunnel port (UDP-tunnel GSO); their datagrams count in `vxlan_tx`.
+    pub vxlan_tx_tunnel_gso: Counter,
+    /// Datagrams that carried a whole TCP superframe (sent with
+    /// UDP-tunnel GSO across a veth), delivered to pods as one.
+    pub vxlan_rx_superframes: Counter,
     /// Decapsulated TCP segments merged into a superframe (receive GRO).
     pub gro_merged: Counter,
     /// GSO superframes forwarded whole (no software segmentation).
@@ -227,6 +233,10 @@ pub struct DatapathStats {
     #[serde(default)]
     pub vxlan_rx: u64,
     #[serde(default)]
+    pub vxlan_tx_tunnel_gso: u64,
+    #[serde(default)]
+    pub vxlan_rx_superframes: u64,
+    #[serde(default)]
     pub gro_merged: u64,
     pub gso_superframes: u64,
     /// Packets the fast path took from frame to verdict.
@@ -262,6 +272,8 @@ impl DatapathStats {
             s.forwarded_overlay += c.forwarded_overlay.get();
             s.vxlan_tx += c.vxlan_tx.get();
             s.vxlan_rx += c.vxlan_rx.get();
+            s.vxlan_tx_tunnel_gso += c.vxlan_tx_tunnel_gso.get();
+            s.vxlan_rx_superframes += c.vxlan_rx_superframes.get();
             s.gro_merged += c.gro_merged.get();
             s.gso_superframes += c.gso_superframes.get();
             s.fast_path += c.fast_path.get();

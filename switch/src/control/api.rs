@@ -829,6 +829,17 @@ pub enum Request {
     /// (refused when the workers have no ring), `syscalls`, or `auto`.
     /// Result: [`IoBackendSet`].
     SetIoBackend { backend: crate::worker::IoBackend },
+    /// Turns UDP-tunnel GSO for VXLAN superframes on or off on the running
+    /// switch (on is refused where the switch has no tunnel port).
+    /// Result: [`VxlanTunnelGsoSet`].
+    SetVxlanTunnelGso { on: bool },
+}
+
+/// Result of `set_vxlan_tunnel_gso`: whether TCP superframes now go to the
+/// kernel whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanTunnelGsoSet {
+    pub in_use: bool,
 }
 
 /// Result of `set_io_backend`: the tap I/O now in use.
@@ -888,6 +899,10 @@ pub struct Stats {
     /// `syscalls` (one read/write per frame).
     #[serde(default)]
     pub io_backend: String,
+    /// Whether VXLAN TCP superframes go to the node's kernel whole
+    /// (UDP-tunnel GSO) rather than segmented in the switch.
+    #[serde(default)]
+    pub vxlan_tunnel_gso: bool,
     pub datapath: DatapathStats,
     pub ports: Vec<PortInfo>,
 }
@@ -1053,6 +1068,11 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct SetVxlanTunnelGso {
+        on: bool,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct SetIoBackend {
         backend: crate::worker::IoBackend,
     }
@@ -1139,6 +1159,8 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
         "set_io_backend" => decode_args::<SetIoBackend>(args)
             .map(|a| Request::SetIoBackend { backend: a.backend })?,
+        "set_vxlan_tunnel_gso" => decode_args::<SetVxlanTunnelGso>(args)
+            .map(|a| Request::SetVxlanTunnelGso { on: a.on })?,
         "set_poll_mode" => decode_args::<SetPollMode>(args).map(|a| Request::SetPollMode {
             mode: a.mode,
             budget_us: a.budget_us,
@@ -1303,6 +1325,7 @@ mod tests {
             Request::SetIoBackend {
                 backend: crate::worker::IoBackend::Syscalls,
             },
+            Request::SetVxlanTunnelGso { on: false },
         ] {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r, "{r:?}");
         }

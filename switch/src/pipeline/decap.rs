@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 
 use super::DropReason;
 use crate::tables::Overlay;
+use crate::wire::vnet_hdr;
 use crate::wire::vxlan::{Repr, VxlanHeader};
 
 /// The inner frame of a valid datagram from a known node, or why not.
@@ -57,6 +58,77 @@ pub fn repair_inner_l4_checksum(frame: &mut [u8]) -> Result<bool, DropReason> {
     }
 }
 
+/// Loads the inner frame of a datagram from `src` (as [`decap`] returned
+/// it) into `p`, on the overlay port, with the vnet header
+/// [`inner_offload`] gives it. Returns whether it is a superframe that
+/// crossed the underlay whole.
+pub fn load_inner(
+    p: &mut super::Packet,
+    inner: &[u8],
+    src: Ipv4Addr,
+    overlay: &Overlay,
+) -> Result<bool, DropReason> {
+    let vnet = inner_offload(inner, overlay.pod_mtu)?;
+    // A datagram's payload always fits a packet buffer.
+    if !p.load_frame(overlay.port, vnet, inner) {
+        return Err(DropReason::VxlanInvalid);
+    }
+    p.meta.from_node = overlay.node_by_ip(src);
+    Ok(vnet.is_gso())
+}
+
+/// The vnet header a decapsulated IPv4 frame is delivered with, from the
+/// state of its inner checksum, or why it is dropped.
+///
+/// A partial checksum (the field holds the pseudo-header sum, as a
+/// kernel sender leaves a `CHECKSUM_PARTIAL` skb whose underlay never
+/// computed it: a veth, or UDP-tunnel GSO) is passed on as partial
+/// (`NEEDS_CSUM`), as the kernel's own vxlan device passes it on, instead
+/// of being completed here: the pod's kernel trusts it, a NIC completes it.
+/// A TCP frame longer than one segment at `pod_mtu` is a superframe that
+/// crossed the underlay whole (UDP-tunnel GSO over a veth): it goes to the
+/// pod as one, with GSO TCPV4 and the segment size the sender's MTU gives.
+/// Anything else must carry a valid checksum (or none, for UDP).
+///
+/// The partial test comes first and costs a pseudo-header sum; only the
+/// rest pays a sum over the payload.
+pub fn inner_offload(frame: &[u8], pod_mtu: u16) -> Result<vnet_hdr::Repr, DropReason> {
+    let l4 = match inner_l4(frame) {
+        InnerL4::NotChecked => return Ok(vnet_hdr::Repr::NONE),
+        InnerL4::Truncated => return Err(DropReason::L4HeaderInvalid),
+        InnerL4::Checked(l4) => l4,
+    };
+    if l4.field == l4.pseudo as u16 {
+        let csum = Some((l4.start as u16, l4.csum_off as u16));
+        let seg = &frame[l4.start..l4.start + l4.len];
+        if l4.proto == 6 {
+            let tcp_len = usize::from(seg[12] >> 4) * 4;
+            if tcp_len < 20 || tcp_len > l4.len {
+                return Err(DropReason::L4HeaderInvalid);
+            }
+            let ihl = l4.start - 14;
+            let mss = usize::from(pod_mtu).saturating_sub(ihl + tcp_len).max(1);
+            if l4.len - tcp_len > mss {
+                return Ok(vnet_hdr::Repr {
+                    csum,
+                    gso: vnet_hdr::GsoKind::TcpV4,
+                    gso_size: mss as u16,
+                    hdr_len: (l4.start + tcp_len) as u16,
+                    ecn: false,
+                });
+            }
+        }
+        return Ok(vnet_hdr::Repr {
+            csum,
+            ..vnet_hdr::Repr::NONE
+        });
+    }
+    if l4.valid(frame) {
+        return Ok(vnet_hdr::Repr::NONE);
+    }
+    Err(DropReason::InnerChecksumInvalid)
+}
+
 /// The state of a decapsulated frame's inner TCP/UDP checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InnerChecksum {
@@ -75,10 +147,58 @@ pub enum InnerChecksum {
 
 /// Reads (without changing anything) the inner checksum's state.
 pub fn inner_checksum_state(frame: &[u8]) -> InnerChecksum {
+    let l4 = match inner_l4(frame) {
+        InnerL4::NotChecked => return InnerChecksum::NotChecked,
+        InnerL4::Truncated => return InnerChecksum::Truncated,
+        InnerL4::Checked(l4) => l4,
+    };
+    if l4.valid(frame) {
+        return InnerChecksum::Valid;
+    }
+    if l4.field == l4.pseudo as u16 {
+        return InnerChecksum::Partial {
+            l4_start: l4.start,
+            csum_off: l4.csum_off,
+            end: l4.start + l4.len,
+        };
+    }
+    InnerChecksum::Invalid
+}
+
+/// A decapsulated IPv4 frame's TCP or UDP part, as far as its checksum
+/// goes.
+enum InnerL4 {
+    /// Not IPv4 TCP/UDP, a fragment, or UDP without a checksum.
+    NotChecked,
+    Truncated,
+    Checked(L4Checksum),
+}
+
+struct L4Checksum {
+    proto: u8,
+    /// Where the L4 header starts in the frame, and its length with data.
+    start: usize,
+    len: usize,
+    /// The checksum field's offset in the L4 header, and its value.
+    csum_off: usize,
+    field: u16,
+    /// The unfolded pseudo-header sum.
+    pseudo: u32,
+}
+
+impl L4Checksum {
+    /// Whether the checksum over the segment is whole and right.
+    fn valid(&self, frame: &[u8]) -> bool {
+        crate::wire::checksum::sum(&frame[self.start..self.start + self.len], self.pseudo) as u16
+            == 0xffff
+    }
+}
+
+fn inner_l4(frame: &[u8]) -> InnerL4 {
     use crate::wire::checksum::sum;
     const ETH: usize = 14;
     if frame.len() < ETH + 20 || frame[12..14] != [0x08, 0x00] {
-        return InnerChecksum::NotChecked;
+        return InnerL4::NotChecked;
     }
     let ip = &frame[ETH..];
     let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -86,37 +206,33 @@ pub fn inner_checksum_state(frame: &[u8]) -> InnerChecksum {
     let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
     let proto = ip[9];
     if ihl < 20 || total < ihl || ETH + total > frame.len() || frag != 0 {
-        return InnerChecksum::NotChecked;
+        return InnerL4::NotChecked;
     }
     let (csum_off, min_len) = match proto {
         6 => (16, 20),
         17 => (6, 8),
-        _ => return InnerChecksum::NotChecked,
+        _ => return InnerL4::NotChecked,
     };
-    let l4_len = total - ihl;
-    if l4_len < min_len {
-        return InnerChecksum::Truncated;
+    let len = total - ihl;
+    if len < min_len {
+        return InnerL4::Truncated;
     }
-    let l4_start = ETH + ihl;
+    let start = ETH + ihl;
+    let field = u16::from_be_bytes([frame[start + csum_off], frame[start + csum_off + 1]]);
+    if proto == 17 && field == 0 {
+        return InnerL4::NotChecked; // UDP without a checksum (RFC 768).
+    }
     let mut pseudo = sum(&ip[12..20], 0);
     pseudo = sum(&[0, proto], pseudo);
-    pseudo = sum(&(l4_len as u16).to_be_bytes(), pseudo);
-    let l4 = &frame[l4_start..l4_start + l4_len];
-    let field = u16::from_be_bytes([l4[csum_off], l4[csum_off + 1]]);
-    if proto == 17 && field == 0 {
-        return InnerChecksum::NotChecked; // UDP without a checksum (RFC 768).
-    }
-    if sum(l4, pseudo) as u16 == 0xffff {
-        return InnerChecksum::Valid;
-    }
-    if field == pseudo as u16 {
-        return InnerChecksum::Partial {
-            l4_start,
-            csum_off,
-            end: l4_start + l4_len,
-        };
-    }
-    InnerChecksum::Invalid
+    pseudo = sum(&(len as u16).to_be_bytes(), pseudo);
+    InnerL4::Checked(L4Checksum {
+        proto,
+        start,
+        len,
+        csum_off,
+        field,
+        pseudo,
+    })
 }
 
 #[cfg(test)]
@@ -170,6 +286,60 @@ mod tests {
             repair_inner_l4_checksum(&mut f),
             Err(DropReason::InnerChecksumInvalid)
         );
+    }
+
+    /// The frame with its TCP checksum replaced by the pseudo-header sum.
+    fn made_partial(good: &[u8]) -> Vec<u8> {
+        let l4_len = (good.len() - 34) as u16;
+        let mut pseudo = crate::wire::checksum::sum(&good[26..34], 0);
+        pseudo = crate::wire::checksum::sum(&[0, 6], pseudo);
+        pseudo = crate::wire::checksum::sum(&l4_len.to_be_bytes(), pseudo);
+        let mut f = good.to_vec();
+        f[34 + 16..34 + 18].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        f
+    }
+
+    fn tcp_frame_of(payload: usize) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 244, 9, 2], [10, 244, 1, 2], 63)
+            .tcp(40000, 80, 7, 1000);
+        let mut out = Vec::new();
+        b.write(&mut out, &vec![0x5a; payload]).unwrap();
+        out
+    }
+
+    #[test]
+    fn partial_checksums_stay_partial_and_whole_superframes_become_gso() {
+        let good = tcp_frame_of(100);
+        assert_eq!(inner_offload(&good, 1450), Ok(vnet_hdr::Repr::NONE));
+        let small = made_partial(&good);
+        let r = inner_offload(&small, 1450).unwrap();
+        assert_eq!((r.csum, r.gso), (Some((34, 16)), vnet_hdr::GsoKind::None));
+        // 30 000 bytes of payload arrived in one datagram: a superframe
+        // with the segment size of a 1450-byte MTU (20 IP + 20 TCP).
+        let big = made_partial(&tcp_frame_of(30_000));
+        let r = inner_offload(&big, 1450).unwrap();
+        assert_eq!(r.gso, vnet_hdr::GsoKind::TcpV4);
+        assert_eq!((r.gso_size, r.hdr_len, r.csum), (1410, 54, Some((34, 16))));
+        // What the pipeline will parse back.
+        let mut hdr = [0u8; vnet_hdr::LEN];
+        r.emit(&mut vnet_hdr::VnetHdr::new_checked(&mut hdr[..]).unwrap());
+        let back = vnet_hdr::Repr::parse(
+            &vnet_hdr::VnetHdr::new_checked(&hdr[..]).unwrap(),
+            big.len(),
+        );
+        assert_eq!(back, Ok(r));
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x55;
+        assert_eq!(
+            inner_offload(&bad, 1450),
+            Err(DropReason::InnerChecksumInvalid)
+        );
+        // Truncations never panic.
+        for n in 0..big.len().min(200) {
+            let _ = inner_offload(&big[..n], 1450);
+        }
     }
 
     #[test]

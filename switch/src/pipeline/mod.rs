@@ -20,6 +20,7 @@
 pub mod conntrack;
 pub mod decap;
 pub mod drop_reason;
+pub mod encap;
 pub mod fastpath;
 pub mod gateway;
 pub mod icmp_error;

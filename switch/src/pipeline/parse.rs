@@ -401,6 +401,7 @@ mod tests {
             local_ipv4: std::net::Ipv4Addr::new(198, 18, 0, 1),
             vtep_mac: VTEP,
             port: 3,
+            pod_mtu: 1450,
             nodes: vec![node("node-2", 2), node("node-3", 3)],
         });
         let c = counters();

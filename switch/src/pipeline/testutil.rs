@@ -200,6 +200,7 @@ pub fn overlay() -> Overlay {
         local_ipv4: Ipv4Addr::new(198, 18, 0, 1),
         vtep_mac: [2, 0x56, 198, 18, 0, 1],
         port: 9,
+        pod_mtu: 1450,
         nodes: vec![OverlayNode {
             name: "node-2".into(),
             underlay_ipv4: Ipv4Addr::new(198, 18, 0, 2),

@@ -327,15 +327,78 @@ pub fn host_port(
             tracing::warn!(error = %e, %path, "cannot set sysctl");
         }
     }
-    // rp_filter takes the stricter of "all" and the interface.
+    relax_strict_rp_filter("host port");
+    Ok((queues, mac))
+}
+
+/// Creates the tunnel port: a tap `name` in the node's namespace, with
+/// one queue per worker, that the switch writes whole VXLAN superframes
+/// into (UDP-tunnel GSO, Linux >= 6.17; see [`crate::pipeline::encap`]).
+/// The node's kernel routes them to the underlay and segments them only
+/// where a device needs it. Nothing is ever read from it: it has no
+/// address, no IPv6, and no ARP. Returns the queues and the tap's MAC
+/// (the destination MAC of the superframes).
+///
+/// Not persistent: it goes away with the switch's descriptors.
+///
+/// # Errors
+/// [`WiringError::Tap`] with `TUNSETOFFLOAD` / `EINVAL` on kernels without
+/// UDP-tunnel GSO, or what creating and raising the link returned.
+pub fn tunnel_port(name: &str, queues: usize) -> Result<(Vec<TapQueue>, [u8; 6]), WiringError> {
+    let who = format!("tunnel port {name}");
+    let nl_err = |step: &'static str| {
+        let who = who.clone();
+        move |source| WiringError::Netlink {
+            pod: who,
+            step,
+            source,
+        }
+    };
+    let queues = tap::open_udp_tunnel_tap(name, queues).map_err(|source| WiringError::Tap {
+        pod: who.clone(),
+        step: "create the tap with UDP-tunnel GSO",
+        source,
+    })?;
+    // Before the link comes up: no IPv6 link-local address, no ND or MLD
+    // sent into a queue nobody reads.
+    let disable_ipv6 = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    let _ = std::fs::write(disable_ipv6, "1");
+    // The superframes carry the node's own underlay address as source.
+    for (knob, value) in [
+        ("accept_local", "1"),
+        ("rp_filter", "0"),
+        ("forwarding", "1"),
+    ] {
+        let path = format!("/proc/sys/net/ipv4/conf/{name}/{knob}");
+        if let Err(e) = std::fs::write(&path, value) {
+            tracing::warn!(error = %e, %path, "cannot set sysctl");
+        }
+    }
+    relax_strict_rp_filter("tunnel port");
+    let nl = Netlink::current().map_err(nl_err("open netlink"))?;
+    let idx = nl
+        .link_index(name)
+        .map_err(nl_err("find the tap"))?
+        .ok_or_else(|| WiringError::Other {
+            pod: who.clone(),
+            what: "tap vanished".into(),
+        })?;
+    nl.link_set_up(idx).map_err(nl_err("bring the tap up"))?;
+    let mac = nl.link_mac(idx).map_err(nl_err("read the tap MAC"))?;
+    Ok((queues, mac))
+}
+
+/// rp_filter takes the stricter of "all" and the interface: a strict
+/// "all" would drop what `port` hands the node with the node's own source.
+fn relax_strict_rp_filter(port: &str) {
     let all = "/proc/sys/net/ipv4/conf/all/rp_filter";
     if std::fs::read_to_string(all).is_ok_and(|v| v.trim() == "1") {
         tracing::info!(
-            "strict rp_filter in the node namespace relaxed to loose (2) for the host port"
+            port,
+            "strict rp_filter in the node namespace relaxed to loose (2)"
         );
         let _ = std::fs::write(all, "2");
     }
-    Ok((queues, mac))
 }
 
 /// Routes `cidr` from the node's stack into the host port `name`.

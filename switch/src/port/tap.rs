@@ -209,6 +209,15 @@ impl TapQueue {
         nix::unistd::write(&self.fd, buf).map_err(io::Error::from)
     }
 
+    /// Write one frame from several pieces (vnet header and outer headers,
+    /// then the frame itself), in one `writev`.
+    ///
+    /// # Errors
+    /// As [`TapQueue::write`].
+    pub fn write_vectored(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        nix::sys::uio::writev(&self.fd, parts).map_err(io::Error::from)
+    }
+
     /// Make the device persistent (it survives when every queue is closed,
     /// and can be re-attached with [`attach_in_netns`]), or not.
     ///
@@ -342,28 +351,10 @@ fn attach_here(netns: &Path, name: &str, queues: usize) -> Result<Vec<TapQueue>,
 /// Open and attach `queues` files, then configure the vnet header and
 /// offloads (device-wide settings, set once through the first queue).
 fn open_queues(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
-    let mut attached: Vec<TapQueue> = Vec::with_capacity(queues);
-    for _ in 0..queues {
-        // After the first queue use the kernel's name, which resolves `%d`.
-        let name = attached.first().map_or(name, |q| q.name.as_str());
-        let queue = open_queue(name)?;
-        attached.push(queue);
-    }
+    let attached = attach_queues(name, queues, VNET_HDR_LEN)?;
     let Some(first) = attached.first() else {
         return Ok(attached);
     };
-    let hdr_len = c_int::try_from(VNET_HDR_LEN).unwrap_or(c_int::MAX);
-    // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `hdr_len`
-    // is a live local int, and `first.fd` is an attached tun file.
-    let rc = unsafe {
-        libc::ioctl(
-            first.fd.as_raw_fd(),
-            libc::TUNSETVNETHDRSZ,
-            &hdr_len as *const c_int,
-        )
-    };
-    check(rc, &first.name, "TUNSETVNETHDRSZ")?;
-
     let offloads = match set_offload(first, TAP_OFFLOADS) {
         Ok(()) => TAP_OFFLOADS,
         // Before Linux 6.2 the USO bits are unknown and the whole set fails.
@@ -374,9 +365,73 @@ fn open_queues(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
         }
         Err(other) => return Err(other),
     };
+    let mut attached = attached;
     for queue in &mut attached {
         queue.offloads = offloads;
     }
+    Ok(attached)
+}
+
+/// `TUNSETOFFLOAD` flags that ask for UDP-tunnel GSO (Linux >= 6.17); the
+/// kernel takes them only with checksum and a plain TSO/USO bit.
+pub const TAP_OFFLOADS_UDP_TUNNEL: u32 =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO;
+
+/// `TUN_F_UDP_TUNNEL_GSO` (`include/uapi/linux/if_tun.h`, Linux 6.17); not
+/// in libc 0.2.191.
+pub const TUN_F_UDP_TUNNEL_GSO: u32 = 0x080;
+
+/// Creates (or attaches to) the tap `name` with `queues` queues that the
+/// switch writes VXLAN superframes into (UDP-tunnel GSO, see
+/// [`crate::pipeline::encap`]): vnet headers of
+/// [`vnet_hdr::TUNNEL_LEN`](crate::wire::vnet_hdr::TUNNEL_LEN) bytes.
+///
+/// # Errors
+/// As [`open_tap`]; [`TapError::Ioctl`] with `TUNSETOFFLOAD` and `EINVAL`
+/// when the kernel has no UDP-tunnel GSO (before 6.17): the caller keeps
+/// segmenting in software.
+pub fn open_udp_tunnel_tap(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
+    validate(name, queues)?;
+    let mut attached = attach_queues(name, queues, crate::wire::vnet_hdr::TUNNEL_LEN)?;
+    if let Some(first) = attached.first() {
+        // The write path needs only the 24-byte header; the offload bits
+        // are the kernel's way to say it knows the tunnel GSO types.
+        set_offload(first, TAP_OFFLOADS_UDP_TUNNEL)?;
+    }
+    for queue in &mut attached {
+        queue.offloads = TAP_OFFLOADS_UDP_TUNNEL;
+    }
+    Ok(attached)
+}
+
+/// Opens `queues` queues of `name` and sets the device's vnet header
+/// length (device-wide, through the first queue).
+fn attach_queues(
+    name: &str,
+    queues: usize,
+    vnet_hdr_len: usize,
+) -> Result<Vec<TapQueue>, TapError> {
+    let mut attached: Vec<TapQueue> = Vec::with_capacity(queues);
+    for _ in 0..queues {
+        // After the first queue use the kernel's name, which resolves `%d`.
+        let name = attached.first().map_or(name, |q| q.name.as_str());
+        let queue = open_queue(name)?;
+        attached.push(queue);
+    }
+    let Some(first) = attached.first() else {
+        return Ok(attached);
+    };
+    let hdr_len = c_int::try_from(vnet_hdr_len).unwrap_or(c_int::MAX);
+    // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `hdr_len`
+    // is a live local int, and `first.fd` is an attached tun file.
+    let rc = unsafe {
+        libc::ioctl(
+            first.fd.as_raw_fd(),
+            libc::TUNSETVNETHDRSZ,
+            &hdr_len as *const c_int,
+        )
+    };
+    check(rc, &first.name, "TUNSETVNETHDRSZ")?;
     Ok(attached)
 }
 

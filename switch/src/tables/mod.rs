@@ -104,6 +104,9 @@ pub struct Overlay {
     /// The port id decapsulated frames enter the pipeline on.
     pub port: PortId,
     pub nodes: Vec<OverlayNode>,
+    /// The pods' MTU (the inner frames'): the segment size of a TCP
+    /// superframe that arrives whole (UDP-tunnel GSO across a veth).
+    pub pod_mtu: u16,
 }
 
 impl Overlay {

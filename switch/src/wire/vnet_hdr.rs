@@ -37,7 +37,83 @@ pub mod gso {
     pub const UDP: u8 = 3;
     pub const TCPV6: u8 = 4;
     pub const UDP_L4: u8 = 5;
+    /// `VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4`, OR'ed onto the inner type: a
+    /// superframe inside a UDP tunnel (VXLAN) over IPv4 (Linux >= 6.17).
+    pub const UDP_TUNNEL_IPV4: u8 = 0x20;
+    /// `VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV6`: the same over IPv6.
+    pub const UDP_TUNNEL_IPV6: u8 = 0x40;
     pub const ECN: u8 = 0x80;
+}
+
+/// `VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM`: the outer UDP checksum is partial
+/// too (the kernel completes it per segment).
+pub const FLAG_UDP_TUNNEL_CSUM: u8 = 8;
+
+/// Length of `struct virtio_net_hdr_v1_hash_tunnel` (Linux >= 6.17): the
+/// 12-byte header, the hash report (8 bytes, unused here) and the outer
+/// transport and inner network header offsets. A tap takes tunnel GSO
+/// only with `TUNSETVNETHDRSZ` at least this.
+pub const TUNNEL_LEN: usize = 24;
+
+/// Field offsets of the tunnel header beyond the first [`LEN`] bytes.
+pub mod tunnel_field {
+    use std::ops::Range;
+    /// `outer_th_offset`: the outer UDP header, from the frame's start.
+    pub const OUTER_TH_OFFSET: Range<usize> = 20..22;
+    /// `inner_nh_offset`: the inner IP header, from the frame's start.
+    pub const INNER_NH_OFFSET: Range<usize> = 22..24;
+}
+
+/// A GSO superframe inside a UDP tunnel, as the 24-byte header
+/// [`TUNNEL_LEN`] describes it to the kernel (`virtio_net_hdr_tnl_to_skb`
+/// in `include/linux/virtio_net.h`). Offsets count from the first byte of
+/// the (outer) Ethernet frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelRepr {
+    /// Inner segmentation: `TcpV4` or `TcpV6` (UDP_L4 is allowed by the
+    /// kernel but not produced here).
+    pub inner: GsoKind,
+    pub ecn: bool,
+    pub gso_size: u16,
+    /// The inner transport header (where the kernel starts its checksum).
+    pub csum_start: u16,
+    pub csum_offset: u16,
+    /// `csum_start` + the inner TCP header's length.
+    pub hdr_len: u16,
+    pub outer_th_offset: u16,
+    pub inner_nh_offset: u16,
+    /// The outer UDP checksum is partial (pseudo-header sum) and the
+    /// kernel completes it per segment; false: it is zero (IPv4 only).
+    pub outer_csum: bool,
+}
+
+impl TunnelRepr {
+    /// Writes the header into `buf` (hash fields zero).
+    pub fn emit(&self, buf: &mut [u8; TUNNEL_LEN]) {
+        let mut gso_type = match self.inner {
+            GsoKind::TcpV6 => gso::TCPV6,
+            GsoKind::UdpL4 => gso::UDP_L4,
+            _ => gso::TCPV4,
+        } | gso::UDP_TUNNEL_IPV4;
+        if self.ecn {
+            gso_type |= gso::ECN;
+        }
+        *buf = [0; TUNNEL_LEN];
+        buf[field::FLAGS] = FLAG_NEEDS_CSUM
+            | if self.outer_csum {
+                FLAG_UDP_TUNNEL_CSUM
+            } else {
+                0
+            };
+        buf[field::GSO_TYPE] = gso_type;
+        let mut put = |r: std::ops::Range<usize>, v: u16| buf[r].copy_from_slice(&v.to_le_bytes());
+        put(field::HDR_LEN, self.hdr_len);
+        put(field::GSO_SIZE, self.gso_size);
+        put(field::CSUM_START, self.csum_start);
+        put(field::CSUM_OFFSET, self.csum_offset);
+        put(tunnel_field::OUTER_TH_OFFSET, self.outer_th_offset);
+        put(tunnel_field::INNER_NH_OFFSET, self.inner_nh_offset);
+    }
 }
 
 /// The kind of segmentation offload a frame asks for.

@@ -99,9 +99,37 @@ pub struct OverlayIo {
     /// Unconsumed datagrams of the last GRO read: (offset, end, segment size, source).
     pending: Option<(usize, usize, usize, std::net::SocketAddrV4)>,
     out_buf: Box<[u8]>,
+    /// This worker's queue of the tunnel port, where TCP superframes go
+    /// whole (UDP-tunnel GSO); `None`: every frame takes the socket.
+    tunnel: Option<TunnelTx>,
+}
+
+/// A worker's queue of the tunnel port ([`crate::port::pod::tunnel_port`]).
+struct TunnelTx {
+    queue: TapQueue,
+    /// The tap's MAC: the superframes' destination.
+    mac: [u8; 6],
+    /// The vnet and outer headers of the superframe being written.
+    prefix: [u8; crate::pipeline::encap::TUNNEL_PREFIX_LEN],
 }
 
 impl OverlayIo {
+    /// Sends TCP superframes whole through `queue` of the tunnel port
+    /// whose MAC is `mac`.
+    pub fn with_tunnel(mut self, queue: TapQueue, mac: [u8; 6]) -> Self {
+        self.tunnel = Some(TunnelTx {
+            queue,
+            mac,
+            prefix: [0; crate::pipeline::encap::TUNNEL_PREFIX_LEN],
+        });
+        self
+    }
+
+    /// Whether TCP superframes can go whole through a tunnel port.
+    pub fn has_tunnel(&self) -> bool {
+        self.tunnel.is_some()
+    }
+
     /// Binds the receive socket on `local:port` (shared by workers) and
     /// the send sockets on `local:0`.
     pub fn bind(local: std::net::Ipv4Addr, port: u16) -> std::io::Result<Self> {
@@ -117,6 +145,7 @@ impl OverlayIo {
             // A 64 KiB superframe cut into MSS-sized segments, each with a
             // VXLAN header and copies of the inner headers.
             out_buf: vec![0u8; 3 * 65536].into_boxed_slice(),
+            tunnel: None,
         })
     }
 }
@@ -617,17 +646,14 @@ impl Worker {
                             ov.pending = Some((off - seg, end, seg, src));
                             return;
                         };
-                        if p.load_frame(table.port, crate::wire::vnet_hdr::Repr::NONE, inner) {
-                            match crate::pipeline::decap::repair_inner_l4_checksum(p.frame_mut()) {
-                                Ok(repaired) => {
-                                    if repaired {
-                                        c.stages.csum_completed.inc();
-                                    }
-                                    p.meta.from_node = table.node_by_ip(*src.ip());
-                                    self.batch.commit();
+                        match crate::pipeline::decap::load_inner(p, inner, *src.ip(), table) {
+                            Ok(whole_superframe) => {
+                                if whole_superframe {
+                                    c.stages.vxlan_rx_superframes.inc();
                                 }
-                                Err(reason) => c.count_drop(reason, dgram.len()),
+                                self.batch.commit();
                             }
+                            Err(reason) => c.count_drop(reason, dgram.len()),
                         }
                     }
                     Err(reason) => c.count_drop(reason, dgram.len()),
@@ -636,9 +662,103 @@ impl Worker {
         }
     }
 
+    /// Hands a TCP superframe to the node's kernel whole, through the
+    /// tunnel port (UDP-tunnel GSO, [`crate::pipeline::encap`]): one
+    /// `writev`, no segmentation or checksum here. Returns false when the
+    /// frame must take the software path instead (too few segments,
+    /// segments too large for the underlay, or the kernel refused the
+    /// write, which turns the tunnel port off for this worker).
+    #[allow(clippy::too_many_arguments)]
+    fn send_tunnel_superframe(
+        ov: &mut OverlayIo,
+        table: &crate::tables::Overlay,
+        remote: std::net::Ipv4Addr,
+        p: &crate::pipeline::Packet,
+        hash: u32,
+        c: &WorkerCounters,
+        worker: usize,
+        caps: Option<&ArmedCaptures>,
+    ) -> bool {
+        use crate::pipeline::encap;
+        let Some(tx) = ov.tunnel.as_mut() else {
+            return false;
+        };
+        let (frame, vnet) = (p.frame(), p.meta.vnet);
+        let outer = encap::OuterV4 {
+            dst_mac: tx.mac,
+            src_mac: table.vtep_mac,
+            src_ip: table.local_ipv4,
+            dst_ip: remote,
+            src_port: crate::wire::vxlan::source_port(
+                hash,
+                crate::wire::vxlan::DEFAULT_SOURCE_PORTS,
+            ),
+            dst_port: table.udp_port,
+            vni: table.vni,
+        };
+        // The underlay MTU the pods' MTU implies (outer IPv4, UDP, VXLAN and
+        // the inner Ethernet header ride on each segment).
+        let underlay_mtu = table.pod_mtu.saturating_add(encap::OUTER_LEN as u16);
+        if encap::udp_tunnel_superframe(&mut tx.prefix, frame, &vnet, &outer, underlay_mtu).is_err()
+        {
+            return false;
+        }
+        let parts = [
+            std::io::IoSlice::new(&tx.prefix),
+            std::io::IoSlice::new(frame),
+        ];
+        match tx.queue.write_vectored(&parts) {
+            Ok(_) => {
+                let payload = frame.len().saturating_sub(usize::from(vnet.hdr_len));
+                let segments = payload.div_ceil(usize::from(vnet.gso_size.max(1))) as u64;
+                c.stages.vxlan_tx_tunnel_gso.inc();
+                c.stages.vxlan_tx.add(segments);
+                c.stages.tx_packets.add(segments);
+                c.stages
+                    .tx_bytes
+                    .add((encap::OUTER_LEN - 14 + frame.len()) as u64);
+                if let Some(caps) = caps {
+                    // What the kernel sends, as one (unsegmented) datagram.
+                    let h = crate::wire::vxlan::HEADER_LEN;
+                    let n = h + frame.len();
+                    if n <= ov.out_buf.len() {
+                        let start = encap::TUNNEL_PREFIX_LEN - h;
+                        ov.out_buf[..h].copy_from_slice(&tx.prefix[start..]);
+                        ov.out_buf[h..n].copy_from_slice(frame);
+                        let src = std::net::SocketAddrV4::new(outer.src_ip, outer.src_port);
+                        let dst = std::net::SocketAddrV4::new(remote, outer.dst_port);
+                        caps.underlay_datagram(
+                            worker,
+                            Direction::Egress,
+                            src,
+                            dst,
+                            &ov.out_buf[..n],
+                            c,
+                        );
+                    }
+                }
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.count_drop(DropReason::UnderlayTxError, p.len());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    worker,
+                    error = %e,
+                    "the kernel refused a VXLAN superframe on the tunnel port; this worker segments in software from now on"
+                );
+                ov.tunnel = None;
+                false
+            }
+        }
+    }
+
     /// Encapsulates one packet towards `node` and sends it (segmenting a
     /// TSO superframe once, one VXLAN datagram per segment, in one UDP GSO
     /// send); the datagrams sent are offered to underlay captures.
+    #[allow(clippy::too_many_arguments)]
     fn send_encap(
         ov: &mut OverlayIo,
         tables: &Tables,
@@ -647,6 +767,7 @@ impl Worker {
         c: &WorkerCounters,
         worker: usize,
         caps: Option<&ArmedCaptures>,
+        tunnel_gso: bool,
     ) {
         let (Some(table), len) = (tables.overlay.as_ref(), p.len()) else {
             return;
@@ -659,6 +780,23 @@ impl Worker {
         let frame = p.frame();
         let vnet = p.meta.vnet;
         let is_tcp = p.meta.proto == 6 && p.meta.l3 == crate::pipeline::L3::Ipv4;
+        let hash = crate::wire::vxlan::inner_flow_hash(frame);
+        if is_tcp
+            && vnet.is_gso()
+            && tunnel_gso
+            && Self::send_tunnel_superframe(
+                ov,
+                table,
+                remote.underlay_ipv4,
+                p,
+                hash,
+                c,
+                worker,
+                caps,
+            )
+        {
+            return;
+        }
         let (total, seg_len, segments) = if is_tcp && (vnet.is_gso() || vnet.csum.is_some()) {
             match crate::wire::segment::segment_tcp_v4(
                 frame,
@@ -697,7 +835,6 @@ impl Worker {
             }
             (n, n, 1)
         };
-        let hash = crate::wire::vxlan::inner_flow_hash(frame);
         let sock = &ov.tx[hash as usize % ov.tx.len()];
         let dst = std::net::SocketAddrV4::new(remote.underlay_ipv4, table.udp_port);
         match sock.send_gso(&ov.out_buf[..total], seg_len, dst) {
@@ -721,11 +858,21 @@ impl Worker {
         let c = Arc::clone(self.pipeline.counters());
         self.tx_plan.clear();
         let batched = self.ring.is_some() && self.poll_control.batched_io();
+        let tunnel_gso = self.poll_control.tunnel_gso();
         for (i, p) in self.batch.packets().iter().enumerate() {
             let out_port = match p.verdict {
                 Verdict::Encap { node } => {
                     match self.overlay.as_mut() {
-                        Some(ov) => Self::send_encap(ov, &snap.tables, node, p, &c, self.id, caps),
+                        Some(ov) => Self::send_encap(
+                            ov,
+                            &snap.tables,
+                            node,
+                            p,
+                            &c,
+                            self.id,
+                            caps,
+                            tunnel_gso,
+                        ),
                         None => c.count_drop(DropReason::NoRoute, p.len()),
                     }
                     continue;
@@ -735,9 +882,16 @@ impl Worker {
                 // back over the overlay to that node.
                 Verdict::Reply if p.meta.from_node.is_some() => {
                     match (self.overlay.as_mut(), p.meta.from_node) {
-                        (Some(ov), Some(node)) => {
-                            Self::send_encap(ov, &snap.tables, node, p, &c, self.id, caps)
-                        }
+                        (Some(ov), Some(node)) => Self::send_encap(
+                            ov,
+                            &snap.tables,
+                            node,
+                            p,
+                            &c,
+                            self.id,
+                            caps,
+                            tunnel_gso,
+                        ),
                         _ => c.count_drop(DropReason::NoRoute, p.len()),
                     }
                     continue;

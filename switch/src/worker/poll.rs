@@ -153,6 +153,7 @@ pub struct PollControl {
     mode: AtomicU8,
     budget_ns: AtomicU64,
     batched_io: AtomicBool,
+    tunnel_gso: AtomicBool,
 }
 
 impl PollControl {
@@ -162,6 +163,7 @@ impl PollControl {
             mode: AtomicU8::new(mode.as_u8()),
             budget_ns: AtomicU64::new(budget_us.saturating_mul(1000)),
             batched_io: AtomicBool::new(true),
+            tunnel_gso: AtomicBool::new(true),
         }
     }
 
@@ -174,6 +176,17 @@ impl PollControl {
     /// Switches workers between their io_uring and read/write.
     pub fn set_batched_io(&self, on: bool) {
         self.batched_io.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether workers hand TCP superframes to the node's kernel whole
+    /// (where they have a tunnel port) or segment them in software.
+    pub fn tunnel_gso(&self) -> bool {
+        self.tunnel_gso.load(Ordering::Relaxed)
+    }
+
+    /// Switches workers between UDP-tunnel GSO and software segmentation.
+    pub fn set_tunnel_gso(&self, on: bool) {
+        self.tunnel_gso.store(on, Ordering::Relaxed);
     }
 
     /// The mode and adaptive budget in force.
