@@ -4,6 +4,8 @@
 
 pub mod bench;
 pub mod cni;
+/// Fuzz target bodies (`fuzz/`); not in release builds (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod lab;
 pub mod source;

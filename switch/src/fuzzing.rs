@@ -325,15 +325,23 @@ pub fn pipeline_frames(data: &[u8]) -> Outcome {
         _ => ClusterMode::Native,
     };
     let counters = Arc::new(WorkerCounters::default());
-    let ct = Arc::new(ConnTrack::new(
+    // Seeded: a crash found by the fuzzer replays exactly.
+    let ct = Arc::new(ConnTrack::with_seed(
         ConntrackConfig {
             max_flows: 64,
             ..Default::default()
         },
         1,
+        crate::pipeline::REPLAY_SEED,
     ));
     let mut run = Run {
-        pipeline: Pipeline::with_conntrack(Arc::clone(&counters), ct, 0, 1),
+        pipeline: Pipeline::seeded(
+            Arc::clone(&counters),
+            ct,
+            0,
+            1,
+            crate::pipeline::REPLAY_SEED,
+        ),
         counters,
         tables: tables(mode),
         now: Instant::now(),

@@ -20,6 +20,9 @@ pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod exporter;
+/// Fuzz target bodies (`fuzz/`) and their corpus replay; not in release
+/// builds of the switch (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod hugepage;
 pub mod metrics;

@@ -210,14 +210,21 @@ pub(super) fn translate(
 
 impl ConntrackStage {
     pub fn new(ct: Arc<ConnTrack>, worker: usize, workers: usize) -> Self {
+        // Random-fully: SNAT ports must not be predictable, from one
+        // worker to the next or from one run of the switch to the next
+        // (RandomState is seeded from the OS's random source).
+        Self::with_seed(ct, worker, workers, RandomState::new().hash_one(worker))
+    }
+
+    /// As [`Self::new`], with the port allocator's randomness from `seed`:
+    /// the same seed and the same packets give the same ports (tests,
+    /// fuzzing, replaying a run).
+    pub fn with_seed(ct: Arc<ConnTrack>, worker: usize, workers: usize, seed: u64) -> Self {
         ConntrackStage {
             ct,
             worker,
             workers: workers.max(1),
-            // Random-fully: SNAT ports must not be predictable, from one
-            // worker to the next or from one run of the switch to the next
-            // (RandomState is seeded from the OS's random source).
-            rng: RandomState::new().hash_one(worker) | 1,
+            rng: seed | 1,
             icmp_limit: RateLimit::new(
                 super::route::ICMP_ERROR_RATE,
                 super::route::ICMP_ERROR_BURST,
@@ -927,6 +934,29 @@ mod tests {
         assert_eq!(k.dst, Ipv4Addr::from(POD_A));
         assert_eq!(k.src, t.gateway.ipv4);
         assert!(SNAT_PORTS.contains(&u32::from(k.sport)));
+    }
+
+    #[test]
+    fn the_same_seed_replays_the_same_snat_ports() {
+        let t = svc_tables(&[(POD_A, false)], None);
+        let ports = |seed: u64| {
+            let ct = Arc::new(crate::conntrack::ConnTrack::with_seed(
+                Default::default(),
+                1,
+                seed,
+            ));
+            let mut pl = Pipeline::seeded(counters(), ct, 0, 1, seed);
+            (0..8)
+                .map(|i| tuple(&run(&mut pl, &t, 0, &syn(POD_A, 40000 + i, VIP, 8080)).1).sport)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ports(7), ports(7), "one seed, one run");
+        assert_ne!(ports(7), ports(8), "the ports come from the seed");
+        // Pipeline::new is seeded too.
+        let mut a = Pipeline::new(counters());
+        let mut b = Pipeline::new(counters());
+        let syn = syn(POD_A, 40000, VIP, 8080);
+        assert_eq!(run(&mut a, &t, 0, &syn).1, run(&mut b, &t, 0, &syn).1);
     }
 
     fn udp_svc_tables(endpoints: &[[u8; 4]]) -> Tables {

@@ -15,9 +15,15 @@
 //!
 //! Only the headers are built here (74 bytes, into a caller's buffer):
 //! the frame itself is written after them untouched, with `writev`.
+//!
+//! Where the kernel cannot take a superframe whole, [`vxlan_datagrams`]
+//! builds the VXLAN datagrams (UDP payloads) back to back for one
+//! `UDP_SEGMENT` send: a superframe cut into segments with full checksums
+//! (`wire::segment`), anything else one datagram.
 
 use std::net::Ipv4Addr;
 
+use super::DropReason;
 use crate::wire::checksum;
 use crate::wire::vnet_hdr::{self, GsoKind, TunnelRepr};
 use crate::wire::vxlan;
@@ -147,6 +153,65 @@ pub fn udp_tunnel_superframe(
     Ok(())
 }
 
+/// The datagrams [`vxlan_datagrams`] wrote: `total` bytes, datagrams of
+/// `segment_len` bytes back to back (the last may be shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagrams {
+    pub total: usize,
+    pub segment_len: usize,
+    pub segments: usize,
+}
+
+/// Writes into `out` the VXLAN datagrams (VXLAN header + inner frame)
+/// that carry `frame` (vnet header `vnet`; `tcp_v4`: the pipeline parsed
+/// it as TCP over IPv4): a TCP superframe or a TCP segment with a partial
+/// checksum is cut into segments of `gso_size` with full checksums, as
+/// Linux's `tcp_gso_segment` cuts them; anything else is one datagram,
+/// its partial checksum (if any) completed, since nothing after the
+/// socket completes it.
+///
+/// # Errors
+/// `SegmentationFailed`: a UDP superframe (pod taps do not offer USO), a
+/// malformed superframe, or `out` too small.
+pub fn vxlan_datagrams(
+    frame: &[u8],
+    vnet: &vnet_hdr::Repr,
+    tcp_v4: bool,
+    vni: u32,
+    out: &mut [u8],
+) -> Result<Datagrams, DropReason> {
+    let vx = vxlan::Repr { vni };
+    if tcp_v4 && (vnet.is_gso() || vnet.csum.is_some()) {
+        let s = crate::wire::segment::segment_tcp_v4(frame, vnet, vxlan::HEADER_LEN, out, |b| {
+            vx.emit_into(b);
+        })
+        .map_err(|_| DropReason::SegmentationFailed)?;
+        return Ok(Datagrams {
+            total: s.total_len,
+            segment_len: s.segment_len,
+            segments: s.segments,
+        });
+    }
+    if vnet.is_gso() {
+        return Err(DropReason::SegmentationFailed);
+    }
+    let h = vxlan::HEADER_LEN;
+    let n = h + frame.len();
+    if n > out.len() {
+        return Err(DropReason::SegmentationFailed);
+    }
+    vx.emit_into(&mut out[..h]);
+    out[h..n].copy_from_slice(frame);
+    if let Some((start, offset)) = vnet.csum {
+        checksum::complete_partial(&mut out[h..n], usize::from(start), usize::from(offset));
+    }
+    Ok(Datagrams {
+        total: n,
+        segment_len: n,
+        segments: 1,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +299,64 @@ mod tests {
         );
         assert_eq!(&udp[6..8], &[0, 0], "outer UDP checksum zero");
         assert_eq!(&outer[42..50], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+    }
+
+    /// A superframe with a real pseudo-header checksum, as a pod's kernel
+    /// leaves it.
+    fn with_partial_checksum(mut f: Vec<u8>) -> Vec<u8> {
+        let l4_len = (f.len() - 34) as u16;
+        let mut pseudo = checksum::sum(&f[26..34], 0);
+        pseudo = checksum::sum(&[0, 6], pseudo);
+        pseudo = checksum::sum(&l4_len.to_be_bytes(), pseudo);
+        f[50..52].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn software_path_cuts_superframes_into_checksummed_datagrams() {
+        let (f, vnet) = superframe(3 * 1386 + 100);
+        let f = with_partial_checksum(f);
+        let mut out = vec![0u8; 3 * 65536];
+        let d = vxlan_datagrams(&f, &vnet, true, 7, &mut out).unwrap();
+        assert_eq!(d.segments, 4);
+        assert_eq!(d.segment_len, 8 + 14 + 20 + 32 + 1386);
+        for dgram in out[..d.total].chunks(d.segment_len) {
+            assert_eq!(
+                &dgram[..8],
+                &[0x08, 0, 0, 0, 0, 0, 7, 0],
+                "VXLAN header, VNI 7"
+            );
+            let inner = &dgram[8..];
+            let ip: [u8; 20] = inner[14..34].try_into().unwrap();
+            assert_eq!(checksum::sum_ipv4_header(&ip), 0xffff);
+            let l4_len = inner.len() - 34;
+            let mut pseudo = checksum::sum(&inner[26..34], 0);
+            pseudo = checksum::sum(&[0, 6], pseudo);
+            pseudo = checksum::sum(&(l4_len as u16).to_be_bytes(), pseudo);
+            assert_eq!(
+                checksum::sum(&inner[34..], pseudo) as u16,
+                0xffff,
+                "TCP checksum whole"
+            );
+        }
+        // One frame, no offload: one datagram, the frame unchanged.
+        let (small, _) = superframe(100);
+        let d = vxlan_datagrams(&small, &vnet_hdr::Repr::NONE, true, 7, &mut out).unwrap();
+        assert_eq!((d.segments, d.total), (1, 8 + small.len()));
+        assert_eq!(&out[8..d.total], &small[..]);
+        // UDP superframes are never offered by pod taps; a buffer too small fails.
+        let udp = vnet_hdr::Repr {
+            gso: GsoKind::UdpL4,
+            ..vnet
+        };
+        assert_eq!(
+            vxlan_datagrams(&f, &udp, false, 7, &mut out),
+            Err(DropReason::SegmentationFailed)
+        );
+        assert_eq!(
+            vxlan_datagrams(&small, &vnet_hdr::Repr::NONE, true, 7, &mut out[..50]),
+            Err(DropReason::SegmentationFailed)
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //!  anti-spoof masquerade                ICMP errors
 //! ```
 //!
-//! Encapsulation happens in the worker's output for `Encap` verdicts. Only the worker (`crate::worker`) touches file
+//! For `Encap` verdicts, [`encap`] builds the VXLAN datagrams (or the
+//! headers of one superframe the kernel segments) and the worker sends
+//! them; for datagrams from the underlay, [`decap`] checks them and loads
+//! the inner frames. Only the worker (`crate::worker`) touches file
 //! descriptors; everything here is deterministic and testable in memory.
 //! A failure on one packet is a [`Verdict::Drop`] with a [`DropReason`],
 //! never an `Err`.
@@ -389,26 +392,57 @@ pub struct Pipeline {
     counters: std::sync::Arc<WorkerCounters>,
 }
 
+/// The seed of [`Pipeline::new`]'s table hash and port allocator.
+pub const REPLAY_SEED: u64 = 0x7073_7731_5eed_0001;
+
 impl Pipeline {
-    /// A pipeline with a conntrack table of its own (tests, benches).
+    /// A pipeline with a conntrack table of its own (tests, benches),
+    /// deterministic: the table's hash and the port allocator are seeded
+    /// with [`REPLAY_SEED`], so one input gives one output, run after run.
     pub fn new(counters: std::sync::Arc<WorkerCounters>) -> Self {
-        let ct = crate::conntrack::ConnTrack::new(Default::default(), 1);
-        Self::with_conntrack(counters, std::sync::Arc::new(ct), 0, 1)
+        let ct = crate::conntrack::ConnTrack::with_seed(Default::default(), 1, REPLAY_SEED);
+        Self::seeded(counters, std::sync::Arc::new(ct), 0, 1, REPLAY_SEED)
     }
 
-    /// Worker `worker` of `workers`, sharing the flow table `ct`.
+    /// Worker `worker` of `workers`, sharing the flow table `ct`; its
+    /// randomness (SNAT port choice) from the OS.
     pub fn with_conntrack(
         counters: std::sync::Arc<WorkerCounters>,
         ct: std::sync::Arc<crate::conntrack::ConnTrack>,
         worker: usize,
         workers: usize,
     ) -> Self {
+        let stage = conntrack::ConntrackStage::new(std::sync::Arc::clone(&ct), worker, workers);
+        Self::with_stage(counters, ct, worker, stage)
+    }
+
+    /// As [`Self::with_conntrack`], with the randomness from `seed`: a run
+    /// can be replayed (tests, fuzzing; build `ct` with
+    /// `ConnTrack::with_seed` too).
+    pub fn seeded(
+        counters: std::sync::Arc<WorkerCounters>,
+        ct: std::sync::Arc<crate::conntrack::ConnTrack>,
+        worker: usize,
+        workers: usize,
+        seed: u64,
+    ) -> Self {
+        let stage =
+            conntrack::ConntrackStage::with_seed(std::sync::Arc::clone(&ct), worker, workers, seed);
+        Self::with_stage(counters, ct, worker, stage)
+    }
+
+    fn with_stage(
+        counters: std::sync::Arc<WorkerCounters>,
+        ct: std::sync::Arc<crate::conntrack::ConnTrack>,
+        worker: usize,
+        conntrack: conntrack::ConntrackStage,
+    ) -> Self {
         Pipeline {
-            fast: fastpath::FastPathStage::new(std::sync::Arc::clone(&ct), worker),
+            fast: fastpath::FastPathStage::new(ct, worker),
             fast_path: true,
             parse: parse::ParseStage,
             gateway: gateway::GatewayStage,
-            conntrack: conntrack::ConntrackStage::new(ct, worker, workers),
+            conntrack,
             route: route::RouteStage::new(),
             output: output::OutputStage,
             counters,

@@ -776,7 +776,6 @@ impl Worker {
             c.count_drop(DropReason::NoRoute, len);
             return;
         };
-        let vx = crate::wire::vxlan::Repr { vni: table.vni };
         let frame = p.frame();
         let vnet = p.meta.vnet;
         let is_tcp = p.meta.proto == 6 && p.meta.l3 == crate::pipeline::L3::Ipv4;
@@ -797,43 +796,18 @@ impl Worker {
         {
             return;
         }
-        let (total, seg_len, segments) = if is_tcp && (vnet.is_gso() || vnet.csum.is_some()) {
-            match crate::wire::segment::segment_tcp_v4(
-                frame,
-                &vnet,
-                crate::wire::vxlan::HEADER_LEN,
-                &mut ov.out_buf,
-                |b| {
-                    vx.emit_into(b);
-                },
-            ) {
-                Ok(s) => (s.total_len, s.segment_len, s.segments),
-                Err(_) => {
-                    c.count_drop(DropReason::SegmentationFailed, len);
-                    return;
-                }
-            }
-        } else if vnet.is_gso() {
-            // UDP segmentation offload is not advertised on pod taps.
-            c.count_drop(DropReason::SegmentationFailed, len);
-            return;
-        } else {
-            let h = crate::wire::vxlan::HEADER_LEN;
-            let n = h + frame.len();
-            if n > ov.out_buf.len() {
-                c.count_drop(DropReason::SegmentationFailed, len);
+        let (total, seg_len, segments) = match crate::pipeline::encap::vxlan_datagrams(
+            frame,
+            &vnet,
+            is_tcp,
+            table.vni,
+            &mut ov.out_buf,
+        ) {
+            Ok(d) => (d.total, d.segment_len, d.segments),
+            Err(reason) => {
+                c.count_drop(reason, len);
                 return;
             }
-            vx.emit_into(&mut ov.out_buf[..h]);
-            ov.out_buf[h..n].copy_from_slice(frame);
-            if let Some((start, offset)) = vnet.csum {
-                crate::wire::checksum::complete_partial(
-                    &mut ov.out_buf[h..n],
-                    usize::from(start),
-                    usize::from(offset),
-                );
-            }
-            (n, n, 1)
         };
         let sock = &ov.tx[hash as usize % ov.tx.len()];
         let dst = std::net::SocketAddrV4::new(remote.underlay_ipv4, table.udp_port);
