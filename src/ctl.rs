@@ -71,9 +71,10 @@ enum CtlCommand {
     /// Switch the workers' tap I/O on the running switch: io_uring
     /// (batched), syscalls (one read/write per frame) or auto.
     IoBackend(IoBackendArgs),
-    /// Turn VXLAN UDP-tunnel GSO on or off on the running switch: TCP
-    /// superframes handed to the node's kernel whole, or segmented in the
-    /// switch (`ctl stats` shows which is in use).
+    /// Send VXLAN through the tunnel port (on: TCP superframes handed to
+    /// the node's kernel whole, UDP-tunnel GSO) or the UDP socket (off:
+    /// segmented in the switch) on the running switch; `ctl stats` shows
+    /// which is in use.
     VxlanTunnelGso(VxlanTunnelGsoArgs),
 }
 

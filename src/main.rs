@@ -149,9 +149,10 @@ struct SwitchRunArgs {
     /// it, else one read/write per frame), io_uring, or syscalls.
     #[arg(long, env = "PODSWITCH_IO_BACKEND")]
     io_backend: Option<podswitch_switch::worker::IoBackend>,
-    /// In VXLAN mode, hand TCP superframes to the node's kernel whole
-    /// (UDP-tunnel GSO, Linux >= 6.17; the default) or segment them in
-    /// the switch (false).
+    /// In VXLAN mode, send through a tunnel tap and hand TCP superframes
+    /// to the node's kernel whole (UDP-tunnel GSO, Linux >= 6.17; the
+    /// default) or send through a UDP socket and segment them in the
+    /// switch (false).
     #[arg(long, env = "PODSWITCH_VXLAN_TUNNEL_GSO", value_parser = clap::builder::BoolishValueParser::new())]
     vxlan_tunnel_gso: Option<bool>,
     /// Enter this network namespace before starting (the node's namespace).

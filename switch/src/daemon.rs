@@ -89,10 +89,12 @@ pub struct DaemonConfig {
     /// frame).
     #[serde(default)]
     pub io_backend: IoBackend,
-    /// In VXLAN mode, hand pods' TCP superframes to the node's kernel
-    /// whole (UDP-tunnel GSO through a tap, Linux >= 6.17), to be
-    /// segmented as late as the kernel's own vxlan device does it; false,
-    /// or an older kernel: segment them in the switch. Default true.
+    /// In VXLAN mode, send every datagram through a tap in the node's
+    /// namespace and hand pods' TCP superframes to the node's kernel whole
+    /// (UDP-tunnel GSO, Linux >= 6.17), to be segmented as late as the
+    /// kernel's own vxlan device does it; false, or an older kernel: send
+    /// through a UDP socket and segment superframes in the switch.
+    /// Default true.
     #[serde(default = "default_true")]
     pub vxlan_tunnel_gso: bool,
 }

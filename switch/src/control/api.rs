@@ -829,8 +829,10 @@ pub enum Request {
     /// (refused when the workers have no ring), `syscalls`, or `auto`.
     /// Result: [`IoBackendSet`].
     SetIoBackend { backend: crate::worker::IoBackend },
-    /// Turns UDP-tunnel GSO for VXLAN superframes on or off on the running
-    /// switch (on is refused where the switch has no tunnel port).
+    /// Sends VXLAN through the tunnel port (UDP-tunnel GSO for
+    /// superframes, batched writes) or through the UDP socket (superframes
+    /// segmented in the switch), on the running switch; on is refused
+    /// where the switch has no tunnel port.
     /// Result: [`VxlanTunnelGsoSet`].
     SetVxlanTunnelGso { on: bool },
 }

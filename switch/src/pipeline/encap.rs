@@ -13,8 +13,11 @@
 //! inner lengths, IDs and checksums) only where a device cannot carry it.
 //! `docs/design/udp-tunnel-gso.md` has the kernel's rules this follows.
 //!
-//! Only the headers are built here (74 bytes, into a caller's buffer):
-//! the frame itself is written after them untouched, with `writev`.
+//! Only the headers are built here (74 bytes, into a caller's buffer); the
+//! worker puts them in the packet's headroom in front of the untouched
+//! frame. Plain frames take the same way ([`udp_tunnel_frame`]), one
+//! datagram each, so every datagram's UDP source port comes from its inner
+//! flow (RFC 7348 §5) and the writes batch with the pod taps'.
 //!
 //! Where the kernel cannot take a superframe whole, [`vxlan_datagrams`]
 //! builds the VXLAN datagrams (UDP payloads) back to back for one
@@ -126,6 +129,75 @@ pub fn udp_tunnel_superframe(
         outer_csum: false,
     }
     .emit(hdr);
+    emit_outer(rest, ip_len, udp_len, outer);
+    Ok(())
+}
+
+/// What a frame becomes on the tunnel port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelFrame {
+    /// A TCP superframe the kernel segments (into about `segments`
+    /// datagrams) where a device needs it.
+    Superframe { segments: usize },
+    /// One datagram.
+    Plain,
+}
+
+/// Writes into `out` the vnet header and outer headers that send `frame`
+/// (vnet header `vnet`, from the pipeline) through the tunnel port as
+/// one VXLAN datagram, or as a superframe the kernel segments
+/// ([`udp_tunnel_superframe`]). A plain frame keeps its partial checksum
+/// (NEEDS_CSUM, moved past the outer headers): the kernel or the NIC
+/// completes it where the datagram leaves, or the receiving switch passes
+/// it on as partial.
+///
+/// # Errors
+/// Why the frame must take the software path instead (a UDP superframe,
+/// superframe segments over the underlay MTU, a datagram over 64 KiB).
+pub fn udp_tunnel_frame(
+    out: &mut [u8; TUNNEL_PREFIX_LEN],
+    frame: &[u8],
+    vnet: &vnet_hdr::Repr,
+    outer: &OuterV4,
+    underlay_mtu: u16,
+) -> Result<TunnelFrame, NotTunnelable> {
+    if vnet.is_gso() {
+        match udp_tunnel_superframe(out, frame, vnet, outer, underlay_mtu) {
+            Ok(()) => {
+                let hdr = usize::from(u16::from_le_bytes([out[2], out[3]])) - OUTER_LEN;
+                let payload = frame.len().saturating_sub(hdr);
+                return Ok(TunnelFrame::Superframe {
+                    segments: payload.div_ceil(usize::from(vnet.gso_size.max(1))),
+                });
+            }
+            // One segment: a plain datagram with its partial checksum.
+            Err(NotTunnelable::OneSegment) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let udp_len = 8 + vxlan::HEADER_LEN + frame.len();
+    let ip_len = 20 + udp_len;
+    if ip_len > usize::from(u16::MAX) {
+        return Err(NotTunnelable::TooLong);
+    }
+    let (hdr, rest) = out.split_at_mut(vnet_hdr::TUNNEL_LEN);
+    hdr.fill(0);
+    if let Some((start, offset)) = vnet.csum {
+        let mut h = vnet_hdr::VnetHdr::new_checked(&mut hdr[..vnet_hdr::LEN])
+            .unwrap_or_else(|_| unreachable!("24 bytes"));
+        vnet_hdr::Repr {
+            csum: Some((start + OUTER_LEN as u16, offset)),
+            ..vnet_hdr::Repr::NONE
+        }
+        .emit(&mut h);
+    }
+    emit_outer(rest, ip_len, udp_len, outer);
+    Ok(TunnelFrame::Plain)
+}
+
+/// The outer Ethernet, IPv4, UDP and VXLAN headers, into `rest`
+/// ([`OUTER_LEN`] bytes).
+fn emit_outer(rest: &mut [u8], ip_len: usize, udp_len: usize, outer: &OuterV4) {
     // Outer Ethernet.
     rest[0..6].copy_from_slice(&outer.dst_mac);
     rest[6..12].copy_from_slice(&outer.src_mac);
@@ -150,7 +222,6 @@ pub fn udp_tunnel_superframe(
     udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]);
     vxlan::Repr { vni: outer.vni }.emit_into(&mut rest[OUTER_UDP + 8..OUTER_LEN]);
-    Ok(())
 }
 
 /// The datagrams [`vxlan_datagrams`] wrote: `total` bytes, datagrams of
@@ -310,6 +381,46 @@ mod tests {
         pseudo = checksum::sum(&l4_len.to_be_bytes(), pseudo);
         f[50..52].copy_from_slice(&(pseudo as u16).to_be_bytes());
         f
+    }
+
+    #[test]
+    fn plain_frames_keep_their_partial_checksum_past_the_outer_headers() {
+        let mut out = [0u8; TUNNEL_PREFIX_LEN];
+        let (f, mut vnet) = superframe(100);
+        vnet.gso = GsoKind::None;
+        vnet.gso_size = 0;
+        assert_eq!(
+            udp_tunnel_frame(&mut out, &f, &vnet, &OUTER, 1500),
+            Ok(TunnelFrame::Plain)
+        );
+        let h = vnet_hdr::Repr::parse(
+            &vnet_hdr::VnetHdr::new_checked(&out[..vnet_hdr::LEN]).unwrap(),
+            OUTER_LEN + f.len(),
+        )
+        .unwrap();
+        assert_eq!((h.gso, h.csum), (GsoKind::None, Some((84, 16))));
+        assert_eq!(&out[vnet_hdr::LEN..vnet_hdr::TUNNEL_LEN], &[0; 12]);
+        let ip: [u8; 20] = out[24 + 14..24 + 34].try_into().unwrap();
+        assert_eq!(checksum::sum_ipv4_header(&ip), 0xffff);
+        // A full checksum: no NEEDS_CSUM.
+        udp_tunnel_frame(&mut out, &f, &vnet_hdr::Repr::NONE, &OUTER, 1500).unwrap();
+        assert_eq!(&out[..vnet_hdr::TUNNEL_LEN], &[0; 24]);
+        // A superframe of one segment goes as a plain datagram; a bigger
+        // one as a superframe.
+        let (f, vnet) = superframe(1000);
+        assert_eq!(
+            udp_tunnel_frame(&mut out, &f, &vnet, &OUTER, 1500),
+            Ok(TunnelFrame::Plain)
+        );
+        let (f, vnet) = superframe(3 * 1386 + 1);
+        assert_eq!(
+            udp_tunnel_frame(&mut out, &f, &vnet, &OUTER, 1500),
+            Ok(TunnelFrame::Superframe { segments: 4 })
+        );
+        assert_eq!(
+            udp_tunnel_frame(&mut out, &f, &vnet, &OUTER, 1400),
+            Err(NotTunnelable::SegmentsExceedMtu)
+        );
     }
 
     #[test]

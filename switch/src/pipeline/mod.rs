@@ -217,6 +217,17 @@ impl Packet {
         &mut self.buf[self.start..self.start + self.len]
     }
 
+    /// Grows the data by `n` bytes at the front, into the headroom, and
+    /// returns the data (now starting with those `n` bytes, then what was
+    /// there: the vnet header and the frame). `None` when the headroom is
+    /// shorter than `n`. For the worker's output only: the frame no
+    /// longer follows a 12-byte vnet header afterwards.
+    pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        self.start = self.start.checked_sub(n)?;
+        self.len += n;
+        Some(self.data_mut())
+    }
+
     /// Whole length including the vnet header.
     #[inline]
     pub fn len(&self) -> usize {

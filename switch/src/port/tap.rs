@@ -209,15 +209,6 @@ impl TapQueue {
         nix::unistd::write(&self.fd, buf).map_err(io::Error::from)
     }
 
-    /// Write one frame from several pieces (vnet header and outer headers,
-    /// then the frame itself), in one `writev`.
-    ///
-    /// # Errors
-    /// As [`TapQueue::write`].
-    pub fn write_vectored(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        nix::sys::uio::writev(&self.fd, parts).map_err(io::Error::from)
-    }
-
     /// Make the device persistent (it survives when every queue is closed,
     /// and can be re-attached with [`attach_in_netns`]), or not.
     ///

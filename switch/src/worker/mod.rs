@@ -82,6 +82,10 @@ impl Snapshot {
     }
 }
 
+/// The port of a tx-plan entry that goes to the tunnel port (not a port
+/// of the snapshot).
+const TUNNEL_PORT: PortId = PortId::MAX;
+
 /// The token of the worker's underlay (VXLAN) socket.
 pub const OVERLAY_TOKEN: Token = Token(usize::MAX - 1);
 /// Sockets per worker that VXLAN is sent from: the UDP source port is
@@ -662,103 +666,10 @@ impl Worker {
         }
     }
 
-    /// Hands a TCP superframe to the node's kernel whole, through the
-    /// tunnel port (UDP-tunnel GSO, [`crate::pipeline::encap`]): one
-    /// `writev`, no segmentation or checksum here. Returns false when the
-    /// frame must take the software path instead (too few segments,
-    /// segments too large for the underlay, or the kernel refused the
-    /// write, which turns the tunnel port off for this worker).
-    #[allow(clippy::too_many_arguments)]
-    fn send_tunnel_superframe(
-        ov: &mut OverlayIo,
-        table: &crate::tables::Overlay,
-        remote: std::net::Ipv4Addr,
-        p: &crate::pipeline::Packet,
-        hash: u32,
-        c: &WorkerCounters,
-        worker: usize,
-        caps: Option<&ArmedCaptures>,
-    ) -> bool {
-        use crate::pipeline::encap;
-        let Some(tx) = ov.tunnel.as_mut() else {
-            return false;
-        };
-        let (frame, vnet) = (p.frame(), p.meta.vnet);
-        let outer = encap::OuterV4 {
-            dst_mac: tx.mac,
-            src_mac: table.vtep_mac,
-            src_ip: table.local_ipv4,
-            dst_ip: remote,
-            src_port: crate::wire::vxlan::source_port(
-                hash,
-                crate::wire::vxlan::DEFAULT_SOURCE_PORTS,
-            ),
-            dst_port: table.udp_port,
-            vni: table.vni,
-        };
-        // The underlay MTU the pods' MTU implies (outer IPv4, UDP, VXLAN and
-        // the inner Ethernet header ride on each segment).
-        let underlay_mtu = table.pod_mtu.saturating_add(encap::OUTER_LEN as u16);
-        if encap::udp_tunnel_superframe(&mut tx.prefix, frame, &vnet, &outer, underlay_mtu).is_err()
-        {
-            return false;
-        }
-        let parts = [
-            std::io::IoSlice::new(&tx.prefix),
-            std::io::IoSlice::new(frame),
-        ];
-        match tx.queue.write_vectored(&parts) {
-            Ok(_) => {
-                let payload = frame.len().saturating_sub(usize::from(vnet.hdr_len));
-                let segments = payload.div_ceil(usize::from(vnet.gso_size.max(1))) as u64;
-                c.stages.vxlan_tx_tunnel_gso.inc();
-                c.stages.vxlan_tx.add(segments);
-                c.stages.tx_packets.add(segments);
-                c.stages
-                    .tx_bytes
-                    .add((encap::OUTER_LEN - 14 + frame.len()) as u64);
-                if let Some(caps) = caps {
-                    // What the kernel sends, as one (unsegmented) datagram.
-                    let h = crate::wire::vxlan::HEADER_LEN;
-                    let n = h + frame.len();
-                    if n <= ov.out_buf.len() {
-                        let start = encap::TUNNEL_PREFIX_LEN - h;
-                        ov.out_buf[..h].copy_from_slice(&tx.prefix[start..]);
-                        ov.out_buf[h..n].copy_from_slice(frame);
-                        let src = std::net::SocketAddrV4::new(outer.src_ip, outer.src_port);
-                        let dst = std::net::SocketAddrV4::new(remote, outer.dst_port);
-                        caps.underlay_datagram(
-                            worker,
-                            Direction::Egress,
-                            src,
-                            dst,
-                            &ov.out_buf[..n],
-                            c,
-                        );
-                    }
-                }
-                true
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                c.count_drop(DropReason::UnderlayTxError, p.len());
-                true
-            }
-            Err(e) => {
-                tracing::warn!(
-                    worker,
-                    error = %e,
-                    "the kernel refused a VXLAN superframe on the tunnel port; this worker segments in software from now on"
-                );
-                ov.tunnel = None;
-                false
-            }
-        }
-    }
-
-    /// Encapsulates one packet towards `node` and sends it (segmenting a
-    /// TSO superframe once, one VXLAN datagram per segment, in one UDP GSO
-    /// send); the datagrams sent are offered to underlay captures.
-    #[allow(clippy::too_many_arguments)]
+    /// Encapsulates one packet towards `node` and sends it through the
+    /// UDP socket (segmenting a TSO superframe once, one VXLAN datagram per
+    /// segment, in one UDP GSO send): the path of a switch without a tunnel
+    /// port; the datagrams sent are offered to underlay captures.
     fn send_encap(
         ov: &mut OverlayIo,
         tables: &Tables,
@@ -767,7 +678,6 @@ impl Worker {
         c: &WorkerCounters,
         worker: usize,
         caps: Option<&ArmedCaptures>,
-        tunnel_gso: bool,
     ) {
         let (Some(table), len) = (tables.overlay.as_ref(), p.len()) else {
             return;
@@ -780,22 +690,6 @@ impl Worker {
         let vnet = p.meta.vnet;
         let is_tcp = p.meta.proto == 6 && p.meta.l3 == crate::pipeline::L3::Ipv4;
         let hash = crate::wire::vxlan::inner_flow_hash(frame);
-        if is_tcp
-            && vnet.is_gso()
-            && tunnel_gso
-            && Self::send_tunnel_superframe(
-                ov,
-                table,
-                remote.underlay_ipv4,
-                p,
-                hash,
-                c,
-                worker,
-                caps,
-            )
-        {
-            return;
-        }
         let (total, seg_len, segments) = match crate::pipeline::encap::vxlan_datagrams(
             frame,
             &vnet,
@@ -832,21 +726,27 @@ impl Worker {
         let c = Arc::clone(self.pipeline.counters());
         self.tx_plan.clear();
         let batched = self.ring.is_some() && self.poll_control.batched_io();
-        let tunnel_gso = self.poll_control.tunnel_gso();
+        let tunneled = self.prepare_tunnel(&snap.tables);
+        let tunnel_fd = self
+            .overlay
+            .as_ref()
+            .and_then(|ov| ov.tunnel.as_ref())
+            .map(|t| t.queue.as_raw_fd());
+        let mut refused = false;
         for (i, p) in self.batch.packets().iter().enumerate() {
+            if tunneled & (1 << i) != 0 {
+                if let (true, Some(fd)) = (batched, tunnel_fd) {
+                    self.tx_plan.push((i, TUNNEL_PORT, fd));
+                } else if let Some(t) = self.overlay.as_ref().and_then(|ov| ov.tunnel.as_ref()) {
+                    let written = t.queue.write(p.data());
+                    refused |= Self::account_tunnel_write(self.id, written, p, &c, caps);
+                }
+                continue;
+            }
             let out_port = match p.verdict {
                 Verdict::Encap { node } => {
                     match self.overlay.as_mut() {
-                        Some(ov) => Self::send_encap(
-                            ov,
-                            &snap.tables,
-                            node,
-                            p,
-                            &c,
-                            self.id,
-                            caps,
-                            tunnel_gso,
-                        ),
+                        Some(ov) => Self::send_encap(ov, &snap.tables, node, p, &c, self.id, caps),
                         None => c.count_drop(DropReason::NoRoute, p.len()),
                     }
                     continue;
@@ -856,16 +756,9 @@ impl Worker {
                 // back over the overlay to that node.
                 Verdict::Reply if p.meta.from_node.is_some() => {
                     match (self.overlay.as_mut(), p.meta.from_node) {
-                        (Some(ov), Some(node)) => Self::send_encap(
-                            ov,
-                            &snap.tables,
-                            node,
-                            p,
-                            &c,
-                            self.id,
-                            caps,
-                            tunnel_gso,
-                        ),
+                        (Some(ov), Some(node)) => {
+                            Self::send_encap(ov, &snap.tables, node, p, &c, self.id, caps)
+                        }
                         _ => c.count_drop(DropReason::NoRoute, p.len()),
                     }
                     continue;
@@ -899,6 +792,7 @@ impl Worker {
             Self::account_write(self.id, written, io, out_port, p, &c, caps);
         }
         if self.tx_plan.is_empty() {
+            self.after_tunnel_writes(refused);
             return;
         }
         let Some(ring) = self.ring.as_mut() else {
@@ -918,17 +812,144 @@ impl Worker {
         };
         for (j, &(i, port, _)) in self.tx_plan.iter().enumerate() {
             let p = &packets[i];
-            let Some(Some(io)) = snap.io.get(port as usize) else {
-                continue;
-            };
             let written = match self.results.get(j) {
                 Some(&r) if j < made && r >= 0 => Ok(r as usize),
                 Some(&r) if j < made => Err(std::io::Error::from_raw_os_error(-r)),
                 _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
             };
+            if port == TUNNEL_PORT {
+                refused |= Self::account_tunnel_write(self.id, written, p, &c, caps);
+                continue;
+            }
+            let Some(Some(io)) = snap.io.get(port as usize) else {
+                continue;
+            };
             Self::account_write(self.id, written, io, port, p, &c, caps);
         }
         self.tx_plan.clear();
+        self.after_tunnel_writes(refused);
+    }
+
+    /// Turns every `Encap` packet of the batch (and every reply to another
+    /// node) that can go through the tunnel port into a frame for it, in
+    /// place: the vnet and outer headers go into the headroom in front of
+    /// the frame ([`crate::pipeline::encap::udp_tunnel_frame`]). Returns
+    /// the packets so prepared, as a bit mask by index; the rest take the
+    /// socket.
+    fn prepare_tunnel(&mut self, tables: &Tables) -> u64 {
+        use crate::pipeline::encap;
+        const _: () = assert!(crate::pipeline::BATCH_SIZE <= 64, "one bit per packet");
+        if !self.poll_control.tunnel_gso() {
+            return 0;
+        }
+        let (Some(tx), Some(table)) = (
+            self.overlay.as_mut().and_then(|ov| ov.tunnel.as_mut()),
+            tables.overlay.as_ref(),
+        ) else {
+            return 0;
+        };
+        // The underlay MTU the pods' MTU implies (outer IPv4, UDP, VXLAN and
+        // the inner Ethernet header ride on each segment).
+        let underlay_mtu = table.pod_mtu.saturating_add(encap::OUTER_LEN as u16);
+        let mut mask = 0u64;
+        for (i, p) in self.batch.packets_mut().iter_mut().enumerate() {
+            let node = match (p.verdict, p.meta.from_node) {
+                (Verdict::Encap { node }, _) | (Verdict::Reply, Some(node)) => node,
+                _ => continue,
+            };
+            // Unknown nodes are counted by the socket path.
+            let Some(remote) = table.nodes.get(usize::from(node)) else {
+                continue;
+            };
+            let frame = p.frame();
+            let outer = encap::OuterV4 {
+                dst_mac: tx.mac,
+                src_mac: table.vtep_mac,
+                src_ip: table.local_ipv4,
+                dst_ip: remote.underlay_ipv4,
+                src_port: crate::wire::vxlan::source_port(
+                    crate::wire::vxlan::inner_flow_hash(frame),
+                    crate::wire::vxlan::DEFAULT_SOURCE_PORTS,
+                ),
+                dst_port: table.udp_port,
+                vni: table.vni,
+            };
+            let vnet = p.meta.vnet;
+            if encap::udp_tunnel_frame(&mut tx.prefix, frame, &vnet, &outer, underlay_mtu).is_err()
+            {
+                continue;
+            }
+            let grow = encap::TUNNEL_PREFIX_LEN - crate::wire::vnet_hdr::LEN;
+            if let Some(data) = p.prepend(grow) {
+                data[..encap::TUNNEL_PREFIX_LEN].copy_from_slice(&tx.prefix);
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// Counts one frame written to the tunnel port (its datagrams, or the
+    /// superframe and the datagrams the kernel will cut it into) and offers
+    /// the datagram to underlay captures. Returns true when the kernel
+    /// refused it as malformed (`EINVAL`: no UDP-tunnel GSO after all).
+    fn account_tunnel_write(
+        worker: usize,
+        written: std::io::Result<usize>,
+        p: &crate::pipeline::Packet,
+        c: &WorkerCounters,
+        caps: Option<&ArmedCaptures>,
+    ) -> bool {
+        use crate::pipeline::encap;
+        use crate::wire::vnet_hdr::TUNNEL_LEN;
+        let data = p.data();
+        match written {
+            Ok(_) => {
+                let le = |i: usize| usize::from(u16::from_le_bytes([data[i], data[i + 1]]));
+                let frame_len = data.len() - TUNNEL_LEN;
+                let segments = if data[1] == 0 {
+                    1
+                } else {
+                    c.stages.vxlan_tx_tunnel_gso.inc();
+                    frame_len.saturating_sub(le(2)).div_ceil(le(4).max(1))
+                };
+                c.stages.vxlan_tx.add(segments as u64);
+                c.stages.tx_packets.add(segments as u64);
+                c.stages.tx_bytes.add((frame_len - 14) as u64);
+                if let Some(caps) = caps {
+                    // What the kernel sends, as one (unsegmented) datagram.
+                    let o = TUNNEL_LEN;
+                    let ip = |at: usize| {
+                        std::net::Ipv4Addr::new(data[at], data[at + 1], data[at + 2], data[at + 3])
+                    };
+                    let port = |at: usize| u16::from_be_bytes([data[at], data[at + 1]]);
+                    let src = std::net::SocketAddrV4::new(ip(o + 26), port(o + 34));
+                    let dst = std::net::SocketAddrV4::new(ip(o + 30), port(o + 36));
+                    let dgram = &data[o + encap::OUTER_LEN - crate::wire::vxlan::HEADER_LEN..];
+                    caps.underlay_datagram(worker, Direction::Egress, src, dst, dgram, c);
+                }
+                false
+            }
+            Err(e) => {
+                c.count_drop(DropReason::UnderlayTxError, data.len());
+                e.raw_os_error() == Some(libc::EINVAL)
+            }
+        }
+    }
+
+    /// After a batch's tunnel writes: a kernel that refused one as
+    /// malformed has no UDP-tunnel GSO after all, and this worker sends
+    /// through the socket from now on.
+    fn after_tunnel_writes(&mut self, refused: bool) {
+        if refused {
+            if let Some(ov) = self.overlay.as_mut() {
+                if ov.tunnel.take().is_some() {
+                    tracing::warn!(
+                        worker = self.id,
+                        "the kernel refused a frame on the tunnel port; this worker sends VXLAN through its socket from now on"
+                    );
+                }
+            }
+        }
     }
 
     /// Counts one frame written to a tap queue (or not), and offers it to
