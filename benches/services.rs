@@ -810,11 +810,11 @@ impl OverlayEncap {
 }
 
 /// What the worker's `fill_from_overlay` does with a datagram from the
-/// underlay socket, minus the receive: check the VXLAN header, the VNI and
-/// the sending node (`decap::decap`), copy the inner frame into a packet
-/// of the batch with the vnet header its inner checksum calls for
-/// (`decap::load_inner`: partial stays partial, anything else is
-/// verified), and note the node it came from. Each datagram here is a read
+/// underlay socket, minus the receive: `decap::receive` checks the VXLAN
+/// header, the VNI and the sending node, copies the inner frame into a
+/// packet of the batch with the vnet header its inner checksum calls for
+/// (partial stays partial, anything else is verified), and notes the node
+/// it came from. Each datagram here is a read
 /// of its own: datagrams of different inner flows carry different outer
 /// source ports (RFC 7348 §5), so the kernel's UDP GRO does not merge
 /// them, and the worker's receive-side coalescing, which only looks
@@ -833,24 +833,8 @@ impl Decapsulator {
         let ov = tables.overlay.as_ref().expect("overlay configured");
         for dgram in &self.datagrams {
             c.stages.vxlan_rx.inc();
-            let inner = match decap::decap(dgram, self.src, ov) {
-                Ok(inner) => inner,
-                Err(reason) => {
-                    c.count_drop(reason, dgram.len());
-                    continue;
-                }
-            };
-            let Some(p) = batch.next_free() else {
+            if decap::receive(batch, dgram, self.src, ov, false, c) == decap::Received::BatchFull {
                 return;
-            };
-            match decap::load_inner(p, inner, self.src, ov) {
-                Ok(whole_superframe) => {
-                    if whole_superframe {
-                        c.stages.vxlan_rx_superframes.inc();
-                    }
-                    batch.commit();
-                }
-                Err(reason) => c.count_drop(reason, dgram.len()),
             }
         }
     }

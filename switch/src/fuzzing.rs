@@ -438,37 +438,16 @@ impl Run {
                 first_new = 0;
             }
             let coalescing = batch.len() > first_new;
-            match decap::decap(dgram, src, overlay) {
-                Ok(inner) => {
-                    if coalescing {
-                        if let Some(prev) = batch.packets_mut().last_mut() {
-                            if !decap::coalesce_closed(prev)
-                                && decap::inner_checksum_state(inner) == decap::InnerChecksum::Valid
-                                && decap::try_coalesce(prev, inner)
-                            {
-                                // A coalesced superframe's checksum is left
-                                // partial with a correct seed: still valid.
-                                continue;
-                            }
-                        }
-                    }
-                    let Some(p) = batch.next_free() else { continue };
-                    match decap::load_inner(p, inner, src, overlay) {
-                        Ok(_) => {
-                            let before = before_of(p.data());
-                            self.before.push(before);
-                            batch.commit();
-                        }
-                        Err(reason) => {
-                            c.count_drop(reason, dgram.len());
-                            self.outcome.dropped.push(reason);
-                        }
-                    }
+            match decap::receive(batch, dgram, src, overlay, coalescing, &c) {
+                decap::Received::Loaded => {
+                    let before = before_of(batch.packets()[batch.len() - 1].data());
+                    self.before.push(before);
                 }
-                Err(reason) => {
-                    c.count_drop(reason, dgram.len());
-                    self.outcome.dropped.push(reason);
-                }
+                // A coalesced superframe's checksum is left partial with a
+                // correct seed: still valid.
+                decap::Received::Merged => {}
+                decap::Received::Dropped(reason) => self.outcome.dropped.push(reason),
+                decap::Received::BatchFull => unreachable!("processed when full"),
             }
         }
     }

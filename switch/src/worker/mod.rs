@@ -18,6 +18,13 @@
 //! after the last frame, then parking), and charges its time to working,
 //! polling or sleeping ([`crate::metrics::PollCounters`]).
 //!
+//! VXLAN: datagrams read from the underlay socket go through the overlay
+//! input stage ([`crate::pipeline::decap::receive`]: checks, receive
+//! coalescing, loading) into the batch; `Encap` verdicts leave through the
+//! tunnel port in place ([`crate::pipeline::encap::udp_tunnel_frame`]) or
+//! through the socket ([`crate::pipeline::encap::vxlan_datagrams`]). What
+//! is left here is the I/O.
+//!
 //! Packet capture hooks in at three places: a batch's frames right after
 //! they are read (ingress), each frame after it is written (egress), and
 //! each VXLAN datagram received or sent (underlay). With no capture armed
@@ -630,37 +637,17 @@ impl Worker {
                     let local = std::net::SocketAddrV4::new(table.local_ipv4, table.udp_port);
                     caps.underlay_datagram(self.id, Direction::Ingress, src, local, dgram, &c);
                 }
-                match crate::pipeline::decap::decap(dgram, *src.ip(), table) {
-                    Ok(inner) => {
-                        // Receive-side coalescing: append to the previous
-                        // packet of this read when it continues its TCP flow.
-                        if coalescing {
-                            if let Some(prev) = self.batch.packets_mut().last_mut() {
-                                if !crate::pipeline::decap::coalesce_closed(prev)
-                                    && crate::pipeline::decap::inner_checksum_state(inner)
-                                        == crate::pipeline::decap::InnerChecksum::Valid
-                                    && crate::pipeline::decap::try_coalesce(prev, inner)
-                                {
-                                    c.stages.gro_merged.inc();
-                                    continue;
-                                }
-                            }
-                        }
-                        let Some(p) = self.batch.next_free() else {
-                            ov.pending = Some((off - seg, end, seg, src));
-                            return;
-                        };
-                        match crate::pipeline::decap::load_inner(p, inner, *src.ip(), table) {
-                            Ok(whole_superframe) => {
-                                if whole_superframe {
-                                    c.stages.vxlan_rx_superframes.inc();
-                                }
-                                self.batch.commit();
-                            }
-                            Err(reason) => c.count_drop(reason, dgram.len()),
-                        }
-                    }
-                    Err(reason) => c.count_drop(reason, dgram.len()),
+                let received = crate::pipeline::decap::receive(
+                    &mut self.batch,
+                    dgram,
+                    *src.ip(),
+                    table,
+                    coalescing,
+                    &c,
+                );
+                if received == crate::pipeline::decap::Received::BatchFull {
+                    ov.pending = Some((off - seg, end, seg, src));
+                    return;
                 }
             }
         }
