@@ -31,6 +31,8 @@ pub mod nat;
 pub mod output;
 pub mod parse;
 pub mod route;
+#[cfg(test)]
+mod tcp_tests;
 pub mod trace;
 
 use std::net::{IpAddr, Ipv4Addr};

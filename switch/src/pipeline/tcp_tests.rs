@@ -1,0 +1,321 @@
+//! Whole TCP connections through the pipeline, in memory and without root:
+//! two smoltcp hosts sit on pod ports of one node and talk through a
+//! ClusterIP, as quinn-proto tests its connections without sockets.
+//!
+//! ```text
+//!  pod A 10.244.1.2 (port 0)                     pod B 10.244.1.3 (port 1)
+//!  smoltcp client ──> Pipeline (ARP, DNAT to B, route) ──> smoltcp server :80
+//!        <── reverse NAT (source back to 10.96.0.10:8080) <──
+//! ```
+//!
+//! Every frame a host sends goes through `Pipeline::process` as a batch of
+//! one from its port; `Forward` hands it to the host on the destination
+//! port, `Reply` back to the sender, a drop is recorded. Time is virtual:
+//! each step advances both hosts' clocks and the pipeline's by 10 ms.
+//! smoltcp verifies every checksum it receives, so a NAT rewrite with a
+//! wrong checksum shows as a stalled connection.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant as StdInstant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+use super::testutil::{counters, mac_of, svc_tables, GW, POD_A, POD_B, VIP};
+use super::{Batch, DropReason, Pipeline, Verdict};
+use crate::conntrack::state::FlowState;
+use crate::tables::{PortId, Tables};
+use crate::wire::vnet_hdr;
+
+/// A host's end of its tap: frames it sent, frames waiting for it.
+#[derive(Default)]
+struct Wire {
+    to_host: VecDeque<Vec<u8>>,
+    from_host: VecDeque<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let r = f(&mut frame);
+        self.0.push_back(frame);
+        r
+    }
+}
+
+impl Device for Wire {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        let frame = self.to_host.pop_front()?;
+        Some((Rx(frame), Tx(&mut self.from_host)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.from_host))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// A pod: a smoltcp interface on pod port `port` with one TCP socket.
+struct Host {
+    port: PortId,
+    iface: Interface,
+    wire: Wire,
+    sockets: SocketSet<'static>,
+    tcp: SocketHandle,
+}
+
+impl Host {
+    fn new(port: PortId, ip: [u8; 4], now: Instant) -> Self {
+        let mut wire = Wire::default();
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac_of(ip))));
+        config.random_seed = u64::from(port) + 1;
+        let mut iface = Interface::new(config, &mut wire, now);
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(ip)), 24))
+                .expect("one address");
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::from(GW))
+            .expect("one route");
+        let mut sockets = SocketSet::new(Vec::new());
+        let socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 65536]),
+            tcp::SocketBuffer::new(vec![0; 65536]),
+        );
+        let tcp = sockets.add(socket);
+        Host {
+            port,
+            iface,
+            wire,
+            sockets,
+            tcp,
+        }
+    }
+
+    fn poll(&mut self, now: Instant) {
+        self.iface.poll(now, &mut self.wire, &mut self.sockets);
+    }
+
+    fn socket(&mut self) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(self.tcp)
+    }
+}
+
+/// Two hosts, the pipeline between them, virtual time, and every drop.
+struct Net {
+    hosts: [Host; 2],
+    pipeline: Pipeline,
+    tables: Tables,
+    start: StdInstant,
+    ms: u64,
+    drops: Vec<DropReason>,
+}
+
+impl Net {
+    /// Pod A (client, port 0) and pod B (server on :80, port 1) on the
+    /// node of `svc_tables` with B as the Service's endpoint.
+    fn new() -> Self {
+        let now = Instant::from_millis(0);
+        let mut server = Host::new(1, POD_B, now);
+        server.socket().listen(80).expect("listen");
+        Net {
+            hosts: [Host::new(0, POD_A, now), server],
+            pipeline: Pipeline::new(counters()),
+            tables: svc_tables(&[(POD_B, false)], None),
+            start: StdInstant::now(),
+            ms: 0,
+            drops: Vec::new(),
+        }
+    }
+
+    fn client(&mut self) -> &mut tcp::Socket<'static> {
+        self.hosts[0].socket()
+    }
+
+    fn server(&mut self) -> &mut tcp::Socket<'static> {
+        self.hosts[1].socket()
+    }
+
+    /// One step: both hosts poll, and what they sent crosses the pipeline.
+    fn step(&mut self) {
+        self.ms += 10;
+        let now = Instant::from_millis(self.ms as i64);
+        let pipeline_now = self.start + Duration::from_millis(self.ms);
+        for h in &mut self.hosts {
+            h.poll(now);
+        }
+        for from in 0..self.hosts.len() {
+            while let Some(frame) = self.hosts[from].wire.from_host.pop_front() {
+                let mut batch = Batch::new(1);
+                let mut bytes = vec![0u8; vnet_hdr::LEN];
+                bytes.extend_from_slice(&frame);
+                assert!(batch.push_bytes(self.hosts[from].port, &bytes));
+                self.pipeline
+                    .process(&mut batch, &self.tables, pipeline_now);
+                let p = &batch.packets()[0];
+                let to = match p.verdict {
+                    Verdict::Forward { port } => port,
+                    Verdict::Reply => self.hosts[from].port,
+                    Verdict::Drop(reason) => {
+                        self.drops.push(reason);
+                        continue;
+                    }
+                    other => panic!("unexpected verdict {other:?}"),
+                };
+                let host = self
+                    .hosts
+                    .iter_mut()
+                    .find(|h| h.port == to)
+                    .expect("a host on the destination port");
+                host.wire.to_host.push_back(p.frame().to_vec());
+            }
+        }
+    }
+
+    /// Steps until `done` holds, at most `steps` times.
+    fn run_until(&mut self, steps: usize, mut done: impl FnMut(&mut Net) -> bool) -> bool {
+        for _ in 0..steps {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    /// The service flow's state in the table (keyed by the client's side).
+    fn flow_state(&self) -> Option<FlowState> {
+        let flows = self.pipeline.conntrack.table().list(16, |f| {
+            f.orig.dst == Ipv4Addr::from(VIP) && f.state != FlowState::Affinity
+        });
+        flows.first().map(|f| f.state)
+    }
+}
+
+fn connect(net: &mut Net) {
+    let cx = net.hosts[0].iface.context();
+    let socket = net.hosts[0]
+        .sockets
+        .get_mut::<tcp::Socket>(net.hosts[0].tcp);
+    socket
+        .connect(cx, (IpAddress::Ipv4(Ipv4Address::from(VIP)), 8080), 49152)
+        .expect("connect");
+    assert!(
+        net.run_until(100, |n| n.client().state() == tcp::State::Established
+            && n.server().state() == tcp::State::Established),
+        "no handshake through the ClusterIP; drops {:?}",
+        net.drops
+    );
+}
+
+#[test]
+fn a_connection_through_a_cluster_ip_carries_data_both_ways_and_closes() {
+    let mut net = Net::new();
+    connect(&mut net);
+    assert_eq!(net.flow_state(), Some(FlowState::Established));
+    // The server sees the client's own address (ClusterIP keeps it), the
+    // client only the ClusterIP.
+    let remote = net.server().remote_endpoint().expect("connected");
+    assert_eq!(remote.addr, IpAddress::Ipv4(Ipv4Address::from(POD_A)));
+    let remote = net.client().remote_endpoint().expect("connected");
+    assert_eq!(remote.addr, IpAddress::Ipv4(Ipv4Address::from(VIP)));
+    // 200 KB up, 200 KB down: many segments, windows, ACKs, all NATed.
+    let up: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let down: Vec<u8> = up.iter().rev().copied().collect();
+    let (mut sent_up, mut sent_down) = (0, 0);
+    let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+    let done = net.run_until(2000, |n| {
+        sent_up += n.client().send_slice(&up[sent_up..]).unwrap_or(0);
+        sent_down += n.server().send_slice(&down[sent_down..]).unwrap_or(0);
+        let mut buf = [0u8; 8192];
+        while let Ok(k @ 1..) = n.server().recv_slice(&mut buf) {
+            got_up.extend_from_slice(&buf[..k]);
+        }
+        while let Ok(k @ 1..) = n.client().recv_slice(&mut buf) {
+            got_down.extend_from_slice(&buf[..k]);
+        }
+        got_up.len() == up.len() && got_down.len() == down.len()
+    });
+    assert!(
+        done,
+        "transfer stalled at {} / {} bytes; drops {:?}",
+        got_up.len(),
+        got_down.len(),
+        net.drops
+    );
+    assert_eq!(
+        (got_up == up, got_down == down),
+        (true, true),
+        "data changed on the way"
+    );
+    // The client closes first; both FINs cross; the flow follows.
+    net.client().close();
+    assert!(net.run_until(100, |n| n.server().state() == tcp::State::CloseWait));
+    assert_eq!(net.flow_state(), Some(FlowState::CloseWait));
+    net.server().close();
+    assert!(
+        net.run_until(200, |n| n.client().state() == tcp::State::TimeWait
+            && n.server().state() == tcp::State::Closed),
+        "client {:?}, server {:?}",
+        net.client().state(),
+        net.server().state()
+    );
+    assert_eq!(net.flow_state(), Some(FlowState::TimeWait));
+    assert!(net.drops.is_empty(), "drops: {:?}", net.drops);
+}
+
+#[test]
+fn a_removed_endpoint_resets_the_client_at_its_next_segment() {
+    let mut net = Net::new();
+    connect(&mut net);
+    // The endpoint goes away: the daemon publishes the table without it
+    // and removes the flows it strands (`flow_is_stale`).
+    net.tables = svc_tables(&[], None);
+    let services = std::sync::Arc::clone(&net.tables.services);
+    let removed = net
+        .pipeline
+        .conntrack
+        .table()
+        .remove_where(|f| services.flow_is_stale(f));
+    assert_eq!(removed, 1);
+    net.client()
+        .send_slice(b"anyone there?")
+        .expect("room to send");
+    assert!(
+        net.run_until(100, |n| n.client().state() == tcp::State::Closed),
+        "the client was not reset: {:?}, drops {:?}",
+        net.client().state(),
+        net.drops
+    );
+    let c = net.pipeline.counters();
+    assert_eq!(
+        c.stages.tcp_resets_sent.get(),
+        1,
+        "one RST, from the switch"
+    );
+    // The server never heard of it: its side stays open until it times out.
+    assert_eq!(net.server().state(), tcp::State::Established);
+}
