@@ -1725,6 +1725,12 @@ impl SwitchState {
     }
 }
 
+impl crate::control::server::Handler for SwitchState {
+    fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        SwitchState::handle(self, req)
+    }
+}
+
 /// The predicate a [`FlowFilter`] describes; a bad field is an error
 /// naming it.
 fn flow_predicate(

@@ -13,7 +13,17 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::api::{decode_request, ApiError, ErrorCode, Response};
-use crate::daemon::SwitchState;
+
+/// What answers the control API's requests (the daemon's switch state; a
+/// fake in tests): the server parses and frames, the handler decides.
+pub trait Handler: Send + 'static {
+    /// Carries out one decoded request; the result is the response's
+    /// `result`, or the error it reports.
+    fn handle(
+        &mut self,
+        req: super::api::Request,
+    ) -> Result<serde_json::Value, super::api::ApiError>;
+}
 
 /// Longest request line accepted (a full topology of thousands of pods fits).
 pub const MAX_REQUEST: u64 = 16 * 1024 * 1024;
@@ -54,7 +64,7 @@ impl ControlServer {
     }
 
     /// Serves until `shutdown`; one thread per connection.
-    pub fn serve(self, state: Arc<Mutex<SwitchState>>, shutdown: Arc<AtomicBool>) {
+    pub fn serve<H: Handler>(self, state: Arc<Mutex<H>>, shutdown: Arc<AtomicBool>) {
         while !shutdown.load(Ordering::Relaxed) {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -75,7 +85,7 @@ impl ControlServer {
     }
 }
 
-fn serve_conn(stream: UnixStream, state: Arc<Mutex<SwitchState>>) {
+fn serve_conn<H: Handler>(stream: UnixStream, state: Arc<Mutex<H>>) {
     let _ = stream.set_nonblocking(false);
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -125,5 +135,52 @@ fn serve_conn(stream: UnixStream, state: Arc<Mutex<SwitchState>>) {
         if line.len() as u64 >= MAX_REQUEST {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::Request;
+
+    /// A handler that answers `get_stats` with what it was asked so far
+    /// and refuses everything else.
+    struct Fake {
+        seen: usize,
+    }
+
+    impl Handler for Fake {
+        fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+            self.seen += 1;
+            match req {
+                Request::GetStats => Ok(serde_json::json!({ "seen": self.seen })),
+                _ => Err(ApiError::new(ErrorCode::BadRequest, "only get_stats here")),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_reach_the_handler_and_errors_come_back() {
+        let dir = std::env::temp_dir().join(format!("psw-ctl-test-{}", std::process::id()));
+        let path = dir.join("ctl.sock");
+        let server = ControlServer::bind(&path).unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(Fake { seen: 0 }));
+        let (s, st) = (Arc::clone(&shutdown), Arc::clone(&state));
+        let thread = std::thread::spawn(move || server.serve(st, s));
+        let mut client =
+            crate::control::client::Client::connect(&path, Duration::from_secs(5)).unwrap();
+        let v: serde_json::Value = client.call(&Request::GetStats).unwrap();
+        assert_eq!(v["seen"], 1);
+        let err = client
+            .call::<serde_json::Value>(&Request::GetNodes)
+            .unwrap_err();
+        assert!(err.to_string().contains("only get_stats here"), "{err}");
+        let v: serde_json::Value = client.call(&Request::GetStats).unwrap();
+        assert_eq!(v["seen"], 3);
+        shutdown.store(true, Ordering::SeqCst);
+        drop(client);
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
