@@ -141,6 +141,9 @@ fn default_maglev_size() -> usize {
 }
 
 /// How often the flow table is swept for expired flows.
+/// The daemon thread's tick: heartbeat, capture reaping, the sweeper.
+const MAIN_TICK: Duration = Duration::from_millis(250);
+
 const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
 /// How often the node's addresses are re-read when NodePorts open on CIDRs
 /// (an address added to the node answers NodePorts within this).
@@ -2072,7 +2075,9 @@ pub fn run(mut config: DaemonConfig) -> anyhow::Result<()> {
     let mut last_address_check = std::time::Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         health.beat();
-        std::thread::sleep(Duration::from_millis(100));
+        // Each wake-up of an idle thread costs ~0.5 ms of CPU on a small VM:
+        // an idle switch wakes ~15 times a second in all (#29: <= 1 % of a core).
+        std::thread::sleep(MAIN_TICK);
         // Captures that ended or lost their reader stop costing the workers.
         captures.reap(std::time::Instant::now());
         if last_sweep.elapsed() >= SWEEP_INTERVAL {

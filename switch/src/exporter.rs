@@ -661,7 +661,7 @@ impl Exporter {
     /// Serves requests until `shutdown` is set.
     pub fn serve(self, shutdown: Arc<AtomicBool>) {
         while !shutdown.load(Ordering::SeqCst) {
-            match self.server.recv_timeout(Duration::from_millis(200)) {
+            match self.server.recv_timeout(Duration::from_millis(500)) {
                 Ok(Some(req)) => {
                     let resp = self.respond(req.method(), req.url());
                     if let Err(e) = req.respond(resp) {

@@ -26,7 +26,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How long a parked worker sleeps without events before it re-checks for
-/// shutdown (a waker interrupts it earlier).
+/// shutdown and a new snapshot (a waker interrupts it earlier; publishing a
+/// snapshot does not wake the workers, so this bounds how late a parked
+/// worker registers a new pod's queues).
 pub const PARK_TIMEOUT: Duration = Duration::from_millis(200);
 /// The default adaptive budget: how long after its last frame a worker
 /// keeps polling. A request/response round trip between pods is 20-60 µs
