@@ -6,10 +6,10 @@
 //! serves this agent's node. A full sync is `set_remote_nodes` then
 //! `set_services` (with the settings); a patch is `set_remote_nodes` if
 //! the nodes changed and one atomic `patch_services`. A switch that
-//! restarts closes the connection: the next `hello` (asked every few
-//! hundred milliseconds by the push loop through
-//! [`TopologySink::needs_full_sync`]) fails, and the agent sends a full
-//! sync to the new switch.
+//! restarts closes the connection: the push loop's next look at it
+//! ([`TopologySink::needs_full_sync`], every few hundred milliseconds: a
+//! non-blocking peek at the socket, which does not wake the switch) sees
+//! the close, and the agent sends a full sync to the new switch.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -184,14 +184,13 @@ impl TopologySink for SwitchSink {
         let Some(client) = self.client.as_mut() else {
             return true;
         };
-        match client.call_line::<IgnoredAny>(&WireRequest::Hello.encode()) {
-            Ok(_) => false,
-            Err(e) => {
-                tracing::info!(error = %super::error_chain(&e), "lost the switch connection");
-                self.client = None;
-                true
-            }
+        // A peek, not a `hello`: the switch is not woken to say it is alive.
+        if client.peer_closed() {
+            tracing::info!("lost the switch connection (it closed the control socket)");
+            self.client = None;
+            return true;
         }
+        false
     }
 }
 
@@ -336,5 +335,59 @@ mod tests {
             decode_request(&WireRequest::Hello.encode()).unwrap(),
             Request::Hello
         );
+    }
+
+    #[test]
+    fn a_closed_connection_is_noticed_without_asking_the_switch() {
+        use std::io::Read;
+        let dir = std::env::temp_dir().join(format!("podswitch-sink3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut lines = Vec::new();
+            // The connect's hello, the full sync's two requests.
+            for _ in 0..3 {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let reply = match decode_request(line.trim_end()).unwrap() {
+                    Request::Hello => serde_json::json!({"ok": true, "result":
+                        {"api_version": 1, "switch_version": "0", "node": "node-1", "workers": 1}}),
+                    _ => serde_json::json!({"ok": true, "result": null}),
+                };
+                writeln!(writer, "{reply}").unwrap();
+                lines.push(line);
+            }
+            close_rx.recv().unwrap();
+            // Nothing was asked while the agent checked the connection.
+            reader.get_ref().set_nonblocking(true).unwrap();
+            let mut rest = Vec::new();
+            let unasked = reader.read_to_end(&mut rest);
+            assert!(
+                matches!(&unasked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "the sink sent {rest:?} ({unasked:?})"
+            );
+        });
+        let mut sink = SwitchSink::new(&path, "node-1");
+        sink.full_sync(&sync()).unwrap();
+        for _ in 0..5 {
+            assert!(!sink.needs_full_sync(), "the switch is still there");
+        }
+        close_tx.send(()).unwrap();
+        server.join().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !sink.needs_full_sync() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a closed connection went unnoticed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -111,6 +111,32 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Whether the switch has closed this connection (it exited or
+    /// restarted), found without a request: a non-blocking peek at the
+    /// socket, which costs the switch nothing. An idle agent used to ask
+    /// `hello` four times a second to learn the same, and each answer woke
+    /// the switch's connection thread (#29: an idle switch's budget).
+    /// Bytes the switch sent unasked also count as closed: the stream is
+    /// out of step and only a new connection can be trusted.
+    pub fn peer_closed(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        match recv(
+            self.writer.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => false,
+            Ok(_) | Err(_) => true,
+        }
+    }
+}
+
 /// Connects, sends one request, returns its result.
 pub fn call<T: DeserializeOwned>(path: &Path, req: &Request) -> Result<T, ClientError> {
     Client::connect(path, Duration::from_secs(30))?.call(req)

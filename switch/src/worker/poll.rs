@@ -25,11 +25,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// How long a parked worker sleeps without events before it re-checks for
-/// shutdown and a new snapshot (a waker interrupts it earlier; publishing a
-/// snapshot does not wake the workers, so this bounds how late a parked
-/// worker registers a new pod's queues).
-pub const PARK_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a parked worker sleeps without events before it looks at the
+/// shutdown flag and the snapshot on its own. Everything that needs a
+/// parked worker sooner wakes it (a published snapshot with new ports,
+/// `ctl poll-mode`, shutdown), so this is only a backstop; each idle
+/// wake-up costs ~0.5 ms of CPU on the test VMs (#29: an idle switch's
+/// budget is 1 % of a core), hence a second rather than 200 ms.
+pub const PARK_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default adaptive budget: how long after its last frame a worker
 /// keeps polling. A request/response round trip between pods is 20-60 µs
 /// on the test VMs, so 100 µs keeps a worker awake across a ping-pong
