@@ -14,7 +14,7 @@
 //! carry on across the restart ([`crate::conntrack::persist`]).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,121 +24,28 @@ use anyhow::Context;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::conntrack::{ConnTrack, ConntrackConfig};
-use crate::control::api::{
+use crate::conntrack::ConnTrack;
+use crate::metrics::WorkerCounters;
+use crate::port::pod::{self, PodWiring};
+use crate::port::steer::SteerAddress;
+use crate::tables::node_ports::{self, NodePortAddress};
+use crate::tables::services::{NodeView, PatchedTable, ServiceLayout, ServiceTable};
+use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
+use crate::worker::poll::{check_budget_us, PollControl};
+use crate::worker::{IoBackend, PortIo, Snapshot, Worker};
+use podswitch_api::{
     ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FrontendState,
     Hello, IoBackendSet, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PollSettings,
     PortInfo, RemoteNode, RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes,
     RunningConfig, ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied,
     Stats, Topology, VtepState, VxlanSpec, VxlanTunnelGsoSet,
 };
-use crate::metrics::{DatapathStats, PortStats, WorkerCounters};
-use crate::port::pod::{self, PodWiring};
-use crate::port::steer::SteerAddress;
-use crate::tables::node_ports::{self, NodePortAddress};
-use crate::tables::services::{NodeView, PatchedTable, ServiceLayout, ServiceTable};
-use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
-use crate::worker::poll::{check_budget_us, PollControl, PollMode};
-use crate::worker::{IoBackend, PortIo, Snapshot, Worker};
 
-/// How the daemon is started.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DaemonConfig {
-    /// The node this switch serves.
-    pub node: NodeSpec,
-    /// Control socket path (created mode 0600).
-    pub control_socket: PathBuf,
-    /// Where state that survives restarts is kept.
-    pub state_dir: PathBuf,
-    /// Worker threads (and tap queues per pod); 0 = one per core.
-    #[serde(default)]
-    pub workers: usize,
-    /// The flow table: its cap and timeouts.
-    #[serde(default)]
-    pub conntrack: ConntrackConfig,
-    /// Maglev lookup-table size per service frontend (a prime).
-    #[serde(default = "default_maglev_size")]
-    pub maglev_table_size: usize,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served (HTTP);
-    /// localhost by default, an empty string turns the endpoint off.
-    #[serde(
-        default = "default_metrics_address",
-        deserialize_with = "deserialize_metrics_address"
-    )]
-    pub metrics_address: Option<SocketAddr>,
-    /// Where NodePorts open (kube-proxy's `--nodeport-addresses`):
-    /// `"primary"` (the node's underlay address) and IPv4 CIDRs matched
-    /// against the node's addresses; default `["primary"]`
-    /// ([`crate::tables::node_ports`]).
-    #[serde(default = "node_ports::default_list")]
-    pub node_port_addresses: Vec<NodePortAddress>,
-    /// How idle workers wait for frames: `interrupt` (park in epoll at
-    /// once), `adaptive` (busy-poll for `adaptive_poll_us` after the last
-    /// frame, then park; the default) or `poll` (never park)
-    /// ([`crate::worker::poll`]).
-    #[serde(default)]
-    pub poll_mode: PollMode,
-    /// In `adaptive` mode, how long after its last frame a worker keeps
-    /// polling, in microseconds.
-    #[serde(default = "default_adaptive_poll_us")]
-    pub adaptive_poll_us: u64,
-    /// How workers move tap frames: `auto` (io_uring where the kernel and
-    /// its seccomp profile allow it, else read/write; the default),
-    /// `io_uring` (or refuse to start), `syscalls` (one read/write per
-    /// frame).
-    #[serde(default)]
-    pub io_backend: IoBackend,
-    /// In VXLAN mode, send every datagram through a tap in the node's
-    /// namespace and hand pods' TCP superframes to the node's kernel whole
-    /// (UDP-tunnel GSO, Linux >= 6.17), to be segmented as late as the
-    /// kernel's own vxlan device does it; false, or an older kernel: send
-    /// through a UDP socket and segment superframes in the switch.
-    /// Default true.
-    #[serde(default = "default_true")]
-    pub vxlan_tunnel_gso: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
+pub use podswitch_api::config::{parse_metrics_address, DaemonConfig};
 
 /// The name of the tunnel port ([`pod::tunnel_port`]) in the node's
 /// namespace.
 pub const TUNNEL_PORT_NAME: &str = "psw-vxgso";
-
-fn default_adaptive_poll_us() -> u64 {
-    crate::worker::poll::DEFAULT_ADAPTIVE_BUDGET_US
-}
-
-fn default_metrics_address() -> Option<SocketAddr> {
-    Some(crate::exporter::DEFAULT_METRICS_ADDRESS)
-}
-
-/// A metrics address as written in a config: `""` (or none) disables it.
-pub fn parse_metrics_address(s: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
-    let s = s.trim();
-    if s.is_empty() {
-        Ok(None)
-    } else {
-        s.parse().map(Some)
-    }
-}
-
-fn deserialize_metrics_address<'de, D>(d: D) -> Result<Option<SocketAddr>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    match Option::<String>::deserialize(d)? {
-        None => Ok(None),
-        Some(s) => parse_metrics_address(&s)
-            .map_err(|e| serde::de::Error::custom(format!("metrics_address {s:?}: {e}"))),
-    }
-}
-
-fn default_maglev_size() -> usize {
-    crate::tables::maglev::DEFAULT_TABLE_SIZE
-}
 
 /// How often the flow table is swept for expired flows.
 /// The daemon thread's tick: heartbeat, capture reaping, the sweeper.
@@ -330,7 +237,7 @@ pub struct SwitchState {
     captures: Arc<crate::capture::CaptureHub>,
     /// The configuration as loaded, for `get_config` (the poll mode as
     /// last set).
-    running_config: crate::control::api::RunningConfig,
+    running_config: podswitch_api::RunningConfig,
     /// The workers' poll mode and budget, shared with them.
     poll_control: Arc<PollControl>,
     /// The tap I/O the workers use (`io_uring` or `syscalls`).
@@ -915,7 +822,7 @@ impl SwitchState {
             ipv6: st.spec.ipv6,
             mtu: st.spec.mtu.unwrap_or(self.node.mtu),
             queues: st.io.queues.len(),
-            stats: PortStats::sum(&st.io.counters),
+            stats: crate::metrics::port_stats(&st.io.counters),
         }
     }
 
@@ -1485,10 +1392,10 @@ impl SwitchState {
                 kind: f.kind,
                 ip: f.ip,
                 port: f.port,
-                protocol: if f.proto == crate::control::api::Protocol::Udp.number() {
-                    crate::control::api::Protocol::Udp
+                protocol: if f.proto == podswitch_api::Protocol::Udp.number() {
+                    podswitch_api::Protocol::Udp
                 } else {
-                    crate::control::api::Protocol::Tcp
+                    podswitch_api::Protocol::Tcp
                 },
                 table_size: m,
                 eligible: f.eligible.len(),
@@ -1522,7 +1429,7 @@ impl SwitchState {
         };
         match req {
             Request::Hello => to_json(serde_json::to_value(Hello {
-                api_version: crate::control::api::API_VERSION,
+                api_version: podswitch_api::API_VERSION,
                 switch_version: env!("CARGO_PKG_VERSION").to_string(),
                 node: self.node.name.clone(),
                 workers: self.workers(),
@@ -1721,7 +1628,7 @@ impl SwitchState {
                 workers: self.workers(),
                 io_backend: self.io_backend_in_use.to_string(),
                 vxlan_tunnel_gso: self.tunnel_gso_available && self.poll_control.tunnel_gso(),
-                datapath: DatapathStats::sum(&self.counters),
+                datapath: crate::metrics::datapath_stats(&self.counters),
                 ports: self.ports.values().map(|p| self.port_info(p)).collect(),
             })),
         }
@@ -1789,14 +1696,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-impl ApiError {
-    /// Attaches the name of the offending field.
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
-        self
-    }
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
@@ -2183,6 +2082,7 @@ pub fn node_spec(name: &str, pod_cidr: IpNet, mtu: u32) -> NodeSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conntrack::ConntrackConfig;
 
     fn config_with(metrics: Option<serde_json::Value>) -> DaemonConfig {
         let node = node_spec("node-1", "10.244.1.0/24".parse().unwrap(), 1500);

@@ -28,10 +28,7 @@ use crate::pipeline::drop_reason::DropReason;
 use crate::tables::services::ServiceTable;
 use crate::worker::PortIo;
 
-/// The default metrics address: localhost only, so nothing is exposed
-/// off the node unless the operator asks for it.
-pub const DEFAULT_METRICS_ADDRESS: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+pub use podswitch_api::config::DEFAULT_METRICS_ADDRESS;
 
 /// The content type of what `prometheus-client` writes.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -290,7 +287,7 @@ impl Scrape {
             ports: src
                 .ports
                 .iter()
-                .map(|(name, io)| (name.clone(), PortStats::sum(&io.counters)))
+                .map(|(name, io)| (name.clone(), crate::metrics::port_stats(&io.counters)))
                 .collect(),
             drops,
             forwarded_local: stage_sum(|w| w.stages.forwarded_local.get()),
@@ -315,7 +312,7 @@ impl Scrape {
             workers: src
                 .workers
                 .iter()
-                .map(|w| WorkerPollStats::read(&w.poll))
+                .map(|w| crate::metrics::poll_stats(&w.poll))
                 .collect(),
         }
     }

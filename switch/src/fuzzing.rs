@@ -15,15 +15,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::conntrack::{ConnTrack, ConntrackConfig};
-use crate::control::api::{
-    self, ClusterMode, EndpointSpec, Mac, Protocol, Request, ServicePortSpec, ServiceSettings,
-    ServiceSpec,
-};
 use crate::metrics::WorkerCounters;
 use crate::pipeline::{decap, Batch, DropReason, Packet, Pipeline, Verdict, L3};
 use crate::tables::services::{NodeView, ServiceTable};
 use crate::tables::{Gateway, Overlay, OverlayNode, PodPort, PortId, PortKind, Tables};
 use crate::wire::{checksum, segment, vnet_hdr, vxlan};
+use podswitch_api::{
+    self as api, ClusterMode, EndpointSpec, Mac, Protocol, Request, ServicePortSpec,
+    ServiceSettings, ServiceSpec,
+};
 
 // ---------------------------------------------------------------------------
 // The fuzzed node.

@@ -19,6 +19,7 @@ pub mod capture;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
+pub mod drop_reason;
 pub mod exporter;
 /// Fuzz target bodies (`fuzz/`) and their corpus replay; not in release
 /// builds of the switch (feature `fuzzing`).

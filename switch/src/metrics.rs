@@ -7,9 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
-
-use crate::pipeline::drop_reason::DropReason;
+use crate::drop_reason::DropReason;
+pub use podswitch_api::stats::{DatapathStats, DropStat, PortStats, WorkerPollStats};
 
 /// A single-writer counter.
 #[derive(Debug, Default)]
@@ -113,27 +112,14 @@ pub struct PollCounters {
 }
 
 /// One worker's [`PollCounters`], as reported.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct WorkerPollStats {
-    pub working_ns: u64,
-    pub polling_ns: u64,
-    pub sleeping_ns: u64,
-    pub wakeups: u64,
-    pub empty_polls: u64,
-    #[serde(default)]
-    pub contended_yields: u64,
-}
-
-impl WorkerPollStats {
-    pub fn read(c: &PollCounters) -> Self {
-        WorkerPollStats {
-            working_ns: c.working_ns.get(),
-            polling_ns: c.polling_ns.get(),
-            sleeping_ns: c.sleeping_ns.get(),
-            wakeups: c.wakeups.get(),
-            empty_polls: c.empty_polls.get(),
-            contended_yields: c.contended_yields.get(),
-        }
+pub fn poll_stats(c: &PollCounters) -> WorkerPollStats {
+    WorkerPollStats {
+        working_ns: c.working_ns.get(),
+        polling_ns: c.polling_ns.get(),
+        sleeping_ns: c.sleeping_ns.get(),
+        wakeups: c.wakeups.get(),
+        empty_polls: c.empty_polls.get(),
+        contended_yields: c.contended_yields.get(),
     }
 }
 
@@ -179,140 +165,64 @@ pub struct PortWorkerCounters {
 }
 
 /// Summed per-port counters, as the control API reports them.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct PortStats {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub rx_drops: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub tx_drops: u64,
-}
-
-impl PortStats {
-    pub fn sum(slots: &[PortWorkerCounters]) -> Self {
-        let mut s = PortStats::default();
-        for c in slots {
-            s.rx_packets += c.rx_packets.get();
-            s.rx_bytes += c.rx_bytes.get();
-            s.rx_drops += c.rx_drops.get();
-            s.tx_packets += c.tx_packets.get();
-            s.tx_bytes += c.tx_bytes.get();
-            s.tx_drops += c.tx_drops.get();
-        }
-        s
+pub fn port_stats(slots: &[PortWorkerCounters]) -> PortStats {
+    let mut s = PortStats::default();
+    for c in slots {
+        s.rx_packets += c.rx_packets.get();
+        s.rx_bytes += c.rx_bytes.get();
+        s.rx_drops += c.rx_drops.get();
+        s.tx_packets += c.tx_packets.get();
+        s.tx_bytes += c.tx_bytes.get();
+        s.tx_drops += c.tx_drops.get();
     }
-}
-
-/// One drop reason's totals, as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct DropStat {
-    pub stage: String,
-    pub reason: String,
-    pub description: String,
-    pub packets: u64,
-    pub bytes: u64,
+    s
 }
 
 /// Summed worker counters, as the control API reports them.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct DatapathStats {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub batches: u64,
-    pub arp_replies: u64,
-    pub icmp_echo_replies: u64,
-    pub icmp_errors_sent: u64,
-    pub forwarded_local: u64,
-    #[serde(default)]
-    pub forwarded_overlay: u64,
-    #[serde(default)]
-    pub vxlan_tx: u64,
-    #[serde(default)]
-    pub vxlan_rx: u64,
-    #[serde(default)]
-    pub vxlan_tx_tunnel_gso: u64,
-    #[serde(default)]
-    pub vxlan_rx_superframes: u64,
-    #[serde(default)]
-    pub gro_merged: u64,
-    pub gso_superframes: u64,
-    /// Packets the fast path took from frame to verdict.
-    #[serde(default)]
-    pub fast_path: u64,
-    pub csum_completed: u64,
-    /// Frames copied into packet captures, and those lost to a full ring.
-    #[serde(default)]
-    pub capture_frames: u64,
-    #[serde(default)]
-    pub capture_ring_drops: u64,
-    /// Non-zero drop reasons only.
-    pub drops: Vec<DropStat>,
-    /// Per worker, in worker order: where its time went.
-    #[serde(default)]
-    pub workers: Vec<WorkerPollStats>,
-}
-
-impl DatapathStats {
-    pub fn sum(workers: &[std::sync::Arc<WorkerCounters>]) -> Self {
-        let mut s = DatapathStats::default();
-        for w in workers {
-            let c = &w.stages;
-            s.rx_packets += c.rx_packets.get();
-            s.rx_bytes += c.rx_bytes.get();
-            s.tx_packets += c.tx_packets.get();
-            s.tx_bytes += c.tx_bytes.get();
-            s.batches += c.batches.get();
-            s.arp_replies += c.arp_replies.get();
-            s.icmp_echo_replies += c.icmp_echo_replies.get();
-            s.icmp_errors_sent += c.icmp_errors_sent.get();
-            s.forwarded_local += c.forwarded_local.get();
-            s.forwarded_overlay += c.forwarded_overlay.get();
-            s.vxlan_tx += c.vxlan_tx.get();
-            s.vxlan_rx += c.vxlan_rx.get();
-            s.vxlan_tx_tunnel_gso += c.vxlan_tx_tunnel_gso.get();
-            s.vxlan_rx_superframes += c.vxlan_rx_superframes.get();
-            s.gro_merged += c.gro_merged.get();
-            s.gso_superframes += c.gso_superframes.get();
-            s.fast_path += c.fast_path.get();
-            s.csum_completed += c.csum_completed.get();
-            s.capture_frames += c.capture_frames.get();
-            s.capture_ring_drops += c.capture_ring_drops.get();
-        }
-        s.workers = workers
-            .iter()
-            .map(|w| WorkerPollStats::read(&w.poll))
-            .collect();
-        for r in DropReason::ALL {
-            let packets: u64 = workers
-                .iter()
-                .map(|w| w.drop_packets[*r as usize].get())
-                .sum();
-            let bytes: u64 = workers
-                .iter()
-                .map(|w| w.drop_bytes[*r as usize].get())
-                .sum();
-            if packets > 0 {
-                s.drops.push(DropStat {
-                    stage: r.stage().name().to_string(),
-                    reason: r.name().to_string(),
-                    description: r.description().to_string(),
-                    packets,
-                    bytes,
-                });
-            }
-        }
-        s
+pub fn datapath_stats(workers: &[std::sync::Arc<WorkerCounters>]) -> DatapathStats {
+    let mut s = DatapathStats::default();
+    for w in workers {
+        let c = &w.stages;
+        s.rx_packets += c.rx_packets.get();
+        s.rx_bytes += c.rx_bytes.get();
+        s.tx_packets += c.tx_packets.get();
+        s.tx_bytes += c.tx_bytes.get();
+        s.batches += c.batches.get();
+        s.arp_replies += c.arp_replies.get();
+        s.icmp_echo_replies += c.icmp_echo_replies.get();
+        s.icmp_errors_sent += c.icmp_errors_sent.get();
+        s.forwarded_local += c.forwarded_local.get();
+        s.forwarded_overlay += c.forwarded_overlay.get();
+        s.vxlan_tx += c.vxlan_tx.get();
+        s.vxlan_rx += c.vxlan_rx.get();
+        s.vxlan_tx_tunnel_gso += c.vxlan_tx_tunnel_gso.get();
+        s.vxlan_rx_superframes += c.vxlan_rx_superframes.get();
+        s.gro_merged += c.gro_merged.get();
+        s.gso_superframes += c.gso_superframes.get();
+        s.fast_path += c.fast_path.get();
+        s.csum_completed += c.csum_completed.get();
+        s.capture_frames += c.capture_frames.get();
+        s.capture_ring_drops += c.capture_ring_drops.get();
     }
-
-    /// Packets dropped for `reason` (by its snake_case name).
-    pub fn drops_of(&self, reason: &str) -> u64 {
-        self.drops
+    s.workers = workers.iter().map(|w| poll_stats(&w.poll)).collect();
+    for r in DropReason::ALL {
+        let packets: u64 = workers
             .iter()
-            .filter(|d| d.reason == reason)
-            .map(|d| d.packets)
-            .sum()
+            .map(|w| w.drop_packets[*r as usize].get())
+            .sum();
+        let bytes: u64 = workers
+            .iter()
+            .map(|w| w.drop_bytes[*r as usize].get())
+            .sum();
+        if packets > 0 {
+            s.drops.push(DropStat {
+                stage: r.stage().name().to_string(),
+                reason: r.name().to_string(),
+                description: r.description().to_string(),
+                packets,
+                bytes,
+            });
+        }
     }
+    s
 }

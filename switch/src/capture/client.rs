@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::file::{CaptureFileWriter, CaptureFormat, CaptureInterface};
 use super::{CaptureCounts, CapturePoint};
-use crate::control::api::{CaptureBatch, CaptureSpec, CaptureStarted, Request};
-use crate::control::client::{Client, ClientError};
+use podswitch_api::client::{Client, ClientError};
+use podswitch_api::{CaptureBatch, CaptureSpec, CaptureStarted, Request};
 
 /// How long the reader waits before asking again when nothing came.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);

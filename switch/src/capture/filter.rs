@@ -16,109 +16,30 @@
 //! frame or a GSO superframe whose lengths are not final still matches on
 //! the headers it has; nothing is allocated.
 
-use std::net::Ipv4Addr;
-
 use etherparse::{IpNumber, LaxNetSlice, LaxSlicedPacket, TransportSlice};
-use serde::{Deserialize, Serialize};
 
-/// The protocols `proto` selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptureProto {
-    Tcp,
-    Udp,
-    Icmp,
-    Arp,
-}
+pub use podswitch_api::capture::{CaptureFilter, CaptureProto};
 
-impl CaptureProto {
-    /// The IPv4 protocol number (none for ARP).
-    fn ip_number(self) -> Option<IpNumber> {
-        match self {
-            CaptureProto::Tcp => Some(IpNumber::TCP),
-            CaptureProto::Udp => Some(IpNumber::UDP),
-            CaptureProto::Icmp => Some(IpNumber::ICMP),
-            CaptureProto::Arp => None,
-        }
+/// The IPv4 protocol number (none for ARP).
+fn ip_number(proto: CaptureProto) -> Option<IpNumber> {
+    match proto {
+        CaptureProto::Tcp => Some(IpNumber::TCP),
+        CaptureProto::Udp => Some(IpNumber::UDP),
+        CaptureProto::Icmp => Some(IpNumber::ICMP),
+        CaptureProto::Arp => None,
     }
 }
 
-impl std::fmt::Display for CaptureProto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CaptureProto::Tcp => "tcp",
-            CaptureProto::Udp => "udp",
-            CaptureProto::Icmp => "icmp",
-            CaptureProto::Arp => "arp",
-        })
-    }
-}
-
-impl std::str::FromStr for CaptureProto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tcp" => Ok(CaptureProto::Tcp),
-            "udp" => Ok(CaptureProto::Udp),
-            "icmp" => Ok(CaptureProto::Icmp),
-            "arp" => Ok(CaptureProto::Arp),
-            other => Err(format!("{other:?} is not tcp, udp, icmp or arp")),
-        }
-    }
-}
-
-/// Which frames a capture keeps. See the module docs for the language.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaptureFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<CaptureProto>,
-    /// Source or destination IPv4 address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<Ipv4Addr>,
-    /// Source or destination TCP/UDP port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-}
-
-impl CaptureFilter {
-    /// Checks that the conditions can hold together: a port needs TCP or
-    /// UDP. Returns the offending field and why.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let (Some(p @ (CaptureProto::Icmp | CaptureProto::Arp)), Some(_)) =
-            (self.proto, self.port)
-        {
-            return Err((
-                "filter.port",
-                format!("a port never matches proto {p}; use tcp, udp or no proto"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Whether the filter has no condition (every frame matches).
-    pub fn is_empty(&self) -> bool {
-        self.proto.is_none() && self.host.is_none() && self.port.is_none()
-    }
-
-    /// A one-line description, in tcpdump's words (`icmp and host 10.244.1.2`).
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(p) = self.proto {
-            parts.push(p.to_string());
-        }
-        if let Some(h) = self.host {
-            parts.push(format!("host {h}"));
-        }
-        if let Some(p) = self.port {
-            parts.push(format!("port {p}"));
-        }
-        parts.join(" and ")
-    }
-
+/// Frame matching, the switch's half of [`CaptureFilter`] (the filter
+/// itself is a control API type).
+pub trait FilterMatch {
     /// Whether the Ethernet `frame` matches.
+    fn matches(&self, frame: &[u8]) -> bool;
+}
+
+impl FilterMatch for CaptureFilter {
     #[inline]
-    pub fn matches(&self, frame: &[u8]) -> bool {
+    fn matches(&self, frame: &[u8]) -> bool {
         if self.is_empty() {
             return true;
         }
@@ -129,7 +50,7 @@ impl CaptureFilter {
             Some(LaxNetSlice::Ipv4(ip)) => {
                 let h = ip.header();
                 if let Some(want) = self.proto {
-                    if want.ip_number() != Some(h.protocol()) {
+                    if ip_number(want) != Some(h.protocol()) {
                         return false;
                     }
                 }
@@ -170,6 +91,7 @@ impl CaptureFilter {
 mod tests {
     use super::*;
     use etherparse::PacketBuilder;
+    use std::net::Ipv4Addr;
 
     const A: [u8; 4] = [10, 244, 1, 2];
     const B: [u8; 4] = [10, 244, 1, 3];

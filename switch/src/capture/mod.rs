@@ -36,29 +36,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
-pub use filter::{CaptureFilter, CaptureProto};
+pub use filter::{CaptureFilter, CaptureProto, FilterMatch};
+pub use podswitch_api::capture::{
+    CaptureCounts, CapturePoint, DEFAULT_DURATION_MS, DEFAULT_MAX_FRAMES, MAX_DURATION_MS,
+    MAX_FRAMES_LIMIT, MAX_SNAPLEN,
+};
 pub use ring::{CapturedFrame, Direction, FrameRing};
 
-use crate::control::api::{
-    ApiError, CaptureBatch, CaptureFrame, CaptureSpec, CaptureStarted, ErrorCode,
-};
 use crate::metrics::{Counter, WorkerCounters};
 use crate::tables::PortId;
+use podswitch_api::{ApiError, CaptureBatch, CaptureFrame, CaptureSpec, CaptureStarted, ErrorCode};
 
 /// Captures that may run at once (each has its own ring).
 pub const MAX_SESSIONS: usize = 4;
-/// The largest snaplen accepted, and the default: whole frames, GSO
-/// superframes included.
-pub const MAX_SNAPLEN: u32 = 262_144;
-/// Frames a capture keeps when no count is given.
-pub const DEFAULT_MAX_FRAMES: u64 = 1000;
-/// How long a capture runs when no duration is given.
-pub const DEFAULT_DURATION_MS: u64 = 10_000;
-/// Upper bounds of a request's count and duration.
-pub const MAX_FRAMES_LIMIT: u64 = 10_000_000;
-pub const MAX_DURATION_MS: u64 = 3_600_000;
 /// Memory of one capture's ring; it sets the number of slots
 /// (between [`MIN_SLOTS`] and [`MAX_SLOTS`]) for the slot size.
 pub const RING_BYTES: usize = 16 << 20;
@@ -78,40 +69,14 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Default budget of frame bytes in one `capture_read` answer.
 pub const DEFAULT_READ_BYTES: usize = 4 << 20;
 
-/// Where on a port frames are taken.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CapturePoint {
-    /// Frames the switch reads from the port.
-    Ingress,
-    /// Frames the switch writes to the port.
-    Egress,
-    /// Both, in one capture.
-    #[default]
-    Both,
-}
-
-impl CapturePoint {
-    fn takes(self, d: Direction) -> bool {
-        matches!(
-            (self, d),
-            (CapturePoint::Both, _)
-                | (CapturePoint::Ingress, Direction::Ingress)
-                | (CapturePoint::Egress, Direction::Egress)
-        )
-    }
-}
-
-impl std::str::FromStr for CapturePoint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ingress" => Ok(CapturePoint::Ingress),
-            "egress" => Ok(CapturePoint::Egress),
-            "both" => Ok(CapturePoint::Both),
-            other => Err(format!("{other:?} is not ingress, egress or both")),
-        }
-    }
+/// Whether a capture at `point` takes a frame going `d`.
+fn point_takes(point: CapturePoint, d: Direction) -> bool {
+    matches!(
+        (point, d),
+        (CapturePoint::Both, _)
+            | (CapturePoint::Ingress, Direction::Ingress)
+            | (CapturePoint::Egress, Direction::Egress)
+    )
 }
 
 /// What a capture watches.
@@ -130,17 +95,6 @@ struct SessionCounters {
     captured: Counter,
     ring_dropped: Counter,
     filtered: Counter,
-}
-
-/// The totals of a capture so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaptureCounts {
-    /// Frames put in the ring.
-    pub captured: u64,
-    /// Matching frames lost because the ring was full.
-    pub dropped: u64,
-    /// Frames seen at the capture point that the filter did not select.
-    pub filtered: u64,
 }
 
 /// One armed capture.
@@ -249,7 +203,9 @@ impl ArmedCaptures {
         wc: &WorkerCounters,
     ) {
         for s in self.sessions.iter() {
-            if s.target == CaptureTarget::Port(port) && s.point.takes(direction) && s.open(self.now)
+            if s.target == CaptureTarget::Port(port)
+                && point_takes(s.point, direction)
+                && s.open(self.now)
             {
                 s.offer(worker, direction, frame, &[frame], frame.len(), wc);
             }
@@ -269,7 +225,10 @@ impl ArmedCaptures {
         wc: &WorkerCounters,
     ) {
         for s in self.sessions.iter() {
-            if s.target == CaptureTarget::Underlay && s.point.takes(direction) && s.open(self.now) {
+            if s.target == CaptureTarget::Underlay
+                && point_takes(s.point, direction)
+                && s.open(self.now)
+            {
                 let inner = datagram
                     .get(crate::wire::vxlan::HEADER_LEN..)
                     .unwrap_or(&[]);

@@ -12,15 +12,7 @@
 
 use crossbeam_queue::ArrayQueue;
 
-/// Which way a captured frame went, seen from the switch's port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Read by the switch (from a pod's tap, the host port or the underlay).
-    Ingress,
-    /// Written by the switch.
-    Egress,
-}
+pub use podswitch_api::capture::Direction;
 
 /// One captured frame.
 #[derive(Debug)]

@@ -37,7 +37,6 @@ pub mod state;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -45,6 +44,7 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 
+pub use podswitch_api::flow::{ConntrackConfig, FlowInfo, FlowKey};
 pub use state::{flow_flags, tcp_flags, Dir, FlowState, Timeouts};
 
 /// An end of chain.
@@ -53,76 +53,6 @@ const NIL: u32 = u32::MAX;
 /// against engineered collisions; with a random seed and two buckets per
 /// flow, chains average one entry).
 pub const MAX_CHAIN: usize = 64;
-
-/// A flow's tuple in one direction (IPv4). For ICMP echo the identifier
-/// is the source "port" of a request and the destination "port" of a
-/// reply, so reversing a tuple works for all three protocols alike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct FlowKey {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-}
-
-impl FlowKey {
-    pub fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> Self {
-        FlowKey {
-            src,
-            dst,
-            sport,
-            dport,
-            proto,
-        }
-    }
-
-    /// The tuple of a packet going the other way.
-    #[inline]
-    pub fn reversed(&self) -> FlowKey {
-        FlowKey {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-        }
-    }
-
-    #[inline]
-    fn words(&self) -> [u64; 2] {
-        [
-            (u64::from(u32::from(self.src)) << 32) | u64::from(u32::from(self.dst)),
-            (u64::from(self.sport) << 48) | (u64::from(self.dport) << 32) | u64::from(self.proto),
-        ]
-    }
-
-    fn from_words(w: [u64; 2]) -> FlowKey {
-        FlowKey {
-            src: Ipv4Addr::from((w[0] >> 32) as u32),
-            dst: Ipv4Addr::from(w[0] as u32),
-            sport: (w[1] >> 48) as u16,
-            dport: (w[1] >> 32) as u16,
-            proto: w[1] as u8,
-        }
-    }
-}
-
-impl std::fmt::Display for FlowKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let p = match self.proto {
-            6 => "tcp",
-            17 => "udp",
-            1 => "icmp",
-            _ => "ip",
-        };
-        write!(
-            f,
-            "{p} {}:{} -> {}:{}",
-            self.src, self.sport, self.dst, self.dport
-        )
-    }
-}
 
 /// One flow slot: 56 bytes of fields in one 64-byte cache line.
 ///
@@ -225,20 +155,6 @@ pub struct FlowRef {
     pub dir: Dir,
 }
 
-/// A flow as the control side reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowInfo {
-    pub index: u32,
-    pub orig: FlowKey,
-    pub reply: Option<FlowKey>,
-    pub state: FlowState,
-    pub flags: u8,
-    /// Seconds since last packet.
-    pub idle_secs: u32,
-    /// Seconds left before expiry.
-    pub expires_in_secs: u32,
-}
-
 /// A flow copied out of a table ([`ConnTrack::copy_flow`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowCopy {
@@ -277,24 +193,6 @@ pub struct SweepReport {
     pub expired: usize,
     pub evicted: usize,
     pub reclaimed: usize,
-}
-
-/// Configuration of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConntrackConfig {
-    /// The cap: flows (each indexed both ways) the table holds at most.
-    pub max_flows: usize,
-    pub timeouts: Timeouts,
-}
-
-impl Default for ConntrackConfig {
-    fn default() -> Self {
-        ConntrackConfig {
-            max_flows: 262_144,
-            timeouts: Timeouts::default(),
-        }
-    }
 }
 
 /// Slots unlinked but not yet reusable, with the worker epochs seen when
@@ -786,6 +684,7 @@ impl ConnTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use std::sync::Arc;
 
     fn key(i: u32) -> FlowKey {

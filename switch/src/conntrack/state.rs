@@ -7,65 +7,8 @@
 //! pick the timeout that keeps its NAT mapping alive for exactly as long
 //! as the endpoints may still send.
 
+pub use podswitch_api::flow::{FlowState, Timeouts};
 use serde::{Deserialize, Serialize};
-
-/// Flow state, stored as a `u8` in the shared table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[repr(u8)]
-pub enum FlowState {
-    /// The slot holds no flow.
-    Free = 0,
-    /// TCP: SYN seen from the originator.
-    SynSent = 1,
-    /// TCP: SYN+ACK seen from the responder.
-    SynRecv = 2,
-    /// TCP: the handshake completed.
-    Established = 3,
-    /// TCP: one side sent FIN.
-    FinWait = 4,
-    /// TCP: the other side acknowledged the first FIN (half-closed).
-    CloseWait = 5,
-    /// TCP: both sides sent FIN.
-    LastAck = 6,
-    /// TCP: the last FIN was acknowledged.
-    TimeWait = 7,
-    /// TCP: reset.
-    Close = 8,
-    /// UDP or ICMP echo: only the originator has sent.
-    Unreplied = 9,
-    /// UDP or ICMP echo: both directions seen.
-    Replied = 10,
-    /// A session-affinity record (not a flow).
-    Affinity = 11,
-}
-
-impl FlowState {
-    pub fn from_u8(v: u8) -> FlowState {
-        match v {
-            1 => FlowState::SynSent,
-            2 => FlowState::SynRecv,
-            3 => FlowState::Established,
-            4 => FlowState::FinWait,
-            5 => FlowState::CloseWait,
-            6 => FlowState::LastAck,
-            7 => FlowState::TimeWait,
-            8 => FlowState::Close,
-            9 => FlowState::Unreplied,
-            10 => FlowState::Replied,
-            11 => FlowState::Affinity,
-            _ => FlowState::Free,
-        }
-    }
-
-    /// Established-like states: evicted last when the table is full.
-    pub fn is_established(self) -> bool {
-        matches!(
-            self,
-            FlowState::Established | FlowState::Replied | FlowState::Affinity
-        )
-    }
-}
 
 /// Direction of a packet relative to its flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -138,66 +81,6 @@ pub fn tcp_next(state: FlowState, fl: u8, dir: Dir, flags: u8) -> (FlowState, u8
         // The final ACK comes from the side that closed first.
         (LastAck, _) if ack && !fin && fl & fin_bit != 0 => (TimeWait, fl),
         (s, _) => (s, fl),
-    }
-}
-
-/// Timeouts in seconds, per state. Defaults: the kernel's, with the values
-/// kube-proxy sets (`--conntrack-tcp-timeout-established` 24 h,
-/// `--conntrack-tcp-timeout-close-wait` 1 h).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Timeouts {
-    pub tcp_syn_sent: u32,
-    pub tcp_syn_recv: u32,
-    pub tcp_established: u32,
-    pub tcp_fin_wait: u32,
-    pub tcp_close_wait: u32,
-    pub tcp_last_ack: u32,
-    pub tcp_time_wait: u32,
-    pub tcp_close: u32,
-    /// UDP seen in one direction only (a DNS query whose server died).
-    pub udp_unreplied: u32,
-    /// UDP seen both ways.
-    pub udp_replied: u32,
-    pub icmp: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            tcp_syn_sent: 120,
-            tcp_syn_recv: 60,
-            tcp_established: 86_400,
-            tcp_fin_wait: 120,
-            tcp_close_wait: 3_600,
-            tcp_last_ack: 30,
-            tcp_time_wait: 120,
-            tcp_close: 10,
-            udp_unreplied: 30,
-            udp_replied: 120,
-            icmp: 30,
-        }
-    }
-}
-
-impl Timeouts {
-    /// The idle timeout of a flow of `proto` in `state`.
-    pub fn of(&self, proto: u8, state: FlowState) -> u32 {
-        use FlowState::*;
-        match (proto, state) {
-            (_, SynSent) => self.tcp_syn_sent,
-            (_, SynRecv) => self.tcp_syn_recv,
-            (_, Established) => self.tcp_established,
-            (_, FinWait) => self.tcp_fin_wait,
-            (_, CloseWait) => self.tcp_close_wait,
-            (_, LastAck) => self.tcp_last_ack,
-            (_, TimeWait) => self.tcp_time_wait,
-            (_, Close) => self.tcp_close,
-            (1, _) => self.icmp,
-            (_, Unreplied) => self.udp_unreplied,
-            (_, Replied) => self.udp_replied,
-            (_, Affinity | Free) => 0,
-        }
     }
 }
 

@@ -13,6 +13,11 @@
 //!
 //! A request is validated whole before anything changes: an invalid one
 //! changes nothing.
-pub mod api;
-pub mod client;
+/// The API's types live in their own crate (`podswitch-api`), which
+/// depends on nothing of the datapath; these paths stay for the switch's
+/// own code.
+pub mod api {
+    pub use podswitch_api::*;
+}
+pub use podswitch_api::client;
 pub mod server;

@@ -169,7 +169,7 @@ fn serve_conn<H: Handler>(stream: UnixStream, state: Arc<Mutex<H>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::Request;
+    use podswitch_api::Request;
 
     /// A handler that answers `get_stats` with what it was asked so far
     /// and refuses everything else.
@@ -197,7 +197,7 @@ mod tests {
         let (s, st) = (Arc::clone(&shutdown), Arc::clone(&state));
         let thread = std::thread::spawn(move || server.serve(st, s));
         let mut client =
-            crate::control::client::Client::connect(&path, Duration::from_secs(5)).unwrap();
+            podswitch_api::client::Client::connect(&path, Duration::from_secs(5)).unwrap();
         let v: serde_json::Value = client.call(&Request::GetStats).unwrap();
         assert_eq!(v["seen"], 1);
         let err = client

@@ -37,10 +37,10 @@ use super::{drop_packet, Batch, DropReason, Packet, L3};
 use crate::conntrack::{
     flow_flags, state::tcp_next, tcp_flags, ConnTrack, Dir, FlowKey, FlowRef, FlowState,
 };
-use crate::control::api::ClusterMode;
 use crate::metrics::WorkerCounters;
 use crate::tables::services::{ServiceTable, AFFINITY_PROTO, SNAT_PORTS};
 use crate::tables::{PortKind, Tables};
+use podswitch_api::ClusterMode;
 
 /// How many lookups ahead pass 2 starts fetching an entry: far enough
 /// that the line has arrived when its lookup comes, near enough that the
@@ -702,11 +702,9 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{Batch, Pipeline, Verdict};
     use super::*;
-    use crate::control::api::{
-        EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
-    };
     use crate::tables::services::NodeView;
     use etherparse::PacketBuilder;
+    use podswitch_api::{EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec};
 
     fn syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
         let b = PacketBuilder::ethernet2(mac_of(src), GW_MAC)
@@ -900,7 +898,7 @@ mod tests {
         assert_eq!(dsts[1], dsts[3], "the ACK follows its SYN");
         assert_eq!(pl.conntrack.table().len(), 2, "one flow per tuple");
         assert_eq!(pl.counters().stages.ct_created.get(), 2);
-        let stats = crate::metrics::DatapathStats::sum(std::slice::from_ref(pl.counters()));
+        let stats = crate::metrics::datapath_stats(std::slice::from_ref(pl.counters()));
         assert!(stats.drops.is_empty(), "{:?}", stats.drops);
     }
 

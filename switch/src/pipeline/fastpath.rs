@@ -454,10 +454,10 @@ mod tests {
     use super::super::Pipeline;
     use super::*;
     use crate::conntrack::FlowInfo;
-    use crate::control::api::ServiceSettings;
     use crate::metrics::DatapathStats;
     use crate::tables::RouteTarget;
     use etherparse::PacketBuilder;
+    use podswitch_api::ServiceSettings;
 
     /// A small deterministic generator (splitmix64), so a failing batch
     /// is reproduced by its seed.
@@ -655,16 +655,17 @@ mod tests {
             let stats = |pl: &Pipeline| DatapathStats {
                 // Which path took a packet is the one difference.
                 fast_path: 0,
-                ..DatapathStats::sum(std::slice::from_ref(pl.counters()))
+                ..crate::metrics::datapath_stats(std::slice::from_ref(pl.counters()))
             };
             assert_eq!(stats(&fast), stats(&slow), "seed {seed}: counters");
             assert_eq!(flows(&fast), flows(&slow), "seed {seed}: flows");
             taken = fast.fast.taken;
         }
-        let counted = DatapathStats::sum(std::slice::from_ref(fast.counters())).fast_path;
+        let counted =
+            crate::metrics::datapath_stats(std::slice::from_ref(fast.counters())).fast_path;
         assert_eq!(counted, taken, "the fast path's counter");
         assert_eq!(
-            DatapathStats::sum(std::slice::from_ref(slow.counters())).fast_path,
+            crate::metrics::datapath_stats(std::slice::from_ref(slow.counters())).fast_path,
             0
         );
         // The comparison means something only if both paths ran a lot.
@@ -677,7 +678,7 @@ mod tests {
     }
 
     fn stats_forwarded(pl: &Pipeline) -> u64 {
-        let s = DatapathStats::sum(std::slice::from_ref(pl.counters()));
+        let s = crate::metrics::datapath_stats(std::slice::from_ref(pl.counters()));
         s.forwarded_local + s.forwarded_overlay
     }
 }

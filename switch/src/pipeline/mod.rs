@@ -22,7 +22,7 @@
 
 pub mod conntrack;
 pub mod decap;
-pub mod drop_reason;
+pub use crate::drop_reason;
 pub mod encap;
 pub mod fastpath;
 pub mod gateway;

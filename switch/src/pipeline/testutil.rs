@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use etherparse::PacketBuilder;
 
-use crate::control::api::{
-    ClusterMode, EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
-};
 use crate::metrics::WorkerCounters;
 use crate::tables::services::{NodeView, ServiceTable};
 use crate::tables::{Gateway, Overlay, OverlayNode, PodPort, Tables};
 use crate::wire::vnet_hdr::{self, VnetHdr};
+use podswitch_api::{
+    ClusterMode, EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
+};
 
 pub const VNET: usize = vnet_hdr::LEN;
 pub const GW_MAC: [u8; 6] = [0xee; 6];

@@ -40,7 +40,7 @@ use thiserror::Error;
 
 /// Default lookup-table size (prime): enough for services of up to ~160
 /// backends at the paper's `M > 100 * N`, at 32 KiB per table.
-pub const DEFAULT_TABLE_SIZE: usize = 16381;
+pub const DEFAULT_TABLE_SIZE: usize = podswitch_api::config::DEFAULT_MAGLEV_TABLE_SIZE;
 
 /// Largest table size accepted: the largest prime below 2^20 (2 MiB of
 /// `u16` entries).

@@ -40,7 +40,7 @@ use ipnet::{IpNet, Ipv4Net};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::maglev::{self, Maglev};
-use crate::control::api::{ApiError, ClusterMode, ServiceSettings, ServiceSpec};
+use podswitch_api::{ApiError, ClusterMode, ServiceSettings, ServiceSpec};
 
 /// The pseudo-protocol of session-affinity records in the flow table.
 pub const AFFINITY_PROTO: u8 = 253;
@@ -76,22 +76,7 @@ struct SharedMaglev {
     users: u32,
 }
 
-/// What kind of address a frontend listens on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FrontendKind {
-    ClusterIp,
-    NodePort,
-    /// externalIPs and LoadBalancer ingress IPs.
-    External,
-}
-
-impl FrontendKind {
-    /// NodePort and external traffic: externalTrafficPolicy applies.
-    pub fn is_external(self) -> bool {
-        !matches!(self, FrontendKind::ClusterIp)
-    }
-}
+pub use podswitch_api::FrontendKind;
 
 /// One endpoint of one frontend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -971,7 +956,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::control::api::{EndpointSpec, Protocol, ServicePortSpec};
+    use podswitch_api::{EndpointSpec, Protocol, ServicePortSpec};
     use proptest::prelude::*;
 
     fn endpoint(last: u8, ready: bool, terminating: bool) -> EndpointSpec {

@@ -50,6 +50,7 @@ use crate::tables::{PortId, TablePublisher, Tables};
 
 pub mod poll;
 
+pub use podswitch_api::io::IoBackend;
 use poll::PollControl;
 
 /// Frames read from one queue before the worker moves to the next.
@@ -194,45 +195,6 @@ pub struct Worker {
     results: Vec<i32>,
 }
 
-/// How a worker moves frames to and from its tap queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IoBackend {
-    /// io_uring where the kernel allows it, else read/write.
-    #[default]
-    Auto,
-    /// io_uring, or the switch refuses to start.
-    IoUring,
-    /// One read/write system call per frame.
-    Syscalls,
-}
-
-impl IoBackend {
-    pub fn name(self) -> &'static str {
-        match self {
-            IoBackend::Auto => "auto",
-            IoBackend::IoUring => "io_uring",
-            IoBackend::Syscalls => "syscalls",
-        }
-    }
-}
-
-impl std::str::FromStr for IoBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [IoBackend::Auto, IoBackend::IoUring, IoBackend::Syscalls]
-            .into_iter()
-            .find(|b| b.name() == s.trim())
-            .ok_or_else(|| format!("unknown I/O backend {s:?} (auto, io_uring, syscalls)"))
-    }
-}
-
-impl std::fmt::Display for IoBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// Sets up the batched I/O a worker uses for `backend`: `Ok(None)` for
 /// read/write (asked for, or `auto` on a kernel or sandbox without
 /// io_uring, which is logged once per worker).
@@ -337,7 +299,8 @@ impl Worker {
             }
             let timeout = if self.ready.is_empty() && !self.overlay_ready {
                 let (mode, budget) = self.poll_control.get();
-                mode.idle_timeout(
+                poll::idle_timeout(
+                    mode,
                     budget,
                     mark.saturating_duration_since(last_frame),
                     contended,

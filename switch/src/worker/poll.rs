@@ -23,7 +23,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use podswitch_api::io::{
+    check_budget_us, BudgetOutOfRange, PollMode, UnknownPollMode, DEFAULT_ADAPTIVE_BUDGET_US,
+    MAX_ADAPTIVE_BUDGET_US,
+};
 
 /// How long a parked worker sleeps without events before it looks at the
 /// shutdown flag and the snapshot on its own. Everything that needs a
@@ -32,118 +35,46 @@ use serde::{Deserialize, Serialize};
 /// wake-up costs ~0.5 ms of CPU on the test VMs (#29: an idle switch's
 /// budget is 1 % of a core), hence a second rather than 200 ms.
 pub const PARK_TIMEOUT: Duration = Duration::from_secs(1);
-/// The default adaptive budget: how long after its last frame a worker
-/// keeps polling. A request/response round trip between pods is 20-60 µs
-/// on the test VMs, so 100 µs keeps a worker awake across a ping-pong
-/// while an idle switch parks within a tenth of a millisecond.
-pub const DEFAULT_ADAPTIVE_BUDGET_US: u64 = 100;
 /// A yield between busy polls that takes longer than this gave the core to
 /// another thread: the core is contended (a system call alone takes
 /// 0.2-1.3 µs on the test VMs).
 pub const CONTENDED_YIELD: Duration = Duration::from_micros(10);
-/// The largest adaptive budget accepted (beyond this, use `poll`).
-pub const MAX_ADAPTIVE_BUDGET_US: u64 = 1_000_000;
-
-/// How an idle worker waits for frames.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum PollMode {
-    /// Park in epoll as soon as no frame is waiting.
-    Interrupt,
-    /// Busy-poll for the adaptive budget after the last frame, then park.
-    #[default]
-    Adaptive,
-    /// Never park: busy-poll for as long as the switch runs.
-    Poll,
-}
-
-impl PollMode {
-    /// Every mode, in the order the CLI lists them.
-    pub const ALL: [PollMode; 3] = [PollMode::Interrupt, PollMode::Adaptive, PollMode::Poll];
-
-    /// The name in configs, flags and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            PollMode::Interrupt => "interrupt",
-            PollMode::Adaptive => "adaptive",
-            PollMode::Poll => "poll",
-        }
-    }
-
-    /// How long the worker may wait in epoll when nothing is ready and its
-    /// last frame was `since_last_frame` ago; `core_contended`: since that
-    /// frame, a yield between polls gave the core to another thread for
-    /// longer than [`CONTENDED_YIELD`].
-    ///
-    /// Adaptive polling pays off only on a core nobody else needs: where
-    /// the pods the switch serves wait for this core (more busy threads
-    /// than cores), every microsecond spent polling delays them, so the
-    /// worker parks until the next frame, as in `interrupt`.
-    pub fn idle_timeout(
-        self,
-        budget: Duration,
-        since_last_frame: Duration,
-        core_contended: bool,
-    ) -> Duration {
-        match self {
-            PollMode::Interrupt => PARK_TIMEOUT,
-            PollMode::Poll => Duration::ZERO,
-            PollMode::Adaptive if since_last_frame < budget && !core_contended => Duration::ZERO,
-            PollMode::Adaptive => PARK_TIMEOUT,
-        }
-    }
-
-    fn from_u8(v: u8) -> PollMode {
-        match v {
-            0 => PollMode::Interrupt,
-            2 => PollMode::Poll,
-            _ => PollMode::Adaptive,
-        }
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            PollMode::Interrupt => 0,
-            PollMode::Adaptive => 1,
-            PollMode::Poll => 2,
-        }
+/// How long the worker may wait in epoll when nothing is ready and its
+/// last frame was `since_last_frame` ago; `core_contended`: since that
+/// frame, a yield between polls gave the core to another thread for
+/// longer than [`CONTENDED_YIELD`].
+///
+/// Adaptive polling pays off only on a core nobody else needs: where
+/// the pods the switch serves wait for this core (more busy threads
+/// than cores), every microsecond spent polling delays them, so the
+/// worker parks until the next frame, as in `interrupt`.
+pub fn idle_timeout(
+    mode: PollMode,
+    budget: Duration,
+    since_last_frame: Duration,
+    core_contended: bool,
+) -> Duration {
+    match mode {
+        PollMode::Interrupt => PARK_TIMEOUT,
+        PollMode::Poll => Duration::ZERO,
+        PollMode::Adaptive if since_last_frame < budget && !core_contended => Duration::ZERO,
+        PollMode::Adaptive => PARK_TIMEOUT,
     }
 }
 
-impl std::fmt::Display for PollMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+fn mode_from_u8(v: u8) -> PollMode {
+    match v {
+        0 => PollMode::Interrupt,
+        2 => PollMode::Poll,
+        _ => PollMode::Adaptive,
     }
 }
 
-/// A poll mode name that is not one of [`PollMode::ALL`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown poll mode {0:?} (modes: interrupt, adaptive, poll)")]
-pub struct UnknownPollMode(pub String);
-
-impl std::str::FromStr for PollMode {
-    type Err = UnknownPollMode;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PollMode::ALL
-            .into_iter()
-            .find(|m| m.name() == s.trim())
-            .ok_or_else(|| UnknownPollMode(s.to_string()))
-    }
-}
-
-/// An adaptive budget outside 1 µs ..= [`MAX_ADAPTIVE_BUDGET_US`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("adaptive poll budget {0} µs is outside 1..={MAX_ADAPTIVE_BUDGET_US} µs")]
-pub struct BudgetOutOfRange(pub u64);
-
-/// Checks an adaptive budget in microseconds.
-pub fn check_budget_us(us: u64) -> Result<u64, BudgetOutOfRange> {
-    if (1..=MAX_ADAPTIVE_BUDGET_US).contains(&us) {
-        Ok(us)
-    } else {
-        Err(BudgetOutOfRange(us))
+fn mode_as_u8(mode: PollMode) -> u8 {
+    match mode {
+        PollMode::Interrupt => 0,
+        PollMode::Adaptive => 1,
+        PollMode::Poll => 2,
     }
 }
 
@@ -164,7 +95,7 @@ impl PollControl {
     /// `budget_us` must have passed [`check_budget_us`].
     pub fn new(mode: PollMode, budget_us: u64) -> Self {
         PollControl {
-            mode: AtomicU8::new(mode.as_u8()),
+            mode: AtomicU8::new(mode_as_u8(mode)),
             budget_ns: AtomicU64::new(budget_us.saturating_mul(1000)),
             batched_io: AtomicBool::new(true),
             tunnel_gso: AtomicBool::new(true),
@@ -197,7 +128,7 @@ impl PollControl {
     #[inline]
     pub fn get(&self) -> (PollMode, Duration) {
         (
-            PollMode::from_u8(self.mode.load(Ordering::Relaxed)),
+            mode_from_u8(self.mode.load(Ordering::Relaxed)),
             Duration::from_nanos(self.budget_ns.load(Ordering::Relaxed)),
         )
     }
@@ -207,7 +138,7 @@ impl PollControl {
     pub fn set(&self, mode: PollMode, budget_us: u64) {
         self.budget_ns
             .store(budget_us.saturating_mul(1000), Ordering::Relaxed);
-        self.mode.store(mode.as_u8(), Ordering::Relaxed);
+        self.mode.store(mode_as_u8(mode), Ordering::Relaxed);
     }
 }
 
@@ -226,26 +157,26 @@ mod tests {
         let budget = Duration::from_micros(100);
         let m = PollMode::Adaptive;
         assert_eq!(
-            m.idle_timeout(budget, Duration::ZERO, false),
+            idle_timeout(m, budget, Duration::ZERO, false),
             Duration::ZERO
         );
         assert_eq!(
-            m.idle_timeout(budget, Duration::from_micros(99), false),
+            idle_timeout(m, budget, Duration::from_micros(99), false),
             Duration::ZERO
         );
         assert_eq!(
-            m.idle_timeout(budget, Duration::from_micros(100), false),
+            idle_timeout(m, budget, Duration::from_micros(100), false),
             PARK_TIMEOUT
         );
         // Another thread needed the core: park at once.
-        assert_eq!(m.idle_timeout(budget, Duration::ZERO, true), PARK_TIMEOUT);
+        assert_eq!(idle_timeout(m, budget, Duration::ZERO, true), PARK_TIMEOUT);
         assert_eq!(
-            PollMode::Interrupt.idle_timeout(budget, Duration::ZERO, false),
+            idle_timeout(PollMode::Interrupt, budget, Duration::ZERO, false),
             PARK_TIMEOUT
         );
         // `poll` never parks, contended or not.
         assert_eq!(
-            PollMode::Poll.idle_timeout(budget, Duration::from_secs(3600), true),
+            idle_timeout(PollMode::Poll, budget, Duration::from_secs(3600), true),
             Duration::ZERO
         );
     }
@@ -254,7 +185,7 @@ mod tests {
     fn names_parse_back_and_bad_ones_are_refused() {
         for m in PollMode::ALL {
             assert_eq!(m.name().parse::<PollMode>(), Ok(m));
-            assert_eq!(PollMode::from_u8(m.as_u8()), m);
+            assert_eq!(mode_from_u8(mode_as_u8(m)), m);
             let json = serde_json::to_string(&m).unwrap();
             assert_eq!(json, format!("\"{}\"", m.name()));
         }

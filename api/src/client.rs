@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::api::{encode_request, ApiError, Request, Response};
+use crate::{encode_request, ApiError, Request, Response};
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,28 @@
-//! Control API types (version 1). This file is the API's reference: every
-//! request, its arguments and its result are documented here and in the
-//! README.
+//! The podswitch control API, version 1: plain data and the client.
+//!
+//! Every request, its arguments and its result are documented here; the
+//! wire format is one JSON object per line in each direction over the
+//! switch's Unix socket (mode 0600):
+//!
+//! ```text
+//! -> {"v":1,"op":"add_port","args":{"pod":{"name":"default/web-0","netns":"/run/netns/x","ipv4":"10.244.1.5"}}}
+//! <- {"ok":true,"result":{...}}
+//! <- {"ok":false,"error":{"code":"invalid_argument","field":"pod.ipv4","message":"..."}}
+//! ```
+//!
+//! A request is validated whole before anything changes: an invalid one
+//! changes nothing. This crate depends on nothing of the datapath (no
+//! tables, no I/O, no tokio): the agent, the CNI plugin, `podswitch ctl`
+//! and the lab link it to talk to a switch, and the switch builds its
+//! tables from its model types.
+
+pub mod capture;
+pub mod client;
+pub mod config;
+pub mod flow;
+pub mod io;
+pub mod stats;
+pub mod trace;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -10,7 +32,27 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{DatapathStats, PortStats};
+/// The IANA VXLAN port (RFC 7348 §5), the default destination port.
+pub const VXLAN_UDP_PORT: u16 = 4789;
+
+/// What kind of address a frontend listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    /// externalIPs and LoadBalancer ingress IPs.
+    External,
+}
+
+impl FrontendKind {
+    /// NodePort and external traffic: externalTrafficPolicy applies.
+    pub fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+}
+
+use crate::stats::{DatapathStats, PortStats};
 
 /// The API version this switch speaks. Requests carry `"v"`; a request for
 /// another version is refused with `unsupported_version`.
@@ -188,7 +230,7 @@ fn default_vni() -> u32 {
     1
 }
 fn default_vxlan_port() -> u16 {
-    crate::wire::vxlan::UDP_PORT
+    VXLAN_UDP_PORT
 }
 
 /// VXLAN parameters, the same on every node of a cluster.
@@ -399,7 +441,7 @@ pub struct Flows {
     pub capacity: usize,
     /// Flows that matched the filter (all of them, even beyond `limit`).
     pub matched: usize,
-    pub flows: Vec<crate::conntrack::FlowInfo>,
+    pub flows: Vec<crate::flow::FlowInfo>,
 }
 
 /// Result of `set_services`.
@@ -669,7 +711,7 @@ pub struct BackendState {
 /// A frontend's load-balancing state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrontendState {
-    pub kind: crate::tables::services::FrontendKind,
+    pub kind: FrontendKind,
     pub ip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
@@ -697,7 +739,7 @@ pub struct ServiceState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunningConfig {
     pub switch_version: String,
-    pub config: crate::daemon::DaemonConfig,
+    pub config: crate::config::DaemonConfig,
     /// `text` or `json`; `null` if the daemon was not told.
     pub log_format: Option<String>,
     /// The tracing filter (`PODSWITCH_LOG`, default `info`).
@@ -766,10 +808,10 @@ pub enum Request {
     /// A dry run of one synthetic packet from port `ingress` (a pod's
     /// `namespace/name`, or `host/psw0`) through the stages over the live
     /// tables; nothing is sent and no flow is created. Result:
-    /// [`crate::pipeline::trace::Trace`].
+    /// [`crate::trace::Trace`].
     Trace {
         ingress: String,
-        packet: crate::pipeline::trace::TracePacket,
+        packet: crate::trace::TracePacket,
     },
     /// Removes the flows matching `filter` (an empty filter flushes the
     /// table). Result: `{"removed": N}`.
@@ -821,14 +863,14 @@ pub enum Request {
     /// `budget_us` (the adaptive budget) keeps its value when omitted.
     /// Result: [`PollSettings`].
     SetPollMode {
-        mode: crate::worker::poll::PollMode,
+        mode: crate::io::PollMode,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         budget_us: Option<u64>,
     },
     /// Switches the workers' tap I/O on the running switch: `io_uring`
     /// (refused when the workers have no ring), `syscalls`, or `auto`.
     /// Result: [`IoBackendSet`].
-    SetIoBackend { backend: crate::worker::IoBackend },
+    SetIoBackend { backend: crate::io::IoBackend },
     /// Sends VXLAN through the tunnel port (UDP-tunnel GSO for
     /// superframes, batched writes) or through the UDP socket (superframes
     /// segmented in the switch), on the running switch; on is refused
@@ -854,7 +896,7 @@ pub struct IoBackendSet {
 /// Result of `set_poll_mode`: the mode and adaptive budget now in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollSettings {
-    pub mode: crate::worker::poll::PollMode,
+    pub mode: crate::io::PollMode,
     pub budget_us: u64,
 }
 
@@ -932,6 +974,14 @@ pub struct ApiError {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     pub message: String,
+}
+
+impl ApiError {
+    /// Attaches the name of the offending field.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
 }
 
 impl ApiError {
@@ -1048,7 +1098,7 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     #[serde(deny_unknown_fields)]
     struct TraceArgs {
         ingress: String,
-        packet: crate::pipeline::trace::TracePacket,
+        packet: crate::trace::TracePacket,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -1076,12 +1126,12 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct SetIoBackend {
-        backend: crate::worker::IoBackend,
+        backend: crate::io::IoBackend,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct SetPollMode {
-        mode: crate::worker::poll::PollMode,
+        mode: crate::io::PollMode,
         #[serde(default)]
         budget_us: Option<u64>,
     }
@@ -1317,15 +1367,15 @@ mod tests {
                 name: Some("default/api".into()),
             },
             Request::SetPollMode {
-                mode: crate::worker::poll::PollMode::Poll,
+                mode: crate::io::PollMode::Poll,
                 budget_us: None,
             },
             Request::SetPollMode {
-                mode: crate::worker::poll::PollMode::Adaptive,
+                mode: crate::io::PollMode::Adaptive,
                 budget_us: Some(50),
             },
             Request::SetIoBackend {
-                backend: crate::worker::IoBackend::Syscalls,
+                backend: crate::io::IoBackend::Syscalls,
             },
             Request::SetVxlanTunnelGso { on: false },
         ] {
