@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
-pub mod cni;
 /// Fuzz target bodies (`fuzz/`); not in release builds (feature `fuzzing`).
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

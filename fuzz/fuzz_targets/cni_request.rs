@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    podswitch_agent::fuzzing::cni_request(data);
+    podswitch_cni::fuzzing::cni_request(data);
 });

@@ -1,7 +1,8 @@
 //! `podswitch-cni`: the CNI plugin binary a container runtime runs (installed
 //! into /opt/cni/bin by configs/cni/install.sh). All logic lives in
-//! `podswitch_agent::cni`.
+//! `podswitch_cni` (cni/), which links nothing of kube, tokio or the
+//! datapath.
 
 fn main() {
-    std::process::exit(podswitch_agent::cni::main());
+    std::process::exit(podswitch_cni::main());
 }

@@ -1,5 +1,5 @@
 //! The real sink: this node's switch, over its control socket, with the
-//! switch's own client (`switch/src/control/client.rs`, JSON lines); the
+//! switch's own client (`api/src/client.rs`, JSON lines); the
 //! request lines are encoded here, borrowing what they carry.
 //!
 //! One connection is kept. On connecting, `hello` checks that the switch
@@ -31,7 +31,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The requests the agent sends, borrowing what they carry: encoded
 /// straight into the request line (no copy of the Services, no
 /// `serde_json::Value` in between), in the control API's shape
-/// (`{"v":1,"op":...,"args":...}`, see `switch/src/control/api.rs`).
+/// (`{"v":1,"op":...,"args":...}`, see `api/src/lib.rs`).
 #[derive(Debug, Serialize)]
 #[serde(tag = "op", content = "args", rename_all = "snake_case")]
 pub enum WireRequest<'a> {

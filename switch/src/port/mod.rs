@@ -8,7 +8,9 @@
 //! - `uring`: batched tap reads and writes through io_uring (one system
 //!   call per batch instead of one per frame).
 pub mod netlink;
-pub mod netns;
+/// Network namespaces: their own small crate (`podswitch-netns`), shared
+/// with the CNI plugin and the lab.
+pub use podswitch_netns as netns;
 pub mod pod;
 pub mod raw;
 pub mod steer;

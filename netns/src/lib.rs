@@ -477,47 +477,73 @@ fn prepare_run_dir() -> Result<(), NetnsError> {
     }
 }
 
-/// Helpers for tests that need root and real namespaces, shared by the
-/// `port` modules' tests.
-#[cfg(test)]
-pub(crate) mod test_support {
+/// Helpers for tests that need root (namespaces, taps), shared by every
+/// crate of the workspace so the rule is written once: without root such a
+/// test skips with a message, unless `PODSWITCH_REQUIRE_ROOT=1` (CI), where
+/// it fails, so a green run never hides a skipped datapath test.
+pub mod testing {
+    /// The variable that turns a missing-privilege skip into a failure.
+    pub const REQUIRE_ROOT_VAR: &str = "PODSWITCH_REQUIRE_ROOT";
+
+    /// Whether the root-only test `test` may run (see the module docs).
+    ///
+    /// # Panics
+    /// Without root when `PODSWITCH_REQUIRE_ROOT=1`.
+    pub fn have_root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var(REQUIRE_ROOT_VAR).as_deref() != Ok("1"),
+            "{test} needs root and {REQUIRE_ROOT_VAR}=1 forbids skipping it"
+        );
+        eprintln!("skipping {test}: needs root (set {REQUIRE_ROOT_VAR}=1 to make this fail)");
+        false
+    }
+}
+
+/// Helpers for tests that need root and real namespaces, shared by this
+/// crate's tests and the switch's `port` tests (feature `test-support`,
+/// never in a release build).
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    pub(crate) use crate::testing::have_root;
+    pub use crate::testing::have_root;
 
     /// A unique name `pswt-<tag>-<pid>-<n>` for this run.
-    pub(crate) fn unique_name(tag: &str) -> String {
+    pub fn unique_name(tag: &str) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         format!("pswt-{tag}-{}-{n}", std::process::id())
     }
 
     /// A short (<= 15 bytes) unique link name `pswt<pid><n>`.
-    pub(crate) fn unique_link_name() -> String {
+    pub fn unique_link_name() -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed) % 100;
         format!("pswt{}{n}", std::process::id() % 10_000_000)
     }
 
     /// A named namespace deleted on drop, also when the test panics.
-    pub(crate) struct TestNetns {
+    pub struct TestNetns {
         name: String,
         path: PathBuf,
     }
 
     impl TestNetns {
-        pub(crate) fn new(tag: &str) -> Self {
+        pub fn new(tag: &str) -> Self {
             let name = unique_name(tag);
             let path = super::create(&name).expect("create test netns");
             Self { name, path }
         }
 
-        pub(crate) fn name(&self) -> &str {
+        pub fn name(&self) -> &str {
             &self.name
         }
 
-        pub(crate) fn path(&self) -> &Path {
+        pub fn path(&self) -> &Path {
             &self.path
         }
     }

@@ -10,7 +10,7 @@ use std::process::{Command as Process, Stdio};
 
 use serde_json::Value;
 
-use super::spec::{CniError, CniResult, Command, ErrorCode, Invocation, SpecVersion};
+use crate::spec::{CniError, CniResult, Command, ErrorCode, Invocation, SpecVersion};
 
 /// A plugin found in `CNI_PATH`.
 #[derive(Debug, Clone)]

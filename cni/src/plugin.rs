@@ -15,18 +15,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use podswitch_switch::control::api::{
-    ErrorCode as ApiCode, Mac, PodSpec, PortInfo, Request, Topology,
-};
-use podswitch_switch::control::client::{Client, ClientError};
-use podswitch_switch::port::netlink::Netlink;
-use podswitch_switch::port::netns;
+use podswitch_api::client::{Client, ClientError};
+use podswitch_api::{ErrorCode as ApiCode, Mac, PodSpec, PortInfo, Request, Topology};
+use podswitch_netns as netns;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::delegate::Delegate;
-use super::ipam::{IpamError, Range, Record, Store};
-use super::spec::{
+use crate::delegate::Delegate;
+use crate::ipam::{IpamError, Range, Record, Store};
+use crate::spec::{
     parse_config, version_info, CniError, CniResult, Command, Dns, ErrorCode, Interface,
     Invocation, IpConfig, IpamConf, NetConf, Route, SpecVersion, LATEST_VERSION,
 };
@@ -547,6 +544,44 @@ fn netns_error(netns: &Path, e: &dyn std::error::Error) -> CniError {
     .with_details(chain(e))
 }
 
+/// An interface as the kernel of a pod's namespace shows it.
+struct LinkView {
+    mac: Option<[u8; 6]>,
+    ipv4: Vec<Ipv4Addr>,
+}
+
+/// The interface `ifname` of `netns_path` (none if it has no such
+/// interface), read on a thread inside the namespace with getifaddrs(3),
+/// which asks the kernel over netlink as `ip addr` does.
+fn link_view(netns_path: &Path, ifname: &str) -> Result<Option<LinkView>, CniError> {
+    let name = ifname.to_string();
+    netns::run_in(netns_path, move || -> nix::Result<Option<LinkView>> {
+        match nix::net::if_::if_nametoindex(name.as_str()) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::ENODEV) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let mut view = LinkView {
+            mac: None,
+            ipv4: Vec::new(),
+        };
+        for ifa in nix::ifaddrs::getifaddrs()? {
+            if ifa.interface_name != name {
+                continue;
+            }
+            let Some(addr) = ifa.address else { continue };
+            if let Some(link) = addr.as_link_addr() {
+                view.mac = view.mac.or(link.addr());
+            } else if let Some(v4) = addr.as_sockaddr_in() {
+                view.ipv4.push(v4.ip());
+            }
+        }
+        Ok(Some(view))
+    })
+    .map_err(|e| netns_error(netns_path, &e))?
+    .map_err(|e| netns_error(netns_path, &e))
+}
+
 /// IPv4 routes of `netns` as (interface, destination, gateway), from
 /// `/proc/thread-self/net/route` read on a thread inside it.
 fn ipv4_routes(netns_path: &Path) -> Result<Vec<(String, IpNet, Option<Ipv4Addr>)>, CniError> {
@@ -629,29 +664,23 @@ fn check(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError>
     let where_ = || format!("{ifname} in {}", netns.display());
 
     // The kernel's view: the interface, its MAC and addresses.
-    let nl = Netlink::in_netns(&netns).map_err(|e| netns_error(&netns, &e))?;
-    let link = nl
-        .link_index(ifname)
-        .map_err(|e| netns_error(&netns, &e))?
+    let link = link_view(&netns, ifname)?
         .ok_or_else(|| check_failed(format!("there is no interface {}", where_())))?;
     if !iface.mac.is_empty() {
         let want: Mac = iface.mac.parse().map_err(|e: String| {
             CniError::new(ErrorCode::InvalidConfig, format!("prevResult: {e}"))
         })?;
-        let have = Mac(nl.link_mac(link).map_err(|e| netns_error(&netns, &e))?);
-        if have != want {
+        let have = link.mac.map(Mac);
+        if have != Some(want) {
+            let have = have.map_or("no MAC".to_string(), |m| format!("MAC {m}"));
             return Err(check_failed(format!(
-                "{} has MAC {have}, prevResult says {want}",
+                "{} has {have}, prevResult says {want}",
                 where_()
             )));
         }
     }
     for ip in &ips {
-        if nl
-            .link_with_address(*ip)
-            .map_err(|e| netns_error(&netns, &e))?
-            != Some(link)
-        {
+        if !link.ipv4.contains(ip) {
             return Err(check_failed(format!("{} does not have {ip}", where_())));
         }
     }

@@ -21,6 +21,8 @@
 //! [`spec::ErrorCode`].
 
 pub mod delegate;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod ipam;
 pub mod plugin;
 pub mod spec;
