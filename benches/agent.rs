@@ -8,7 +8,6 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use podswitch_agent::source::switch_sink::{full_sync_requests, patch_requests};
 use podswitch_agent::translate::{
     diff, synthetic, translate, Changes, ClusterObjects, TranslateConfig, Translator,
 };
@@ -51,14 +50,7 @@ fn bench(c: &mut Criterion) {
     let mut t = Translator::new(config());
     t.update(&objects, &Changes::everything());
     let sync = t.topology().full_sync();
-    g.bench_function("encode_full_sync_wire", |b| {
-        b.iter(|| {
-            for r in full_sync_requests(&sync) {
-                black_box(r.encode());
-            }
-        })
-    });
-    g.bench_function("encode_full_sync_via_value", |b| {
+    g.bench_function("encode_full_sync", |b| {
         b.iter(|| {
             for r in sync.requests() {
                 black_box(encode_request(&r));
@@ -75,8 +67,8 @@ fn bench(c: &mut Criterion) {
             gen += 1;
             let changes = bump(&mut objects_inc, 4242, gen);
             let patch = t.update(&objects_inc, &changes);
-            for r in patch_requests(&patch) {
-                black_box(r.encode());
+            for r in patch.requests() {
+                black_box(encode_request(&r));
             }
         })
     });

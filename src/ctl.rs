@@ -835,7 +835,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             };
             let trace: podswitch_switch::pipeline::trace::Trace = client::call(
                 &args.socket,
-                &Request::Trace {
+                &Request::Trace(podswitch_api::TraceArgs {
                     ingress: t.from.clone(),
                     packet: podswitch_switch::pipeline::trace::TracePacket {
                         src,
@@ -844,7 +844,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                         sport: t.sport,
                         dport: t.dport,
                     },
-                },
+                }),
             )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&trace)?);
@@ -881,8 +881,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 state: c.state,
             };
             if c.flush {
-                let v: serde_json::Value =
-                    client::call(&args.socket, &Request::FlushFlows { filter })?;
+                let v: serde_json::Value = client::call(
+                    &args.socket,
+                    &Request::FlushFlows(podswitch_api::FlushFlowsArgs { filter }),
+                )?;
                 if json {
                     outln!("{v}");
                 } else {
@@ -893,10 +895,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             let limit = if c.count { 0 } else { c.limit };
             let r: Flows = client::call(
                 &args.socket,
-                &Request::ListFlows {
+                &Request::ListFlows(podswitch_api::ListFlowsArgs {
                     filter,
                     limit: Some(limit),
-                },
+                }),
             )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&r)?);
@@ -925,9 +927,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Services(a) => {
             let state: Vec<ServiceState> = client::call(
                 &args.socket,
-                &Request::GetServiceState {
+                &Request::GetServiceState(podswitch_api::GetServiceStateArgs {
                     name: a.name.clone(),
-                },
+                }),
             )?;
             let mut r: ServicesResult = client::call(&args.socket, &Request::GetServices)?;
             if let Some(n) = &a.name {
@@ -957,7 +959,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlCommand::Routes(a) => {
-            let r: Routes = client::call(&args.socket, &Request::GetRoutes { lookup: a.lookup })?;
+            let r: Routes = client::call(
+                &args.socket,
+                &Request::GetRoutes(podswitch_api::GetRoutesArgs { lookup: a.lookup }),
+            )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -980,8 +985,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             outln!("{}", serde_json::to_string_pretty(&t)?);
         }
         CtlCommand::IoBackend(a) => {
-            let r: IoBackendSet =
-                client::call(&args.socket, &Request::SetIoBackend { backend: a.backend })?;
+            let r: IoBackendSet = client::call(
+                &args.socket,
+                &Request::SetIoBackend(podswitch_api::SetIoBackendArgs { backend: a.backend }),
+            )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -989,8 +996,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlCommand::VxlanTunnelGso(a) => {
-            let r: VxlanTunnelGsoSet =
-                client::call(&args.socket, &Request::SetVxlanTunnelGso { on: a.on })?;
+            let r: VxlanTunnelGsoSet = client::call(
+                &args.socket,
+                &Request::SetVxlanTunnelGso(podswitch_api::SetVxlanTunnelGsoArgs { on: a.on }),
+            )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -1000,10 +1009,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::PollMode(a) => {
             let r: PollSettings = client::call(
                 &args.socket,
-                &Request::SetPollMode {
+                &Request::SetPollMode(podswitch_api::SetPollModeArgs {
                     mode: a.mode,
                     budget_us: a.budget_us,
-                },
+                }),
             )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&r)?);

@@ -161,7 +161,9 @@ fn three_node_cluster(mode: &str) {
         let set: podswitch_switch::control::api::VxlanTunnelGsoSet =
             podswitch_switch::control::client::call(
                 &sock,
-                &podswitch_switch::control::api::Request::SetVxlanTunnelGso { on: false },
+                &podswitch_switch::control::api::Request::SetVxlanTunnelGso(
+                    podswitch_api::SetVxlanTunnelGsoArgs { on: false },
+                ),
             )
             .unwrap();
         assert!(!set.in_use);
@@ -215,7 +217,9 @@ fn three_node_cluster(mode: &str) {
         let set = |nodes: Vec<podswitch_switch::control::api::RemoteNode>| {
             let _: serde_json::Value = podswitch_switch::control::client::call(
                 &sock,
-                &podswitch_switch::control::api::Request::SetRemoteNodes { nodes },
+                &podswitch_switch::control::api::Request::SetRemoteNodes(
+                    podswitch_api::SetRemoteNodesArgs { nodes },
+                ),
             )
             .unwrap();
         };

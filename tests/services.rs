@@ -544,10 +544,10 @@ fn established_flow_survives_10k_service_updates() {
     let set = |round: u32| -> ServicesApplied {
         client::call(
             &sock,
-            &Request::SetServices {
+            &Request::SetServices(podswitch_api::SetServicesArgs {
                 settings: None,
                 services: table(round),
-            },
+            }),
         )
         .expect("set_services")
     };

@@ -80,7 +80,7 @@ fn pods_talk_both_ways_with_a_flannel_style_kernel_vxlan_node() {
     }];
     let _: serde_json::Value = client::call(
         std::path::Path::new(&lab.socket("node-1")),
-        &Request::SetRemoteNodes { nodes },
+        &Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { nodes }),
     )
     .expect("set_remote_nodes");
 

@@ -20,6 +20,7 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    #[inline]
     pub fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> Self {
         FlowKey {
             src,
@@ -112,6 +113,7 @@ pub enum FlowState {
 }
 
 impl FlowState {
+    #[inline]
     pub fn from_u8(v: u8) -> FlowState {
         match v {
             1 => FlowState::SynSent,
@@ -130,6 +132,7 @@ impl FlowState {
     }
 
     /// Established-like states: evicted last when the table is full.
+    #[inline]
     pub fn is_established(self) -> bool {
         matches!(
             self,
@@ -179,6 +182,7 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// The idle timeout of a flow of `proto` in `state`.
+    #[inline]
     pub fn of(&self, proto: u8, state: FlowState) -> u32 {
         use FlowState::*;
         match (proto, state) {

@@ -762,63 +762,38 @@ pub enum Request {
     /// Version handshake. Result: [`Hello`].
     Hello,
     /// Attach one pod. Result: [`PortInfo`].
-    AddPort { pod: PodSpec },
+    AddPort(AddPortArgs),
     /// Detach a pod and delete its tap. Result: null. Unknown names are an error.
-    RemovePort { name: String },
+    RemovePort(RemovePortArgs),
     /// Make the switch's state exactly `topology` (node and pods): pods not
     /// listed are removed, new ones added, changed ones re-created. Result:
     /// [`Applied`].
-    ReplaceTopology { topology: Topology },
+    ReplaceTopology(ReplaceTopologyArgs),
     /// Add and remove pods in one all-or-nothing step. Result: [`Applied`].
-    PatchTopology {
-        #[serde(default)]
-        add: Vec<PodSpec>,
-        #[serde(default)]
-        remove: Vec<String>,
-    },
+    PatchTopology(PatchTopologyArgs),
     /// Replace the set of other nodes (their pod CIDRs and underlay
     /// addresses). Result: null.
-    SetRemoteNodes { nodes: Vec<RemoteNode> },
+    SetRemoteNodes(SetRemoteNodesArgs),
     /// Replace the whole service table (and, if given, the settings) in
     /// one atomic step: the new table is built off the fast path and
     /// published whole. Result: [`ServicesApplied`].
-    SetServices {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        settings: Option<ServiceSettings>,
-        services: Vec<ServiceSpec>,
-    },
+    SetServices(SetServicesArgs),
     /// Add or replace (`upsert`, by name) and remove Services in one
     /// atomic step. Result: [`ServicesApplied`].
-    PatchServices {
-        #[serde(default)]
-        upsert: Vec<ServiceSpec>,
-        #[serde(default)]
-        remove: Vec<String>,
-    },
+    PatchServices(PatchServicesArgs),
     /// Result: `{"settings": ServiceSettings, "services": [ServiceSpec]}`.
     GetServices,
     /// Conntrack flows matching `filter` (at most `limit`, default 1000).
     /// Result: [`Flows`].
-    ListFlows {
-        #[serde(default)]
-        filter: FlowFilter,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        limit: Option<usize>,
-    },
+    ListFlows(ListFlowsArgs),
     /// A dry run of one synthetic packet from port `ingress` (a pod's
     /// `namespace/name`, or `host/psw0`) through the stages over the live
     /// tables; nothing is sent and no flow is created. Result:
     /// [`crate::trace::Trace`].
-    Trace {
-        ingress: String,
-        packet: crate::trace::TracePacket,
-    },
+    Trace(TraceArgs),
     /// Removes the flows matching `filter` (an empty filter flushes the
     /// table). Result: `{"removed": N}`.
-    FlushFlows {
-        #[serde(default)]
-        filter: FlowFilter,
-    },
+    FlushFlows(FlushFlowsArgs),
     /// Arm a packet capture on a port (or the underlay); frames are then
     /// taken with `capture_read` until it answers `done`. Result:
     /// [`CaptureStarted`].
@@ -826,31 +801,21 @@ pub enum Request {
     /// The frames captured since the last read (about `max_bytes` of frame
     /// data at most, default 4 MiB) and the counts so far; `done` once the
     /// capture ended and everything was read. Result: [`CaptureBatch`].
-    CaptureRead {
-        id: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        max_bytes: Option<usize>,
-    },
+    CaptureRead(CaptureReadArgs),
     /// Stop capture `id` now; what it took can still be read. Result:
     /// [`crate::capture::CaptureCounts`].
-    CaptureStop { id: u64 },
+    CaptureStop(CaptureStopArgs),
     /// This node and the others, as the switch's tables hold them.
     /// Result: [`Nodes`].
     GetNodes,
     /// The route stage's forwarding table and the service/masquerade
     /// side; with `lookup`, also which entry that destination matches.
     /// Result: [`Routes`].
-    GetRoutes {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        lookup: Option<std::net::IpAddr>,
-    },
+    GetRoutes(GetRoutesArgs),
     /// Each Service's frontends with their Maglev state (table size,
     /// slots and share per backend); only `name` if given (unknown:
     /// `not_found`). Result: `[ServiceState]`.
-    GetServiceState {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
+    GetServiceState(GetServiceStateArgs),
     /// The daemon's configuration as loaded. Result: [`RunningConfig`].
     GetConfig,
     /// Result: [`Topology`].
@@ -862,21 +827,188 @@ pub enum Request {
     /// Changes how idle workers wait for frames, on the running switch;
     /// `budget_us` (the adaptive budget) keeps its value when omitted.
     /// Result: [`PollSettings`].
-    SetPollMode {
-        mode: crate::io::PollMode,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        budget_us: Option<u64>,
-    },
+    SetPollMode(SetPollModeArgs),
     /// Switches the workers' tap I/O on the running switch: `io_uring`
     /// (refused when the workers have no ring), `syscalls`, or `auto`.
     /// Result: [`IoBackendSet`].
-    SetIoBackend { backend: crate::io::IoBackend },
+    SetIoBackend(SetIoBackendArgs),
     /// Sends VXLAN through the tunnel port (UDP-tunnel GSO for
     /// superframes, batched writes) or through the UDP socket (superframes
     /// segmented in the switch), on the running switch; on is refused
     /// where the switch has no tunnel port.
     /// Result: [`VxlanTunnelGsoSet`].
-    SetVxlanTunnelGso { on: bool },
+    SetVxlanTunnelGso(SetVxlanTunnelGsoArgs),
+}
+
+impl Request {
+    /// The request's `op`, as on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Hello => "hello",
+            Request::AddPort(_) => "add_port",
+            Request::RemovePort(_) => "remove_port",
+            Request::ReplaceTopology(_) => "replace_topology",
+            Request::PatchTopology(_) => "patch_topology",
+            Request::SetRemoteNodes(_) => "set_remote_nodes",
+            Request::SetServices(_) => "set_services",
+            Request::PatchServices(_) => "patch_services",
+            Request::GetServices => "get_services",
+            Request::ListFlows(_) => "list_flows",
+            Request::Trace(_) => "trace",
+            Request::FlushFlows(_) => "flush_flows",
+            Request::CaptureStart(_) => "capture_start",
+            Request::CaptureRead(_) => "capture_read",
+            Request::CaptureStop(_) => "capture_stop",
+            Request::GetNodes => "get_nodes",
+            Request::GetRoutes(_) => "get_routes",
+            Request::GetServiceState(_) => "get_service_state",
+            Request::GetConfig => "get_config",
+            Request::GetTopology => "get_topology",
+            Request::ListPorts => "list_ports",
+            Request::GetStats => "get_stats",
+            Request::SetPollMode(_) => "set_poll_mode",
+            Request::SetIoBackend(_) => "set_io_backend",
+            Request::SetVxlanTunnelGso(_) => "set_vxlan_tunnel_gso",
+        }
+    }
+}
+
+/// The arguments of [`Request::AddPort`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPortArgs {
+    pub pod: PodSpec,
+}
+
+/// The arguments of [`Request::RemovePort`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovePortArgs {
+    pub name: String,
+}
+
+/// The arguments of [`Request::ReplaceTopology`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceTopologyArgs {
+    pub topology: Topology,
+}
+
+/// The arguments of [`Request::PatchTopology`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTopologyArgs {
+    #[serde(default)]
+    pub add: Vec<PodSpec>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The arguments of [`Request::SetRemoteNodes`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRemoteNodesArgs {
+    pub nodes: Vec<RemoteNode>,
+}
+
+/// The arguments of [`Request::SetServices`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetServicesArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<ServiceSettings>,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// The arguments of [`Request::PatchServices`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchServicesArgs {
+    #[serde(default)]
+    pub upsert: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The arguments of [`Request::ListFlows`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFlowsArgs {
+    #[serde(default)]
+    pub filter: FlowFilter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The arguments of [`Request::Trace`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceArgs {
+    pub ingress: String,
+    pub packet: crate::trace::TracePacket,
+}
+
+/// The arguments of [`Request::FlushFlows`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushFlowsArgs {
+    #[serde(default)]
+    pub filter: FlowFilter,
+}
+
+/// The arguments of [`Request::CaptureRead`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureReadArgs {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+}
+
+/// The arguments of [`Request::CaptureStop`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureStopArgs {
+    pub id: u64,
+}
+
+/// The arguments of [`Request::GetRoutes`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetRoutesArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<std::net::IpAddr>,
+}
+
+/// The arguments of [`Request::GetServiceState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetServiceStateArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The arguments of [`Request::SetPollMode`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPollModeArgs {
+    pub mode: crate::io::PollMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_us: Option<u64>,
+}
+
+/// The arguments of [`Request::SetIoBackend`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetIoBackendArgs {
+    pub backend: crate::io::IoBackend,
+}
+
+/// The arguments of [`Request::SetVxlanTunnelGso`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetVxlanTunnelGsoArgs {
+    pub on: bool,
 }
 
 /// Result of `set_vxlan_tunnel_gso`: whether TCP superframes now go to the
@@ -1051,172 +1183,32 @@ pub fn decode_request(line: &str) -> Result<Request, ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct NoArgs {}
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct AddPort {
-        pod: PodSpec,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct RemovePort {
-        name: String,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Replace {
-        topology: Topology,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Nodes {
-        nodes: Vec<RemoteNode>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct SetServices {
-        #[serde(default)]
-        settings: Option<ServiceSettings>,
-        services: Vec<ServiceSpec>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct PatchServices {
-        #[serde(default)]
-        upsert: Vec<ServiceSpec>,
-        #[serde(default)]
-        remove: Vec<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct ListFlows {
-        #[serde(default)]
-        filter: FlowFilter,
-        #[serde(default)]
-        limit: Option<usize>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct TraceArgs {
-        ingress: String,
-        packet: crate::trace::TracePacket,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct FlushFlows {
-        #[serde(default)]
-        filter: FlowFilter,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct CaptureRead {
-        id: u64,
-        #[serde(default)]
-        max_bytes: Option<usize>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct CaptureId {
-        id: u64,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct SetVxlanTunnelGso {
-        on: bool,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct SetIoBackend {
-        backend: crate::io::IoBackend,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct SetPollMode {
-        mode: crate::io::PollMode,
-        #[serde(default)]
-        budget_us: Option<u64>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct GetRoutes {
-        #[serde(default)]
-        lookup: Option<std::net::IpAddr>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct GetServiceState {
-        #[serde(default)]
-        name: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Patch {
-        #[serde(default)]
-        add: Vec<PodSpec>,
-        #[serde(default)]
-        remove: Vec<String>,
-    }
     Ok(match op {
         "hello" => decode_args::<NoArgs>(args).map(|_| Request::Hello)?,
-        "add_port" => decode_args::<AddPort>(args).map(|a| Request::AddPort { pod: a.pod })?,
-        "remove_port" => {
-            decode_args::<RemovePort>(args).map(|a| Request::RemovePort { name: a.name })?
-        }
-        "replace_topology" => decode_args::<Replace>(args).map(|a| Request::ReplaceTopology {
-            topology: a.topology,
-        })?,
-        "patch_topology" => decode_args::<Patch>(args).map(|a| Request::PatchTopology {
-            add: a.add,
-            remove: a.remove,
-        })?,
-        "set_remote_nodes" => {
-            decode_args::<Nodes>(args).map(|a| Request::SetRemoteNodes { nodes: a.nodes })?
-        }
-        "set_services" => decode_args::<SetServices>(args).map(|a| Request::SetServices {
-            settings: a.settings,
-            services: a.services,
-        })?,
-        "patch_services" => decode_args::<PatchServices>(args).map(|a| Request::PatchServices {
-            upsert: a.upsert,
-            remove: a.remove,
-        })?,
+        "add_port" => Request::AddPort(decode_args(args)?),
+        "remove_port" => Request::RemovePort(decode_args(args)?),
+        "replace_topology" => Request::ReplaceTopology(decode_args(args)?),
+        "patch_topology" => Request::PatchTopology(decode_args(args)?),
+        "set_remote_nodes" => Request::SetRemoteNodes(decode_args(args)?),
+        "set_services" => Request::SetServices(decode_args(args)?),
+        "patch_services" => Request::PatchServices(decode_args(args)?),
         "get_services" => decode_args::<NoArgs>(args).map(|_| Request::GetServices)?,
-        "list_flows" => decode_args::<ListFlows>(args).map(|a| Request::ListFlows {
-            filter: a.filter,
-            limit: a.limit,
-        })?,
-        "trace" => decode_args::<TraceArgs>(args).map(|a| Request::Trace {
-            ingress: a.ingress,
-            packet: a.packet,
-        })?,
-        "flush_flows" => {
-            decode_args::<FlushFlows>(args).map(|a| Request::FlushFlows { filter: a.filter })?
-        }
-        "capture_start" => decode_args::<CaptureSpec>(args).map(Request::CaptureStart)?,
-        "capture_read" => decode_args::<CaptureRead>(args).map(|a| Request::CaptureRead {
-            id: a.id,
-            max_bytes: a.max_bytes,
-        })?,
-        "capture_stop" => {
-            decode_args::<CaptureId>(args).map(|a| Request::CaptureStop { id: a.id })?
-        }
+        "list_flows" => Request::ListFlows(decode_args(args)?),
+        "trace" => Request::Trace(decode_args(args)?),
+        "flush_flows" => Request::FlushFlows(decode_args(args)?),
+        "capture_start" => Request::CaptureStart(decode_args(args)?),
+        "capture_read" => Request::CaptureRead(decode_args(args)?),
+        "capture_stop" => Request::CaptureStop(decode_args(args)?),
         "get_nodes" => decode_args::<NoArgs>(args).map(|_| Request::GetNodes)?,
-        "get_routes" => {
-            decode_args::<GetRoutes>(args).map(|a| Request::GetRoutes { lookup: a.lookup })?
-        }
-        "get_service_state" => decode_args::<GetServiceState>(args)
-            .map(|a| Request::GetServiceState { name: a.name })?,
+        "get_routes" => Request::GetRoutes(decode_args(args)?),
+        "get_service_state" => Request::GetServiceState(decode_args(args)?),
         "get_config" => decode_args::<NoArgs>(args).map(|_| Request::GetConfig)?,
         "get_topology" => decode_args::<NoArgs>(args).map(|_| Request::GetTopology)?,
         "list_ports" => decode_args::<NoArgs>(args).map(|_| Request::ListPorts)?,
         "get_stats" => decode_args::<NoArgs>(args).map(|_| Request::GetStats)?,
-        "set_io_backend" => decode_args::<SetIoBackend>(args)
-            .map(|a| Request::SetIoBackend { backend: a.backend })?,
-        "set_vxlan_tunnel_gso" => decode_args::<SetVxlanTunnelGso>(args)
-            .map(|a| Request::SetVxlanTunnelGso { on: a.on })?,
-        "set_poll_mode" => decode_args::<SetPollMode>(args).map(|a| Request::SetPollMode {
-            mode: a.mode,
-            budget_us: a.budget_us,
-        })?,
+        "set_poll_mode" => Request::SetPollMode(decode_args(args)?),
+        "set_io_backend" => Request::SetIoBackend(decode_args(args)?),
+        "set_vxlan_tunnel_gso" => Request::SetVxlanTunnelGso(decode_args(args)?),
         other => {
             return Err(ApiError {
                 code: ErrorCode::BadRequest,
@@ -1243,13 +1235,27 @@ fn decode_args<T: serde::de::DeserializeOwned>(args: serde_json::Value) -> Resul
     })
 }
 
-/// Serializes a request with its version.
+/// Serializes a request with its version, straight into the request line
+/// (no `serde_json::Value` in between: a full sync of 10k Services is
+/// encoded as it is written).
 pub fn encode_request(req: &Request) -> String {
-    let mut v = serde_json::to_value(req).unwrap_or(serde_json::Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("v".into(), API_VERSION.into());
+    #[derive(Serialize)]
+    struct Line<'r> {
+        v: u32,
+        #[serde(flatten)]
+        request: &'r Request,
     }
-    v.to_string()
+    serde_json::to_string(&Line {
+        v: API_VERSION,
+        request: req,
+    })
+    .unwrap_or_else(|e| {
+        // Only a map with non-string keys fails; no request has one.
+        format!(
+            r#"{{"v":{API_VERSION},"op":"invalid","args":{{"error":{:?}}}}}"#,
+            e.to_string()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1258,7 +1264,7 @@ mod tests {
 
     #[test]
     fn request_round_trip() {
-        let r = Request::AddPort {
+        let r = Request::AddPort(AddPortArgs {
             pod: PodSpec {
                 name: "default/a".into(),
                 netns: "/run/netns/a".into(),
@@ -1268,7 +1274,7 @@ mod tests {
                 mac: None,
                 mtu: None,
             },
-        };
+        });
         assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
         assert_eq!(
             decode_request(r#"{"v":1,"op":"hello"}"#).unwrap(),
@@ -1328,12 +1334,12 @@ mod tests {
         assert_eq!(spec.duration_ms, crate::capture::DEFAULT_DURATION_MS);
         assert_eq!(spec.snaplen, crate::capture::MAX_SNAPLEN);
         assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
-        let r = Request::CaptureRead {
+        let r = Request::CaptureRead(CaptureReadArgs {
             id: 3,
             max_bytes: Some(10),
-        };
+        });
         assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
-        let r = Request::CaptureStop { id: 3 };
+        let r = Request::CaptureStop(CaptureStopArgs { id: 3 });
         assert_eq!(decode_request(&encode_request(&r)).unwrap(), r);
         let e = decode_request(
             r#"{"v":1,"op":"capture_start","args":{"port":"a","filter":{"proto":"sctp"}}}"#,
@@ -1355,29 +1361,29 @@ mod tests {
         for r in [
             Request::GetNodes,
             Request::GetConfig,
-            Request::GetRoutes { lookup: None },
-            Request::GetRoutes {
+            Request::GetRoutes(GetRoutesArgs { lookup: None }),
+            Request::GetRoutes(GetRoutesArgs {
                 lookup: Some("10.244.2.3".parse().unwrap()),
-            },
-            Request::GetRoutes {
+            }),
+            Request::GetRoutes(GetRoutesArgs {
                 lookup: Some("fd00::1".parse().unwrap()),
-            },
-            Request::GetServiceState { name: None },
-            Request::GetServiceState {
+            }),
+            Request::GetServiceState(GetServiceStateArgs { name: None }),
+            Request::GetServiceState(GetServiceStateArgs {
                 name: Some("default/api".into()),
-            },
-            Request::SetPollMode {
+            }),
+            Request::SetPollMode(SetPollModeArgs {
                 mode: crate::io::PollMode::Poll,
                 budget_us: None,
-            },
-            Request::SetPollMode {
+            }),
+            Request::SetPollMode(SetPollModeArgs {
                 mode: crate::io::PollMode::Adaptive,
                 budget_us: Some(50),
-            },
-            Request::SetIoBackend {
+            }),
+            Request::SetIoBackend(SetIoBackendArgs {
                 backend: crate::io::IoBackend::Syscalls,
-            },
-            Request::SetVxlanTunnelGso { on: false },
+            }),
+            Request::SetVxlanTunnelGso(SetVxlanTunnelGsoArgs { on: false }),
         ] {
             assert_eq!(decode_request(&encode_request(&r)).unwrap(), r, "{r:?}");
         }
@@ -1387,13 +1393,13 @@ mod tests {
         );
         assert_eq!(
             decode_request(r#"{"v":1,"op":"get_routes","args":{"lookup":"10.244.1.2"}}"#).unwrap(),
-            Request::GetRoutes {
+            Request::GetRoutes(GetRoutesArgs {
                 lookup: Some("10.244.1.2".parse().unwrap())
-            }
+            })
         );
         assert_eq!(
             decode_request(r#"{"v":1,"op":"get_service_state","args":{}}"#).unwrap(),
-            Request::GetServiceState { name: None }
+            Request::GetServiceState(GetServiceStateArgs { name: None })
         );
         for (line, field) in [
             (

@@ -160,9 +160,11 @@ impl Switch {
 
     /// Removes port `name`; one that is already gone is fine.
     fn remove_port(&mut self, name: &str) -> Result<(), CniError> {
-        match self.client.call::<Value>(&Request::RemovePort {
-            name: name.to_string(),
-        }) {
+        match self
+            .client
+            .call::<Value>(&Request::RemovePort(podswitch_api::RemovePortArgs {
+                name: name.to_string(),
+            })) {
             Ok(_) => Ok(()),
             Err(ClientError::Api(e)) if e.code == ApiCode::NotFound => Ok(()),
             Err(e) => Err(switch_error(&self.path, "remove_port", e)),
@@ -317,7 +319,7 @@ fn lease(
 /// namespace is gone (a missed DEL) that holds the same name, address or
 /// interface is removed first, once.
 fn attach(sw: &mut Switch, spec: &PodSpec) -> Result<PortInfo, CniError> {
-    let req = Request::AddPort { pod: spec.clone() };
+    let req = Request::AddPort(podswitch_api::AddPortArgs { pod: spec.clone() });
     match sw.client.call::<PortInfo>(&req) {
         Ok(info) => return Ok(info),
         Err(ClientError::Api(e)) if e.code == ApiCode::AlreadyExists => {

@@ -1074,13 +1074,13 @@ impl SwitchState {
     pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
         let mutating = matches!(
             req,
-            Request::AddPort { .. }
-                | Request::RemovePort { .. }
-                | Request::ReplaceTopology { .. }
-                | Request::PatchTopology { .. }
-                | Request::SetServices { .. }
-                | Request::PatchServices { .. }
-                | Request::SetRemoteNodes { .. }
+            Request::AddPort(podswitch_api::AddPortArgs { .. })
+                | Request::RemovePort(podswitch_api::RemovePortArgs { .. })
+                | Request::ReplaceTopology(podswitch_api::ReplaceTopologyArgs { .. })
+                | Request::PatchTopology(podswitch_api::PatchTopologyArgs { .. })
+                | Request::SetServices(podswitch_api::SetServicesArgs { .. })
+                | Request::PatchServices(podswitch_api::PatchServicesArgs { .. })
+                | Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { .. })
         );
         let start = std::time::Instant::now();
         let result = self.dispatch(req);
@@ -1434,7 +1434,7 @@ impl SwitchState {
                 node: self.node.name.clone(),
                 workers: self.workers(),
             })),
-            Request::AddPort { pod } => {
+            Request::AddPort(podswitch_api::AddPortArgs { pod }) => {
                 if self.ports.contains_key(&pod.name) {
                     return Err(ApiError::new(
                         ErrorCode::AlreadyExists,
@@ -1454,7 +1454,7 @@ impl SwitchState {
                 let st = &self.ports[&spec.name];
                 to_json(serde_json::to_value(self.port_info(st)))
             }
-            Request::RemovePort { name } => {
+            Request::RemovePort(podswitch_api::RemovePortArgs { name }) => {
                 let st = self.remove(&name).ok_or_else(|| {
                     ApiError::new(ErrorCode::NotFound, format!("no pod {name}")).with_field("name")
                 })?;
@@ -1462,23 +1462,23 @@ impl SwitchState {
                 self.delete_links(&[st]);
                 Ok(serde_json::Value::Null)
             }
-            Request::ReplaceTopology { topology } => {
+            Request::ReplaceTopology(podswitch_api::ReplaceTopologyArgs { topology }) => {
                 self.validate_remote_nodes(&topology.remote_nodes, &topology.node)?;
                 let applied = self.apply(Some(topology.node), &topology.pods, &[], true)?;
                 self.set_remote_nodes(topology.remote_nodes)?;
                 self.publish();
                 to_json(serde_json::to_value(applied))
             }
-            Request::PatchTopology { add, remove } => {
+            Request::PatchTopology(podswitch_api::PatchTopologyArgs { add, remove }) => {
                 let applied = self.apply(None, &add, &remove, false)?;
                 to_json(serde_json::to_value(applied))
             }
-            Request::SetRemoteNodes { nodes } => {
+            Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { nodes }) => {
                 self.set_remote_nodes(nodes)?;
                 self.publish();
                 Ok(serde_json::Value::Null)
             }
-            Request::SetServices { settings, services } => {
+            Request::SetServices(podswitch_api::SetServicesArgs { settings, services }) => {
                 let mut next = BTreeMap::new();
                 for (i, svc) in services.into_iter().enumerate() {
                     if next.contains_key(&svc.name) {
@@ -1494,7 +1494,7 @@ impl SwitchState {
                 let applied = self.apply_services(settings, next)?;
                 to_json(serde_json::to_value(applied))
             }
-            Request::PatchServices { upsert, remove } => {
+            Request::PatchServices(podswitch_api::PatchServicesArgs { upsert, remove }) => {
                 let applied = self.patch_services(upsert, remove)?;
                 to_json(serde_json::to_value(applied))
             }
@@ -1502,7 +1502,7 @@ impl SwitchState {
                 "settings": self.service_settings,
                 "services": self.services.values().collect::<Vec<_>>(),
             })),
-            Request::ListFlows { filter, limit } => {
+            Request::ListFlows(podswitch_api::ListFlowsArgs { filter, limit }) => {
                 let pred = flow_predicate(&filter)?;
                 let limit = limit.unwrap_or(1000);
                 let mut matched = 0;
@@ -1518,7 +1518,7 @@ impl SwitchState {
                     flows: flows.into_iter().take(limit).collect(),
                 }))
             }
-            Request::Trace { ingress, packet } => {
+            Request::Trace(podswitch_api::TraceArgs { ingress, packet }) => {
                 let id = self
                     .ports
                     .get(&ingress)
@@ -1543,7 +1543,7 @@ impl SwitchState {
                 .map_err(|e| ApiError::invalid("packet", e))?;
                 to_json(serde_json::to_value(t))
             }
-            Request::FlushFlows { filter } => {
+            Request::FlushFlows(podswitch_api::FlushFlowsArgs { filter }) => {
                 let pred = flow_predicate(&filter)?;
                 let removed = self.conntrack.remove_where(|f| pred(f));
                 Ok(serde_json::json!({ "removed": removed }))
@@ -1555,13 +1555,17 @@ impl SwitchState {
                         .start(target, &name, &spec, Some(self.node.vxlan.port))?;
                 to_json(serde_json::to_value(started))
             }
-            Request::CaptureRead { id, max_bytes } => {
+            Request::CaptureRead(podswitch_api::CaptureReadArgs { id, max_bytes }) => {
                 to_json(serde_json::to_value(self.captures.read(id, max_bytes)?))
             }
-            Request::CaptureStop { id } => to_json(serde_json::to_value(self.captures.stop(id)?)),
+            Request::CaptureStop(podswitch_api::CaptureStopArgs { id }) => {
+                to_json(serde_json::to_value(self.captures.stop(id)?))
+            }
             Request::GetNodes => to_json(serde_json::to_value(self.nodes())),
-            Request::GetRoutes { lookup } => to_json(serde_json::to_value(self.routes(lookup))),
-            Request::GetServiceState { name } => {
+            Request::GetRoutes(podswitch_api::GetRoutesArgs { lookup }) => {
+                to_json(serde_json::to_value(self.routes(lookup)))
+            }
+            Request::GetServiceState(podswitch_api::GetServiceStateArgs { name }) => {
                 to_json(serde_json::to_value(self.service_state(name.as_deref())?))
             }
             Request::GetConfig => to_json(serde_json::to_value(&self.running_config)),
@@ -1576,7 +1580,7 @@ impl SwitchState {
                     .map(|p| self.port_info(p))
                     .collect::<Vec<_>>(),
             )),
-            Request::SetIoBackend { backend } => {
+            Request::SetIoBackend(podswitch_api::SetIoBackendArgs { backend }) => {
                 let has_rings = self.io_backend_rings == self.workers();
                 let batched = match backend {
                     IoBackend::Syscalls => false,
@@ -1597,7 +1601,7 @@ impl SwitchState {
                     in_use: self.io_backend_in_use.to_string(),
                 }))
             }
-            Request::SetVxlanTunnelGso { on } => {
+            Request::SetVxlanTunnelGso(podswitch_api::SetVxlanTunnelGsoArgs { on }) => {
                 if on && !self.tunnel_gso_available {
                     return Err(ApiError::invalid(
                         "on",
@@ -1609,7 +1613,7 @@ impl SwitchState {
                 tracing::info!(on, "VXLAN UDP-tunnel GSO set");
                 to_json(serde_json::to_value(VxlanTunnelGsoSet { in_use: on }))
             }
-            Request::SetPollMode { mode, budget_us } => {
+            Request::SetPollMode(podswitch_api::SetPollModeArgs { mode, budget_us }) => {
                 let budget_us = budget_us.unwrap_or(self.running_config.config.adaptive_poll_us);
                 check_budget_us(budget_us)
                     .map_err(|e| ApiError::invalid("budget_us", e.to_string()))?;

@@ -301,6 +301,11 @@ struct Before {
 struct Run {
     pipeline: Pipeline,
     counters: Arc<WorkerCounters>,
+    /// The same node with the fast path off: every batch runs through both
+    /// and they must agree (verdicts, bytes, counters, flows), so the fast
+    /// path can never decide differently from the stages it fuses.
+    stages_only: Pipeline,
+    stages_counters: Arc<WorkerCounters>,
     tables: &'static Tables,
     now: Instant,
     before: Vec<Before>,
@@ -310,6 +315,9 @@ struct Run {
 
 thread_local! {
     static BATCH: std::cell::RefCell<Batch> = std::cell::RefCell::new(Batch::new(FUZZ_BATCH));
+    /// The stage-path lane's copy of [`BATCH`].
+    static STAGES_BATCH: std::cell::RefCell<Batch> =
+        std::cell::RefCell::new(Batch::new(FUZZ_BATCH));
 }
 
 /// The `pipeline` target: runs arbitrary frames from pod taps and the host
@@ -324,25 +332,35 @@ pub fn pipeline_frames(data: &[u8]) -> Outcome {
         Some(s) if s & SEL_VXLAN != 0 => ClusterMode::Vxlan,
         _ => ClusterMode::Native,
     };
-    let counters = Arc::new(WorkerCounters::default());
-    // Seeded: a crash found by the fuzzer replays exactly.
-    let ct = Arc::new(ConnTrack::with_seed(
-        ConntrackConfig {
-            max_flows: 64,
-            ..Default::default()
-        },
-        1,
-        crate::pipeline::REPLAY_SEED,
-    ));
-    let mut run = Run {
-        pipeline: Pipeline::seeded(
+    // Seeded: a crash found by the fuzzer replays exactly, and the two
+    // lanes draw the same random numbers.
+    let lane = || {
+        let counters = Arc::new(WorkerCounters::default());
+        let ct = Arc::new(ConnTrack::with_seed(
+            ConntrackConfig {
+                max_flows: 64,
+                ..Default::default()
+            },
+            1,
+            crate::pipeline::REPLAY_SEED,
+        ));
+        let pipeline = Pipeline::seeded(
             Arc::clone(&counters),
             ct,
             0,
             1,
             crate::pipeline::REPLAY_SEED,
-        ),
+        );
+        (pipeline, counters)
+    };
+    let (pipeline, counters) = lane();
+    let (mut stages_only, stages_counters) = lane();
+    stages_only.fast_path = false;
+    let mut run = Run {
+        pipeline,
         counters,
+        stages_only,
+        stages_counters,
         tables: tables(mode),
         now: Instant::now(),
         before: Vec::with_capacity(FUZZ_BATCH),
@@ -350,32 +368,67 @@ pub fn pipeline_frames(data: &[u8]) -> Outcome {
         outcome: Outcome::default(),
     };
     BATCH.with(|b| {
-        let mut batch = b.borrow_mut();
-        batch.clear();
-        let mut rest = data;
-        while let Some((&sel, tail)) = rest.split_first() {
-            let (len, tail) = match tail {
-                [h, l, tail @ ..] => (usize::from(u16::from_be_bytes([*h, *l])), tail),
-                _ => (tail.len(), &[][..]),
+        STAGES_BATCH.with(|sb| {
+            let mut lanes = Lanes {
+                batch: &mut b.borrow_mut(),
+                stages: &mut sb.borrow_mut(),
             };
-            let (bytes, tail) = tail.split_at(len.min(tail.len()));
-            rest = tail;
-            if sel & SEL_NEW_BATCH != 0 && !batch.is_empty() {
-                run.process(&mut batch);
+            let batch = &mut lanes;
+            batch.clear();
+            let mut rest = data;
+            while let Some((&sel, tail)) = rest.split_first() {
+                let (len, tail) = match tail {
+                    [h, l, tail @ ..] => (usize::from(u16::from_be_bytes([*h, *l])), tail),
+                    _ => (tail.len(), &[][..]),
+                };
+                let (bytes, tail) = tail.split_at(len.min(tail.len()));
+                rest = tail;
+                if sel & SEL_NEW_BATCH != 0 && !batch.is_empty() {
+                    run.process(batch);
+                }
+                run.now += match (sel >> SEL_CLOCK_SHIFT) & 3 {
+                    0 => Duration::ZERO,
+                    1 => Duration::from_secs(1),
+                    2 => Duration::from_secs(120),
+                    _ => Duration::from_secs(86_400),
+                };
+                run.load(batch, Source::of(sel), bytes);
             }
-            run.now += match (sel >> SEL_CLOCK_SHIFT) & 3 {
-                0 => Duration::ZERO,
-                1 => Duration::from_secs(1),
-                2 => Duration::from_secs(120),
-                _ => Duration::from_secs(86_400),
-            };
-            run.load(&mut batch, Source::of(sel), bytes);
-        }
-        if !batch.is_empty() {
-            run.process(&mut batch);
-        }
+            if !batch.is_empty() {
+                run.process(batch);
+            }
+        })
     });
+    run.outcome.fast_path =
+        crate::metrics::datapath_stats(std::slice::from_ref(&run.counters)).fast_path;
     run.outcome
+}
+
+/// The two lanes' batches, loaded alike.
+struct Lanes<'a> {
+    /// For the default pipeline (fast path on).
+    batch: &'a mut Batch,
+    /// For the stage path.
+    stages: &'a mut Batch,
+}
+
+impl Lanes<'_> {
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.stages.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.batch.is_full()
+    }
+
+    fn len(&self) -> usize {
+        self.batch.len()
+    }
 }
 
 /// What became of the packets of one `pipeline` input (for tests).
@@ -387,12 +440,14 @@ pub struct Outcome {
     pub encapsulated: usize,
     /// Dropped in the pipeline, and before it (decap).
     pub dropped: Vec<DropReason>,
+    /// Packets the fast path took (and the stage-path lane matched).
+    pub fast_path: u64,
 }
 
 impl Run {
     /// Loads one record into the batch as the worker would, processing the
     /// batch first whenever it is full.
-    fn load(&mut self, batch: &mut Batch, source: Source, bytes: &[u8]) {
+    fn load(&mut self, batch: &mut Lanes<'_>, source: Source, bytes: &[u8]) {
         match source {
             Source::Pod(port) => self.load_tap(batch, port, bytes),
             Source::Host => self.load_tap(batch, PORT_HOST, bytes),
@@ -403,25 +458,32 @@ impl Run {
         }
     }
 
-    fn load_tap(&mut self, batch: &mut Batch, port: PortId, bytes: &[u8]) {
-        if batch.is_full() {
-            self.process(batch);
+    fn load_tap(&mut self, lanes: &mut Lanes<'_>, port: PortId, bytes: &[u8]) {
+        if lanes.is_full() {
+            self.process(lanes);
         }
-        let Some(p) = batch.next_free() else { return };
-        // As `Worker::fill_batch`: a read fills the read area.
-        let area = p.read_area();
-        let n = bytes.len().min(area.len());
-        area[..n].copy_from_slice(&bytes[..n]);
-        p.filled(port, n);
-        let before = before_of(p.data());
-        self.before.push(before);
-        batch.commit();
+        for (i, batch) in [&mut *lanes.batch, &mut *lanes.stages]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(p) = batch.next_free() else { return };
+            // As `Worker::fill_batch`: a read fills the read area.
+            let area = p.read_area();
+            let n = bytes.len().min(area.len());
+            area[..n].copy_from_slice(&bytes[..n]);
+            p.filled(port, n);
+            if i == 0 {
+                let before = before_of(p.data());
+                self.before.push(before);
+            }
+            batch.commit();
+        }
     }
 
     /// As `Worker::fill_from_overlay`: decap each datagram of one GRO read,
     /// coalesce TCP segments into the previous packet of the same read,
     /// repair partial inner checksums, or count the drop.
-    fn load_underlay(&mut self, batch: &mut Batch, src: Ipv4Addr, bytes: &[u8]) {
+    fn load_underlay(&mut self, lanes: &mut Lanes<'_>, src: Ipv4Addr, bytes: &[u8]) {
         let Some(overlay) = self.tables.overlay.as_ref() else {
             // Native mode has no VXLAN socket: nothing to read.
             return;
@@ -431,14 +493,22 @@ impl Run {
             _ => return,
         };
         let c = Arc::clone(&self.counters);
-        let mut first_new = batch.len();
+        let sc = Arc::clone(&self.stages_counters);
+        let mut first_new = lanes.len();
         for dgram in buf.chunks(seg) {
-            if batch.is_full() {
-                self.process(batch);
+            if lanes.is_full() {
+                self.process(lanes);
                 first_new = 0;
             }
-            let coalescing = batch.len() > first_new;
-            match decap::receive(batch, dgram, src, overlay, coalescing, &c) {
+            let coalescing = lanes.len() > first_new;
+            let stages = decap::receive(lanes.stages, dgram, src, overlay, coalescing, &sc);
+            let batch = &mut *lanes.batch;
+            let received = decap::receive(batch, dgram, src, overlay, coalescing, &c);
+            assert_eq!(
+                received, stages,
+                "decap decided differently in the two lanes"
+            );
+            match received {
                 decap::Received::Loaded => {
                     let before = before_of(batch.packets()[batch.len() - 1].data());
                     self.before.push(before);
@@ -453,7 +523,10 @@ impl Run {
     }
 
     /// Runs the batch through the pipeline and checks every packet.
-    fn process(&mut self, batch: &mut Batch) {
+    fn process(&mut self, lanes: &mut Lanes<'_>) {
+        self.stages_only
+            .process(lanes.stages, self.tables, self.now);
+        let batch = &mut *lanes.batch;
         // Coalescing may have changed a packet after it was loaded.
         for (i, p) in batch.packets().iter().enumerate() {
             if p.meta.vnet.is_gso() {
@@ -462,6 +535,8 @@ impl Run {
         }
         let drops_before: Vec<u64> = self.counters.drop_packets.iter().map(|c| c.get()).collect();
         self.pipeline.process(batch, self.tables, self.now);
+        self.compare_lanes(batch, lanes.stages);
+        lanes.stages.clear();
         let mut verdict_drops = [0u64; DropReason::COUNT];
         for (i, p) in batch.packets().iter().enumerate() {
             let before = self.before.get(i).copied().unwrap_or_default();
@@ -493,6 +568,44 @@ impl Run {
         }
         self.before.clear();
         batch.clear();
+    }
+
+    /// The fast path and the stage path decided alike: every packet's
+    /// verdict and bytes, every counter but the fast path's own, and the
+    /// flow table.
+    fn compare_lanes(&self, batch: &Batch, stages: &Batch) {
+        assert_eq!(
+            batch.len(),
+            stages.len(),
+            "the lanes' batches differ in size"
+        );
+        for (i, (a, b)) in batch.packets().iter().zip(stages.packets()).enumerate() {
+            assert_eq!(
+                a.verdict, b.verdict,
+                "packet {i}: the fast path and the stage path disagree"
+            );
+            assert_eq!(
+                a.data(),
+                b.data(),
+                "packet {i}: bytes differ between the paths"
+            );
+        }
+        let stats = |c: &Arc<WorkerCounters>| crate::metrics::DatapathStats {
+            // Which path took a packet is the one difference.
+            fast_path: 0,
+            workers: Vec::new(),
+            ..crate::metrics::datapath_stats(std::slice::from_ref(c))
+        };
+        assert_eq!(
+            stats(&self.counters),
+            stats(&self.stages_counters),
+            "counters differ between the paths"
+        );
+        assert_eq!(
+            flows(&self.pipeline),
+            flows(&self.stages_only),
+            "flow tables differ between the paths"
+        );
     }
 
     /// A frame written to a tap: a valid vnet header, a parsable frame with
@@ -595,6 +708,25 @@ impl Run {
             check_frame(inner, &vnet_hdr::Repr::NONE, before);
         }
     }
+}
+
+/// A pipeline's flows, without what is each table's own (slot numbers,
+/// clocks), in a stable order.
+fn flows(pl: &Pipeline) -> Vec<crate::conntrack::FlowInfo> {
+    let mut v: Vec<_> = pl
+        .conntrack
+        .table()
+        .list(usize::MAX, |_| true)
+        .into_iter()
+        .map(|f| crate::conntrack::FlowInfo {
+            index: 0,
+            idle_secs: 0,
+            expires_in_secs: 0,
+            ..f
+        })
+        .collect();
+    v.sort_by_key(|f| (f.orig, f.state));
+    v
 }
 
 /// Reads, before the pipeline, whether the packet's L4 checksum is valid
@@ -744,11 +876,11 @@ pub fn control_request(data: &[u8]) {
         Err(e) => panic!("a decoded request does not decode again: {e} ({encoded})"),
     }
     match req {
-        Request::SetServices { settings, services } => {
+        Request::SetServices(podswitch_api::SetServicesArgs { settings, services }) => {
             let settings = settings.unwrap_or_default();
             let _ = build_services(&services, &settings);
         }
-        Request::PatchServices { upsert, remove } => {
+        Request::PatchServices(podswitch_api::PatchServicesArgs { upsert, remove }) => {
             // As the daemon: the current set, upserts by name, then removals.
             let mut by_name: std::collections::BTreeMap<String, ServiceSpec> = self::services()
                 .into_iter()
@@ -763,7 +895,7 @@ pub fn control_request(data: &[u8]) {
             let all: Vec<ServiceSpec> = by_name.into_values().collect();
             let _ = build_services(&all, &ServiceSettings::default());
         }
-        Request::Trace { ingress, packet } => {
+        Request::Trace(podswitch_api::TraceArgs { ingress, packet }) => {
             let t = tables(ClusterMode::Vxlan);
             let port = t
                 .ports
@@ -1117,14 +1249,14 @@ pub fn pipeline_seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 /// Seed inputs for `control_request`, by name.
 pub fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let set = Request::SetServices {
+    let set = Request::SetServices(podswitch_api::SetServicesArgs {
         settings: Some(ServiceSettings::default()),
         services: services(),
-    };
-    let patch = Request::PatchServices {
+    });
+    let patch = Request::PatchServices(podswitch_api::PatchServicesArgs {
         upsert: services().into_iter().take(1).collect(),
         remove: vec!["default/dns".into()],
-    };
+    });
     let trace = r#"{"v":1,"op":"trace","args":{"ingress":"default/pod-1","packet":{"src":"10.244.1.3","dst":"10.96.0.10","proto":"tcp","sport":42000,"dport":80}}}"#;
     let topo = r#"{"v":1,"op":"replace_topology","args":{"topology":{"node":{"name":"node-1","pod_cidrs":["10.244.1.0/24"],"mode":"vxlan","underlay_ipv4":"192.168.56.11"},"pods":[{"name":"default/a","netns":"/run/netns/a","ipv4":"10.244.1.2"}]}}}"#;
     let nodes = r#"{"v":1,"op":"set_remote_nodes","args":{"nodes":[{"name":"node-2","underlay_ipv4":"192.168.56.12","pod_cidrs":["10.244.2.0/24"],"vtep_mac":"02:00:c0:a8:38:0c"}]}}"#;
@@ -1153,9 +1285,14 @@ mod tests {
 
     #[test]
     fn seeds_run_clean() {
+        let mut fast = 0;
         for (name, s) in pipeline_seeds() {
-            eprintln!("pipeline seed {name}: {:?}", pipeline_frames(&s));
+            let outcome = pipeline_frames(&s);
+            eprintln!("pipeline seed {name}: {outcome:?}");
+            fast += outcome.fast_path;
         }
+        // The lanes' comparison means something only if the fast path ran.
+        assert!(fast > 0, "no seed took the fast path");
         for (_, s) in control_seeds() {
             control_request(&s);
         }

@@ -479,8 +479,11 @@ impl Target {
     fn enter_poll_mode(&self) -> anyhow::Result<()> {
         if let Some(backend) = self.io_backend {
             for sock in &self.switch_sockets {
-                let _: IoBackendSet = client::call(sock, &Request::SetIoBackend { backend })
-                    .with_context(|| format!("setting tap I/O {backend} on {}", sock.display()))?;
+                let _: IoBackendSet = client::call(
+                    sock,
+                    &Request::SetIoBackend(podswitch_api::SetIoBackendArgs { backend }),
+                )
+                .with_context(|| format!("setting tap I/O {backend} on {}", sock.display()))?;
             }
         }
         let Some(mode) = self.poll_mode else {
@@ -489,10 +492,10 @@ impl Target {
         for sock in &self.switch_sockets {
             let _: PollSettings = client::call(
                 sock,
-                &Request::SetPollMode {
+                &Request::SetPollMode(podswitch_api::SetPollModeArgs {
                     mode,
                     budget_us: None,
-                },
+                }),
             )
             .with_context(|| format!("setting poll mode {mode} on {}", sock.display()))?;
         }
@@ -760,10 +763,10 @@ fn build_labs(
             let ports = kube_proxy::service_ports(cfg.services, &ips)?;
             let _: ServicesApplied = client::call(
                 &node.control_socket,
-                &Request::SetServices {
+                &Request::SetServices(podswitch_api::SetServicesArgs {
                     settings: None,
                     services: service_specs(&ports, &node.name),
-                },
+                }),
             )
             .with_context(|| format!("giving the switch {} services", cfg.services))?;
             let mut c = config.clone();

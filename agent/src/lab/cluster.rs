@@ -1182,8 +1182,11 @@ impl Lab {
                 mac: None,
                 mtu: None,
             };
-            client::call::<serde_json::Value>(&n.control_socket, &Request::AddPort { pod: spec })
-                .with_context(|| format!("switch of {node}: add_port"))?;
+            client::call::<serde_json::Value>(
+                &n.control_socket,
+                &Request::AddPort(podswitch_api::AddPortArgs { pod: spec }),
+            )
+            .with_context(|| format!("switch of {node}: add_port"))?;
             let pid = self.spawn_workload(pod, &netns_path)?;
             Ok(PodState {
                 pod: pod.clone(),
@@ -1198,7 +1201,7 @@ impl Lab {
         if result.is_err() {
             let _ = client::call::<serde_json::Value>(
                 &n.control_socket,
-                &Request::RemovePort { name: key },
+                &Request::RemovePort(podswitch_api::RemovePortArgs { name: key }),
             );
             kill_netns_processes(&netns_path);
             let _ = netns::delete(&ns_name);
@@ -1250,7 +1253,7 @@ impl Lab {
         if let Some(n) = st.nodes.iter().find(|n| n.name == p.node) {
             if let Err(e) = client::call::<serde_json::Value>(
                 &n.control_socket,
-                &Request::RemovePort { name: p.key() },
+                &Request::RemovePort(podswitch_api::RemovePortArgs { name: p.key() }),
             ) {
                 tracing::warn!(pod = %p.key(), error = %e, "switch did not remove the port");
             }

@@ -192,10 +192,10 @@ pub fn run(lab: &Lab, services: &[usize], rounds: usize, secs: f64) -> anyhow::R
         let ports = kube_proxy::service_ports(n, &backend_ips)?;
         let applied: ServicesApplied = client::call(
             &node.control_socket,
-            &Request::SetServices {
+            &Request::SetServices(podswitch_api::SetServicesArgs {
                 settings: None,
                 services: specs(&ports, &node.name),
-            },
+            }),
         )
         .with_context(|| format!("giving the switch {n} services"))?;
         let kp = KernelServiceLab::up(&format!("{}kp{n}", lab.paths().prefix()), n)?;

@@ -2,7 +2,9 @@
 //! switch's own client (`api/src/client.rs`, JSON lines); the
 //! request lines are encoded here, borrowing what they carry.
 //!
-//! One connection is kept. On connecting, `hello` checks that the switch
+//! Requests are the API's own ([`Request`], from the translator's
+//! [`FullSync::requests`] and [`TopologyPatch::requests`]), encoded
+//! straight into the request line. One connection is kept. On connecting, `hello` checks that the switch
 //! serves this agent's node. A full sync is `set_remote_nodes` then
 //! `set_services` (with the settings); a patch is `set_remote_nodes` if
 //! the nodes changed and one atomic `patch_services`. A switch that
@@ -14,12 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podswitch_switch::control::api::{
-    Hello, RemoteNode, ServiceSettings, ServiceSpec, API_VERSION,
-};
-use podswitch_switch::control::client::{Client, ClientError};
+use podswitch_api::client::{Client, ClientError};
+use podswitch_api::{Hello, Request};
 use serde::de::IgnoredAny;
-use serde::Serialize;
 
 use super::{SinkError, TopologySink};
 use crate::translate::{FullSync, TopologyPatch};
@@ -27,83 +26,6 @@ use crate::translate::{FullSync, TopologyPatch};
 /// How long one control call may take (a 10k-Service table is built and
 /// published in well under this).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The requests the agent sends, borrowing what they carry: encoded
-/// straight into the request line (no copy of the Services, no
-/// `serde_json::Value` in between), in the control API's shape
-/// (`{"v":1,"op":...,"args":...}`, see `api/src/lib.rs`).
-#[derive(Debug, Serialize)]
-#[serde(tag = "op", content = "args", rename_all = "snake_case")]
-pub enum WireRequest<'a> {
-    Hello,
-    SetRemoteNodes {
-        nodes: &'a [RemoteNode],
-    },
-    SetServices {
-        settings: &'a ServiceSettings,
-        services: &'a [ServiceSpec],
-    },
-    PatchServices {
-        upsert: &'a [ServiceSpec],
-        remove: &'a [String],
-    },
-}
-
-impl WireRequest<'_> {
-    fn op(&self) -> &'static str {
-        match self {
-            WireRequest::Hello => "hello",
-            WireRequest::SetRemoteNodes { .. } => "set_remote_nodes",
-            WireRequest::SetServices { .. } => "set_services",
-            WireRequest::PatchServices { .. } => "patch_services",
-        }
-    }
-
-    /// The request line, without its newline.
-    pub fn encode(&self) -> String {
-        #[derive(Serialize)]
-        struct Line<'r, 'a> {
-            v: u32,
-            #[serde(flatten)]
-            request: &'r WireRequest<'a>,
-        }
-        serde_json::to_string(&Line {
-            v: API_VERSION,
-            request: self,
-        })
-        .expect("control requests always encode")
-    }
-}
-
-/// The requests of a full sync, in order: nodes first, so that routes
-/// to remote endpoints exist when their Services appear.
-pub fn full_sync_requests(sync: &FullSync) -> Vec<WireRequest<'_>> {
-    vec![
-        WireRequest::SetRemoteNodes {
-            nodes: &sync.remote_nodes,
-        },
-        WireRequest::SetServices {
-            settings: &sync.settings,
-            services: &sync.services,
-        },
-    ]
-}
-
-/// The requests of a patch: `set_remote_nodes` if the nodes changed,
-/// then one atomic `patch_services` if any Service did.
-pub fn patch_requests(patch: &TopologyPatch) -> Vec<WireRequest<'_>> {
-    let mut out = Vec::new();
-    if let Some(nodes) = &patch.remote_nodes {
-        out.push(WireRequest::SetRemoteNodes { nodes });
-    }
-    if !patch.upsert.is_empty() || !patch.remove.is_empty() {
-        out.push(WireRequest::PatchServices {
-            upsert: &patch.upsert,
-            remove: &patch.remove,
-        });
-    }
-    out
-}
 
 /// The switch on `socket`, serving `node`.
 pub struct SwitchSink {
@@ -129,7 +51,7 @@ impl SwitchSink {
             let mut client =
                 Client::connect(&self.socket, self.timeout).map_err(SinkError::Unreachable)?;
             let hello: Hello = client
-                .call_line(&WireRequest::Hello.encode())
+                .call(&Request::Hello)
                 .map_err(SinkError::Unreachable)?;
             if hello.node != self.node {
                 return Err(SinkError::WrongSwitch {
@@ -147,11 +69,11 @@ impl SwitchSink {
     /// Sends `requests` in order; all are tried (a refused node list must
     /// not hold back the Services), the first error is returned. A
     /// connection error drops the connection and stops.
-    fn send(&mut self, requests: &[WireRequest<'_>]) -> Result<(), SinkError> {
+    fn send(&mut self, requests: &[Request]) -> Result<(), SinkError> {
         let mut first_error = None;
         for req in requests {
             let client = self.connected()?;
-            match client.call_line::<IgnoredAny>(&req.encode()) {
+            match client.call::<IgnoredAny>(req) {
                 Ok(_) => {}
                 Err(ClientError::Api(source)) => {
                     let e = SinkError::Refused {
@@ -173,11 +95,11 @@ impl SwitchSink {
 
 impl TopologySink for SwitchSink {
     fn full_sync(&mut self, sync: &FullSync) -> Result<(), SinkError> {
-        self.send(&full_sync_requests(sync))
+        self.send(&sync.requests())
     }
 
     fn apply_patch(&mut self, patch: &TopologyPatch) -> Result<(), SinkError> {
-        self.send(&patch_requests(patch))
+        self.send(&patch.requests())
     }
 
     fn needs_full_sync(&mut self) -> bool {
@@ -199,7 +121,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
-    use podswitch_switch::control::api::{decode_request, Request};
+    use podswitch_api::{decode_request, ServiceSettings};
 
     use super::*;
 
@@ -223,12 +145,18 @@ mod tests {
                     let reply = match req {
                         Request::Hello => serde_json::json!({"ok": true, "result":
                             {"api_version": 1, "switch_version": "0", "node": node, "workers": 1}}),
-                        Request::SetRemoteNodes { .. } => serde_json::json!({"ok": false, "error":
-                            {"code": "invalid_argument", "field": "nodes[0].pod_cidrs", "message": "overlap"}}),
+                        Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { .. }) => {
+                            serde_json::json!({"ok": false, "error":
+                            {"code": "invalid_argument", "field": "nodes[0].pod_cidrs", "message": "overlap"}})
+                        }
                         other => {
                             let op = match other {
-                                Request::SetServices { .. } => "set_services",
-                                Request::PatchServices { .. } => "patch_services",
+                                Request::SetServices(podswitch_api::SetServicesArgs { .. }) => {
+                                    "set_services"
+                                }
+                                Request::PatchServices(podswitch_api::PatchServicesArgs {
+                                    ..
+                                }) => "patch_services",
                                 _ => "other",
                             };
                             ops.push(op.to_string());
@@ -302,39 +230,6 @@ mod tests {
         drop(sink);
         assert!(server.join().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn wire_requests_decode_as_the_switch_decodes_them() {
-        let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
-            "name": "ns/a", "cluster_ips": ["10.96.0.10"],
-            "ports": [{"name": "http", "protocol": "TCP", "port": 80,
-                "endpoints": [{"ip": "10.244.1.2", "port": 8080, "node": "node-1",
-                    "ready": true, "terminating": false}]}]
-        }))
-        .unwrap();
-        let sync = FullSync {
-            settings: ServiceSettings::default(),
-            remote_nodes: Vec::new(),
-            services: vec![spec.clone()],
-        };
-        for (wire, expected) in full_sync_requests(&sync).iter().zip(sync.requests()) {
-            assert_eq!(decode_request(&wire.encode()).unwrap(), expected);
-        }
-        let patch = TopologyPatch {
-            remote_nodes: Some(Vec::new()),
-            upsert: vec![spec],
-            remove: vec!["ns/b".into()],
-        };
-        let wires = patch_requests(&patch);
-        assert_eq!(wires.len(), 2);
-        for (wire, expected) in wires.iter().zip(patch.requests()) {
-            assert_eq!(decode_request(&wire.encode()).unwrap(), expected);
-        }
-        assert_eq!(
-            decode_request(&WireRequest::Hello.encode()).unwrap(),
-            Request::Hello
-        );
     }
 
     #[test]

@@ -22,13 +22,13 @@ impl FullSync {
     /// remote endpoints exist when their Services appear.
     pub fn requests(&self) -> Vec<Request> {
         vec![
-            Request::SetRemoteNodes {
+            Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs {
                 nodes: self.remote_nodes.clone(),
-            },
-            Request::SetServices {
+            }),
+            Request::SetServices(podswitch_api::SetServicesArgs {
                 settings: Some(self.settings.clone()),
                 services: self.services.clone(),
-            },
+            }),
         ]
     }
 }
@@ -55,15 +55,15 @@ impl TopologyPatch {
     pub fn requests(&self) -> Vec<Request> {
         let mut out = Vec::new();
         if let Some(nodes) = &self.remote_nodes {
-            out.push(Request::SetRemoteNodes {
+            out.push(Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs {
                 nodes: nodes.clone(),
-            });
+            }));
         }
         if !self.upsert.is_empty() || !self.remove.is_empty() {
-            out.push(Request::PatchServices {
+            out.push(Request::PatchServices(podswitch_api::PatchServicesArgs {
                 upsert: self.upsert.clone(),
                 remove: self.remove.clone(),
-            });
+            }));
         }
         out
     }

@@ -670,10 +670,10 @@ fn diff_upserts_new_and_changed_services_and_removes_gone_ones() {
     assert_eq!(patch.remove, ["ns/a"]);
     assert_eq!(
         patch.requests(),
-        [Request::PatchServices {
+        [Request::PatchServices(podswitch_api::PatchServicesArgs {
             upsert: vec![b2, c],
             remove: vec!["ns/a".into()]
-        }]
+        })]
     );
     assert!(diff(&new, &new).is_empty());
     assert!(diff(&new, &new).requests().is_empty());
@@ -688,15 +688,17 @@ fn diff_sends_the_whole_node_list_when_it_changes() {
     assert_eq!(patch.remote_nodes.as_ref(), Some(&new.remote_nodes));
     assert_eq!(
         patch.requests(),
-        [Request::SetRemoteNodes {
+        [Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs {
             nodes: new.remote_nodes.clone()
-        }]
+        })]
     );
     let full = new.full_sync().requests();
     assert_eq!(full.len(), 2);
-    assert!(matches!(&full[0], Request::SetRemoteNodes { nodes } if nodes.len() == 2));
     assert!(
-        matches!(&full[1], Request::SetServices { settings: Some(_), services } if services.is_empty())
+        matches!(&full[0], Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { nodes }) if nodes.len() == 2)
+    );
+    assert!(
+        matches!(&full[1], Request::SetServices(podswitch_api::SetServicesArgs { settings: Some(_), services }) if services.is_empty())
     );
     let mut other = new.clone();
     other.settings.masquerade = false;

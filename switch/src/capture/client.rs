@@ -92,16 +92,18 @@ pub fn run<W: Write>(
         let counts = loop {
             if !stop_sent && stop.load(Ordering::Relaxed) {
                 client
-                    .call::<CaptureCounts>(&Request::CaptureStop { id })
+                    .call::<CaptureCounts>(&Request::CaptureStop(podswitch_api::CaptureStopArgs {
+                        id,
+                    }))
                     .map_err(call_error)
                     .with_context(|| format!("stopping capture {id}"))?;
                 stop_sent = true;
             }
             let batch: CaptureBatch = client
-                .call(&Request::CaptureRead {
+                .call(&Request::CaptureRead(podswitch_api::CaptureReadArgs {
                     id,
                     max_bytes: None,
-                })
+                }))
                 .map_err(call_error)
                 .with_context(|| format!("reading capture {id}"))?;
             for f in &batch.frames {
@@ -141,7 +143,8 @@ pub fn run<W: Write>(
     })();
     if result.is_err() {
         // Free the switch's ring now rather than when it notices silence.
-        let _ = client.call::<CaptureCounts>(&Request::CaptureStop { id });
+        let _ = client
+            .call::<CaptureCounts>(&Request::CaptureStop(podswitch_api::CaptureStopArgs { id }));
     }
     result
 }
