@@ -26,7 +26,7 @@ use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
 
 use super::stats::latency_histogram;
-use crate::lab::manifest::Protocol;
+use crate::manifest::Protocol;
 
 /// Smallest request: the 4-byte length prefix of the TCP framing and a
 /// 4-byte sequence number.

@@ -28,7 +28,7 @@
 //! cross-checked on the kernel baselines against iperf3 and sockperf
 //! ([`external`]), alternating runs of the same length on the same path.
 
-pub mod cpu;
+pub use crate::cpu;
 pub mod external;
 pub mod kernel_nodes;
 pub mod load;
@@ -61,8 +61,8 @@ use crate::lab::bridge::KernelBridgeLab;
 use crate::lab::cluster::{self, Lab, LabState};
 use crate::lab::demo::{in_netns, spawn_in_netns, Machine};
 use crate::lab::kube_proxy::{self, KernelServiceLab};
-use crate::lab::manifest::Protocol;
 use crate::lab::traffic;
+use crate::manifest::Protocol;
 
 use kernel_nodes::{Backend, KernelNodesLab};
 use report::{Cdf, Comparison, CrossCheck, Meta, Metric, ModeReport, ModeSetup, Report, Settings};

@@ -50,8 +50,8 @@ use podswitch_switch::port::netlink::Netlink;
 use podswitch_switch::port::netns;
 
 use super::agents;
-use super::manifest::{self, LabPod, Object};
 use super::services::{self, LabService, PodInfo, ServiceError, ServiceRequest};
+use crate::manifest::{self, LabPod, Object};
 
 /// Where lab state lives.
 pub const LAB_ROOT: &str = "/run/podswitch/lab";

@@ -19,8 +19,8 @@ use podswitch_switch::port::netns;
 
 use super::bridge::KernelBridgeLab;
 use super::cluster::{self, Lab, PodState};
-use super::manifest::Protocol;
 use super::{probe, traffic};
+use crate::manifest::Protocol;
 
 /// Runs `f` on a new thread inside the network namespace `path`.
 pub fn spawn_in_netns<T: Send + 'static>(
@@ -318,7 +318,7 @@ pub fn run(lab: &Lab, quick: bool, json_out: Option<&Path>, workers: usize) -> a
     eprintln!("[4/4] measuring, {rounds} interleaved rounds (podswitch, kernel bridge, ...) ...");
     // As `podswitch bench` does: keep the CPUs out of deep idle states while
     // measuring, so a round trip does not measure a vCPU's wake-up.
-    let idle_hold = crate::bench::cpu::IdleStatesHold::take(true);
+    let idle_hold = crate::cpu::IdleStatesHold::take(true);
     eprintln!("      CPU idle states {}", idle_hold.status);
     // The same-node comparison needs two pods on one node.
     let (a, b) = pods

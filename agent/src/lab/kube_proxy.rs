@@ -76,9 +76,9 @@ use podswitch_switch::port::netns;
 
 use super::bridge::{kill_processes_in, link_index, wait_processes_gone, OwnedNetns, KILL_WAIT};
 use super::demo::in_netns;
-use super::manifest::Protocol;
 use super::traffic::{self, CrrReport};
 use super::workload::EchoWorkload;
+use crate::manifest::Protocol;
 
 /// The Service with real endpoints.
 pub const TARGET_SERVICE: &str = "default/echo";

@@ -5,7 +5,9 @@ pub mod bridge;
 pub mod cluster;
 pub mod demo;
 pub mod kube_proxy;
-pub mod manifest;
+/// Kubernetes manifests: the agent's (`crate::manifest`), re-exported for
+/// the lab's callers.
+pub use crate::manifest;
 pub mod probe;
 pub mod services;
 pub mod svc_bench;

@@ -24,8 +24,8 @@ use podswitch_switch::control::client;
 use super::cluster::{self, Lab};
 use super::demo::in_netns;
 use super::kube_proxy::{self, KernelServiceLab};
-use super::manifest::Protocol;
 use super::traffic;
+use crate::manifest::Protocol;
 
 /// The podswitch side's lab: one node, three backends, one client.
 const LAB: &str = r#"

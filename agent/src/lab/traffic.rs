@@ -28,7 +28,7 @@ use hdrhistogram::Histogram;
 use podswitch_switch::port::raw::{RawSocket, VNET_HDR_LEN};
 use serde::{Deserialize, Serialize};
 
-use crate::lab::manifest::Protocol;
+use crate::manifest::Protocol;
 
 /// Size of the repeating payload pattern.
 const PATTERN_LEN: usize = 1 << 20;

@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use super::push::{run_push_loop, PushConfig};
 use super::store::{ClusterEvent, WatchFailure};
 use super::{InputProblem, SourceError, TopologySink};
-use crate::lab::manifest::{split_objects, RawObject};
+use crate::manifest::{split_objects, RawObject};
 use crate::translate::endpoints::derive_endpoint_slices;
 use crate::translate::{object_key, ClusterObjects, TranslateConfig};
 

@@ -15,6 +15,8 @@
 //! (`<deployment>-<pod-template-hash>-<suffix>`), but deterministically so
 //! that re-applying the same manifest yields the same pod names.
 
+pub mod service;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,8 +26,6 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-use super::services;
 
 /// The most replicas one Deployment may ask for in the lab. Every replica is
 /// a network namespace and a process on one machine, so a typo such as
@@ -249,7 +249,7 @@ pub struct LabPod {
     pub containers: Vec<LabContainer>,
     /// `spec.terminationGracePeriodSeconds` as the manifest gives it
     /// (validated non-negative); the lab applies its own default and cap
-    /// (`services::grace_period`).
+    /// (`service::grace_period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
 }
@@ -1002,10 +1002,10 @@ fn validate_pod_spec(prefix: &str, spec: &PodSpec) -> Result<(), Violation> {
 }
 
 /// A Service is checked by the lab's API server half
-/// ([`services::ServiceRequest::from_manifest`]), which the lab also uses to
+/// ([`service::ServiceRequest::from_manifest`]), which the lab also uses to
 /// apply it, so parsing and applying agree on what is valid.
 fn validate_service(object: &Object, s: &Service) -> Result<(), Violation> {
-    services::ServiceRequest::from_manifest(s, object.namespace(), object.name(), "")
+    service::ServiceRequest::from_manifest(s, object.namespace(), object.name(), "")
         .map(|_| ())
         .map_err(|e| Violation::new(e.field, e.reason))
 }
