@@ -174,7 +174,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
+fn switch_run(args: SwitchRunArgs, log_format: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     use podswitch_switch::daemon::{self, DaemonConfig};
     let mut config: Option<DaemonConfig> = match &args.config {
@@ -277,7 +277,7 @@ fn switch_run(args: SwitchRunArgs) -> anyhow::Result<()> {
         // Before any thread exists, so every worker inherits the namespace.
         podswitch_agent::lab::cluster::enter_netns_for_good(ns)?;
     }
-    daemon::run(config)
+    daemon::run(config, Some(log_format.to_string()))
 }
 
 fn main() {
@@ -286,7 +286,13 @@ fn main() {
     let result = match cli.command {
         Command::Switch {
             command: SwitchCommand::Run(args),
-        } => switch_run(args),
+        } => switch_run(
+            args,
+            match cli.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+        ),
         Command::Ctl(args) => ctl::run(args),
         Command::Lab(args) => lab::run(args),
         Command::Bench(args) => bench::run(args),

@@ -1,0 +1,289 @@
+//! Request dispatch: one control request to the state change or view it
+//! names, timed when it changes the switch.
+
+use super::*;
+
+impl SwitchState {
+    /// Handles one control request, timing those that change the switch.
+    pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        let mutating = matches!(
+            req,
+            Request::AddPort(podswitch_api::AddPortArgs { .. })
+                | Request::RemovePort(podswitch_api::RemovePortArgs { .. })
+                | Request::ReplaceTopology(podswitch_api::ReplaceTopologyArgs { .. })
+                | Request::PatchTopology(podswitch_api::PatchTopologyArgs { .. })
+                | Request::SetServices(podswitch_api::SetServicesArgs { .. })
+                | Request::PatchServices(podswitch_api::PatchServicesArgs { .. })
+                | Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { .. })
+        );
+        let start = std::time::Instant::now();
+        let result = self.dispatch(req);
+        if mutating {
+            self.apply_seconds.observe(start.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    pub(super) fn dispatch(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| ApiError::internal(e.to_string()))
+        };
+        match req {
+            Request::Hello => to_json(serde_json::to_value(Hello {
+                api_version: podswitch_api::API_VERSION,
+                switch_version: env!("CARGO_PKG_VERSION").to_string(),
+                node: self.node.name.clone(),
+                workers: self.workers(),
+            })),
+            Request::AddPort(podswitch_api::AddPortArgs { pod }) => {
+                if self.ports.contains_key(&pod.name) {
+                    return Err(ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("pod {} already has a port", pod.name),
+                    )
+                    .with_field("pod.name"));
+                }
+                let spec = Self::resolve_pod(&self.node, &pod, "pod")?;
+                let keep = self
+                    .ports
+                    .values()
+                    .map(|p| (&p.spec, format!("existing pod {}", p.spec.name)));
+                Self::check_unique(keep.chain(std::iter::once((&spec, "pod".to_string()))))?;
+                let made = self.create_ports(std::slice::from_ref(&spec))?;
+                self.install(made);
+                self.publish();
+                let st = &self.ports[&spec.name];
+                to_json(serde_json::to_value(self.port_info(st)))
+            }
+            Request::RemovePort(podswitch_api::RemovePortArgs { name }) => {
+                let st = self.remove(&name).ok_or_else(|| {
+                    ApiError::new(ErrorCode::NotFound, format!("no pod {name}")).with_field("name")
+                })?;
+                self.publish();
+                self.delete_links(&[st]);
+                Ok(serde_json::Value::Null)
+            }
+            Request::ReplaceTopology(podswitch_api::ReplaceTopologyArgs { topology }) => {
+                self.validate_remote_nodes(&topology.remote_nodes, &topology.node)?;
+                let applied = self.apply(Some(topology.node), &topology.pods, &[], true)?;
+                self.set_remote_nodes(topology.remote_nodes)?;
+                self.publish();
+                to_json(serde_json::to_value(applied))
+            }
+            Request::PatchTopology(podswitch_api::PatchTopologyArgs { add, remove }) => {
+                let applied = self.apply(None, &add, &remove, false)?;
+                to_json(serde_json::to_value(applied))
+            }
+            Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { nodes }) => {
+                self.set_remote_nodes(nodes)?;
+                self.publish();
+                Ok(serde_json::Value::Null)
+            }
+            Request::SetServices(podswitch_api::SetServicesArgs { settings, services }) => {
+                let mut next = BTreeMap::new();
+                for (i, svc) in services.into_iter().enumerate() {
+                    if next.contains_key(&svc.name) {
+                        return Err(ApiError::new(
+                            ErrorCode::AlreadyExists,
+                            format!("service {} listed twice", svc.name),
+                        )
+                        .with_field(format!("services[{i}].name")));
+                    }
+                    next.insert(svc.name.clone(), svc);
+                }
+                let settings = settings.unwrap_or_else(|| self.service_settings.clone());
+                let applied = self.apply_services(settings, next)?;
+                to_json(serde_json::to_value(applied))
+            }
+            Request::PatchServices(podswitch_api::PatchServicesArgs { upsert, remove }) => {
+                let applied = self.patch_services(upsert, remove)?;
+                to_json(serde_json::to_value(applied))
+            }
+            Request::GetServices => Ok(serde_json::json!({
+                "settings": self.service_settings,
+                "services": self.services.values().collect::<Vec<_>>(),
+            })),
+            Request::ListFlows(podswitch_api::ListFlowsArgs { filter, limit }) => {
+                let pred = flow_predicate(&filter)?;
+                let limit = limit.unwrap_or(1000);
+                let mut matched = 0;
+                let flows = self.conntrack.list(usize::MAX, |f| {
+                    let m = pred(f);
+                    matched += usize::from(m);
+                    m
+                });
+                to_json(serde_json::to_value(Flows {
+                    total: self.conntrack.len(),
+                    capacity: self.conntrack.capacity(),
+                    matched,
+                    flows: flows.into_iter().take(limit).collect(),
+                }))
+            }
+            Request::Trace(podswitch_api::TraceArgs { ingress, packet }) => {
+                let id = self
+                    .ports
+                    .get(&ingress)
+                    .map(|p| p.id)
+                    .or_else(|| {
+                        self.host
+                            .as_ref()
+                            .filter(|h| ingress == format!("host/{}", h.name))
+                            .map(|h| h.id)
+                    })
+                    .ok_or_else(|| {
+                        ApiError::new(ErrorCode::NotFound, format!("no port {ingress}"))
+                            .with_field("ingress")
+                    })?;
+                let snapshot = self.publisher.load_full();
+                let t = crate::pipeline::trace::trace(
+                    &snapshot.tables,
+                    id,
+                    &packet,
+                    Some(&self.conntrack),
+                )
+                .map_err(|e| ApiError::invalid("packet", e))?;
+                to_json(serde_json::to_value(t))
+            }
+            Request::FlushFlows(podswitch_api::FlushFlowsArgs { filter }) => {
+                let pred = flow_predicate(&filter)?;
+                let removed = self.conntrack.remove_where(|f| pred(f));
+                Ok(serde_json::json!({ "removed": removed }))
+            }
+            Request::CaptureStart(spec) => {
+                let (target, name) = self.capture_target(&spec.port)?;
+                let started =
+                    self.captures
+                        .start(target, &name, &spec, Some(self.node.vxlan.port))?;
+                to_json(serde_json::to_value(started))
+            }
+            Request::CaptureRead(podswitch_api::CaptureReadArgs { id, max_bytes }) => {
+                to_json(serde_json::to_value(self.captures.read(id, max_bytes)?))
+            }
+            Request::CaptureStop(podswitch_api::CaptureStopArgs { id }) => {
+                to_json(serde_json::to_value(self.captures.stop(id)?))
+            }
+            Request::GetNodes => to_json(serde_json::to_value(self.nodes())),
+            Request::GetRoutes(podswitch_api::GetRoutesArgs { lookup }) => {
+                to_json(serde_json::to_value(self.routes(lookup)))
+            }
+            Request::GetServiceState(podswitch_api::GetServiceStateArgs { name }) => {
+                to_json(serde_json::to_value(self.service_state(name.as_deref())?))
+            }
+            Request::GetConfig => to_json(serde_json::to_value(&self.running_config)),
+            Request::GetTopology => to_json(serde_json::to_value(Topology {
+                node: self.node.clone(),
+                pods: self.ports.values().map(|p| p.spec.clone()).collect(),
+                remote_nodes: self.remote_nodes.clone(),
+            })),
+            Request::ListPorts => to_json(serde_json::to_value(
+                self.ports
+                    .values()
+                    .map(|p| self.port_info(p))
+                    .collect::<Vec<_>>(),
+            )),
+            Request::SetIoBackend(podswitch_api::SetIoBackendArgs { backend }) => {
+                let has_rings = self.io_backend_rings == self.workers();
+                let batched = match backend {
+                    IoBackend::Syscalls => false,
+                    IoBackend::Auto => has_rings,
+                    IoBackend::IoUring if has_rings => true,
+                    IoBackend::IoUring => {
+                        return Err(ApiError::invalid(
+                            "backend",
+                            "the workers have no io_uring (the switch started with io_backend = \"syscalls\" or the kernel refused it)",
+                        ))
+                    }
+                };
+                self.poll_control.set_batched_io(batched);
+                self.io_backend_in_use = if batched { "io_uring" } else { "syscalls" };
+                self.running_config.config.io_backend = backend;
+                tracing::info!(%backend, in_use = self.io_backend_in_use, "tap I/O set");
+                to_json(serde_json::to_value(IoBackendSet {
+                    in_use: self.io_backend_in_use.to_string(),
+                }))
+            }
+            Request::SetVxlanTunnelGso(podswitch_api::SetVxlanTunnelGsoArgs { on }) => {
+                if on && !self.tunnel_gso_available {
+                    return Err(ApiError::invalid(
+                        "on",
+                        "the switch has no tunnel port (not VXLAN mode, vxlan_tunnel_gso = false at start, or a kernel before 6.17)",
+                    ));
+                }
+                self.poll_control.set_tunnel_gso(on);
+                self.running_config.config.vxlan_tunnel_gso = on;
+                tracing::info!(on, "VXLAN UDP-tunnel GSO set");
+                to_json(serde_json::to_value(VxlanTunnelGsoSet { in_use: on }))
+            }
+            Request::SetPollMode(podswitch_api::SetPollModeArgs { mode, budget_us }) => {
+                let budget_us = budget_us.unwrap_or(self.running_config.config.adaptive_poll_us);
+                check_budget_us(budget_us)
+                    .map_err(|e| ApiError::invalid("budget_us", e.to_string()))?;
+                self.poll_control.set(mode, budget_us);
+                // A parked worker picks the change up now, not after its park.
+                for w in &self.wakers {
+                    let _ = w.wake();
+                }
+                self.running_config.config.poll_mode = mode;
+                self.running_config.config.adaptive_poll_us = budget_us;
+                tracing::info!(%mode, budget_us, "poll mode set");
+                to_json(serde_json::to_value(PollSettings { mode, budget_us }))
+            }
+            Request::GetStats => to_json(serde_json::to_value(Stats {
+                generation: self.generation,
+                workers: self.workers(),
+                io_backend: self.io_backend_in_use.to_string(),
+                vxlan_tunnel_gso: self.tunnel_gso_available && self.poll_control.tunnel_gso(),
+                datapath: crate::metrics::datapath_stats(&self.counters),
+                ports: self.ports.values().map(|p| self.port_info(p)).collect(),
+            })),
+        }
+    }
+}
+
+impl crate::control::server::Handler for SwitchState {
+    fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        SwitchState::handle(self, req)
+    }
+}
+
+/// The predicate a [`FlowFilter`] describes; a bad field is an error
+/// naming it.
+fn flow_predicate(
+    f: &FlowFilter,
+) -> Result<impl Fn(&crate::conntrack::FlowInfo) -> bool, ApiError> {
+    let proto = match f.proto.as_deref() {
+        None => None,
+        Some("tcp") => Some(6u8),
+        Some("udp") => Some(17),
+        Some("icmp") => Some(1),
+        Some(p) => {
+            return Err(ApiError::invalid(
+                "filter.proto",
+                format!("{p:?} is not tcp, udp or icmp"),
+            ))
+        }
+    };
+    let state = match &f.state {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<crate::conntrack::FlowState>(serde_json::Value::String(
+                s.clone(),
+            ))
+            .map_err(|_| ApiError::invalid("filter.state", format!("unknown state {s:?}")))?,
+        ),
+    };
+    let (addr, port) = (f.addr, f.port);
+    Ok(move |fl: &crate::conntrack::FlowInfo| {
+        let keys = [Some(fl.orig), fl.reply];
+        let keys = keys.iter().flatten();
+        proto.is_none_or(|p| fl.orig.proto == p)
+            && state.is_none_or(|s| fl.state == s)
+            && addr.is_none_or(|a| {
+                keys.clone().any(|k| {
+                    a.contains(&std::net::IpAddr::V4(k.src))
+                        || a.contains(&std::net::IpAddr::V4(k.dst))
+                })
+            })
+            && port.is_none_or(|p| keys.clone().any(|k| k.sport == p || k.dport == p))
+    })
+}

@@ -1,0 +1,269 @@
+//! The daemon's control logic against a fake kernel: what a topology
+//! request creates, removes and puts back, without root.
+
+use std::sync::{Arc, Mutex};
+
+use podswitch_api::{PatchTopologyArgs, ReplaceTopologyArgs, Topology};
+
+use super::kernel::NodeKernel;
+use super::plan::{plan_ports, PortPlan};
+use super::*;
+use crate::conntrack::ConntrackConfig;
+use crate::port::pod::WiringError;
+
+/// What the fake kernel was asked to do, and which pod it refuses.
+#[derive(Debug, Default)]
+struct KernelLog {
+    created: Vec<String>,
+    deleted: Vec<String>,
+    fail_create: Option<String>,
+}
+
+struct FakeKernel(Arc<Mutex<KernelLog>>);
+
+impl NodeKernel for FakeKernel {
+    fn precheck_pod(&self, _: &PodWiring<'_>) -> Result<(), WiringError> {
+        Ok(())
+    }
+
+    fn create_pod(
+        &mut self,
+        w: &PodWiring<'_>,
+        _queues: usize,
+    ) -> Result<Vec<crate::port::tap::TapQueue>, WiringError> {
+        let mut log = self.0.lock().unwrap();
+        if log.fail_create.as_deref() == Some(w.pod) {
+            return Err(WiringError::Other {
+                pod: w.pod.to_string(),
+                what: "the fake kernel refuses this pod".into(),
+            });
+        }
+        log.created.push(w.pod.to_string());
+        Ok(Vec::new())
+    }
+
+    fn delete_pod(&mut self, w: &PodWiring<'_>) -> Result<(), WiringError> {
+        self.0.lock().unwrap().deleted.push(w.pod.to_string());
+        Ok(())
+    }
+
+    fn route_to_host_port(&mut self, _: &str, _: IpNet) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn steer_to_host_port(&mut self, _: &str, _: &SteerAddress, _: u16) -> Result<usize, String> {
+        Ok(0)
+    }
+
+    fn local_ipv4_addresses(&self, _: Option<&str>) -> Result<Vec<Ipv4Addr>, String> {
+        Ok(Vec::new())
+    }
+}
+
+fn node() -> NodeSpec {
+    node_spec("node-1", "10.244.1.0/24".parse().unwrap(), 1500)
+}
+
+/// A daemon state for node-1 with no workers, saving into `dir`.
+fn state(dir: &Path) -> (SwitchState, Arc<Mutex<KernelLog>>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = Arc::new(Mutex::new(KernelLog::default()));
+    let config: DaemonConfig = serde_json::from_value(serde_json::json!({
+        "node": node(),
+        "control_socket": dir.join("ctl.sock"),
+        "state_dir": dir,
+        "workers": 1,
+    }))
+    .unwrap();
+    let node = config.node.clone();
+    let gw = Gateway {
+        mac: node.gateway_mac.0,
+        ipv4: node.gateway_ipv4().unwrap(),
+        ipv6: None,
+    };
+    let state = SwitchState {
+        kernel: Box::new(FakeKernel(Arc::clone(&log))),
+        node: node.clone(),
+        host: None,
+        vtep: None,
+        remote_nodes: Vec::new(),
+        services: BTreeMap::new(),
+        service_settings: ServiceSettings::default(),
+        service_table: Arc::new(ServiceTable::empty(gw.ipv4)),
+        service_layout: ServiceLayout::default(),
+        maglev_size: config.maglev_table_size,
+        conntrack: Arc::new(ConnTrack::new(
+            ConntrackConfig {
+                max_flows: 1024,
+                ..Default::default()
+            },
+            1,
+        )),
+        node_port_addresses: config.node_port_addresses.clone(),
+        node_port_ips: Vec::new(),
+        steered: BTreeMap::new(),
+        ports: BTreeMap::new(),
+        slots: Vec::new(),
+        generation: 0,
+        publisher: Arc::new(TablePublisher::new(Snapshot::empty(Tables::new(
+            &node.name,
+            gw,
+            node.pod_cidrs.clone(),
+            Vec::new(),
+        )))),
+        wakers: Vec::new(),
+        counters: Vec::new(),
+        state_file: dir.join("state.json"),
+        apply_seconds: crate::exporter::apply_latency_histogram(),
+        captures: Arc::new(crate::capture::CaptureHub::new(1)),
+        running_config: RunningConfig {
+            switch_version: "test".into(),
+            config: config.clone(),
+            log_format: None,
+            log_filter: "info".into(),
+            state_file: dir.join("state.json"),
+            node_from_state: false,
+        },
+        poll_control: Arc::new(PollControl::new(config.poll_mode, config.adaptive_poll_us)),
+        io_backend_in_use: "syscalls",
+        tunnel_gso_available: false,
+        io_backend_rings: 0,
+    };
+    (state, log)
+}
+
+/// A pod whose "namespace" is a directory of the test's own (the daemon
+/// checks only that the path exists; the fake kernel never enters it).
+fn pod(dir: &Path, name: &str, ip: &str) -> PodSpec {
+    let netns = dir.join("ns").join(name.replace('/', "-"));
+    std::fs::create_dir_all(&netns).unwrap();
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "netns": netns,
+        "ipv4": ip,
+    }))
+    .unwrap()
+}
+
+fn dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("psw-daemon-{tag}-{}", std::process::id()))
+}
+
+fn pods_of(st: &SwitchState) -> Vec<String> {
+    st.ports.keys().cloned().collect()
+}
+
+fn patch(add: Vec<PodSpec>, remove: Vec<String>) -> Request {
+    Request::PatchTopology(PatchTopologyArgs { add, remove })
+}
+
+#[test]
+fn a_pod_the_kernel_refuses_leaves_the_node_as_it_was() {
+    let d = dir("refuse");
+    let (mut st, log) = state(&d);
+    st.handle(patch(vec![pod(&d, "default/a", "10.244.1.5")], vec![]))
+        .unwrap();
+    let generation = st.generation;
+
+    // Two new pods, the second refused: the first is taken down again.
+    log.lock().unwrap().fail_create = Some("default/c".into());
+    let e = st
+        .handle(patch(
+            vec![
+                pod(&d, "default/b", "10.244.1.6"),
+                pod(&d, "default/c", "10.244.1.7"),
+            ],
+            vec![],
+        ))
+        .unwrap_err();
+    assert!(e.message.contains("refuses"), "{e}");
+    assert_eq!(pods_of(&st), ["default/a"]);
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.created, ["default/a", "default/b"]);
+        assert_eq!(log.deleted, ["default/b"]);
+    }
+
+    // A replace that drops a and adds c (refused): a is put back as it was.
+    let e = st
+        .handle(Request::ReplaceTopology(ReplaceTopologyArgs {
+            topology: Topology {
+                node: node(),
+                pods: vec![pod(&d, "default/c", "10.244.1.7")],
+                remote_nodes: Vec::new(),
+            },
+        }))
+        .unwrap_err();
+    assert!(e.message.contains("refuses"), "{e}");
+    assert_eq!(pods_of(&st), ["default/a"]);
+    assert_eq!(
+        st.ports["default/a"].spec.ipv4,
+        Some(Ipv4Addr::new(10, 244, 1, 5))
+    );
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.deleted, ["default/b", "default/a"]);
+        assert_eq!(log.created, ["default/a", "default/b", "default/a"]);
+    }
+    assert!(
+        st.generation > generation,
+        "the put-back state was published"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn an_invalid_request_touches_nothing() {
+    let d = dir("invalid");
+    let (mut st, log) = state(&d);
+    st.handle(patch(vec![pod(&d, "default/a", "10.244.1.5")], vec![]))
+        .unwrap();
+    // b takes a's address; removing an unknown pod.
+    for req in [
+        patch(vec![pod(&d, "default/b", "10.244.1.5")], vec![]),
+        patch(vec![], vec!["default/nope".into()]),
+        patch(vec![pod(&d, "default/b", "10.244.9.9")], vec![]),
+    ] {
+        st.handle(req.clone())
+            .expect_err(&format!("{req:?} accepted"));
+    }
+    assert_eq!(pods_of(&st), ["default/a"]);
+    let log = log.lock().unwrap();
+    assert_eq!(log.created, ["default/a"]);
+    assert!(log.deleted.is_empty(), "{:?}", log.deleted);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn the_plan_replaces_a_changed_pod_and_an_exact_list_removes_the_rest() {
+    let d = dir("plan");
+    let n = node();
+    let a = SwitchState::resolve_pod(&n, &pod(&d, "default/a", "10.244.1.5"), "a").unwrap();
+    let b = SwitchState::resolve_pod(&n, &pod(&d, "default/b", "10.244.1.6"), "b").unwrap();
+    let current: BTreeMap<&str, &PodSpec> = [("default/a", &a), ("default/b", &b)].into();
+
+    // The same pods again: nothing to do.
+    let p = plan_ports(&n, &current, None, &[a.clone(), b.clone()], &[], true).unwrap();
+    assert_eq!(
+        p,
+        PortPlan {
+            node: n.clone(),
+            to_remove: vec![],
+            to_add: vec![],
+            unchanged: 2,
+        }
+    );
+    // a moves to another address: removed and added again; exact drops b.
+    let moved = pod(&d, "default/a", "10.244.1.9");
+    let p = plan_ports(&n, &current, None, std::slice::from_ref(&moved), &[], true).unwrap();
+    assert_eq!(p.to_remove, ["default/a", "default/b"]);
+    assert_eq!(p.to_add.len(), 1);
+    assert_eq!(p.to_add[0].ipv4, Some(Ipv4Addr::new(10, 244, 1, 9)));
+    // Not exact: b stays.
+    let p = plan_ports(&n, &current, None, &[moved], &[], false).unwrap();
+    assert_eq!(p.to_remove, ["default/a"]);
+    // Removing a pod that is not there names the field.
+    let e = plan_ports(&n, &current, None, &[], &["x/y".into()], false).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("remove[0]"));
+    let _ = std::fs::remove_dir_all(&d);
+}
