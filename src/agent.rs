@@ -178,7 +178,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         } => {
             if let Some(ns) = &netns {
                 // Before any thread exists.
-                podswitch_agent::lab::cluster::enter_netns_for_good(ns)?;
+                podswitch_lab::cluster::enter_netns_for_good(ns)?;
             }
             let settings = settings(common.config.as_deref())?;
             let sink = StatusFileSink::new(

@@ -1,11 +1,11 @@
 //! `podswitch bench`: overlay vs native vs kernel, measured interleaved in
-//! one run (see `podswitch_agent::bench`). Parses the flags, runs the
+//! one run (see `podswitch_bench`). Parses the flags, runs the
 //! bench, prints the table and writes the JSON and SVG files.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use podswitch_agent::bench::{self, BenchConfig, Mode, Test};
+use podswitch_bench::{self as bench, BenchConfig, Mode, Test};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {

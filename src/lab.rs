@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use podswitch_agent::lab::cluster::{self, Lab, DEFAULT_LAB};
-use podswitch_agent::lab::{manifest, view};
+use podswitch_lab::cluster::{self, Lab, DEFAULT_LAB};
+use podswitch_lab::{manifest, view};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -445,7 +445,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             workers,
         } => {
             let lab = lab_named(name, Some("demo"))?;
-            podswitch_agent::lab::demo::run(&lab, quick, json.as_deref(), workers)?;
+            podswitch_lab::demo::run(&lab, quick, json.as_deref(), workers)?;
         }
         LabCommand::BenchServices {
             services,
@@ -454,8 +454,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             json,
         } => {
             let lab = lab_named(name, Some("svcbench"))?;
-            let report = podswitch_agent::lab::svc_bench::run(&lab, &services, rounds, secs)?;
-            outln!("{}", podswitch_agent::lab::svc_bench::render(&report));
+            let report = podswitch_lab::svc_bench::run(&lab, &services, rounds, secs)?;
+            outln!("{}", podswitch_lab::svc_bench::render(&report));
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -472,7 +472,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             if !cmd.is_empty() {
                 return Err(cluster::exec_in_netns(&netns, &cmd));
             }
-            podswitch_agent::lab::workload::run_echo(&pod, &tcp, &udp)?;
+            podswitch_lab::workload::run_echo(&pod, &tcp, &udp)?;
         }
     }
     Ok(())

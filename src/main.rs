@@ -275,7 +275,7 @@ fn switch_run(args: SwitchRunArgs, log_format: &str) -> anyhow::Result<()> {
     }
     if let Some(ns) = &args.netns {
         // Before any thread exists, so every worker inherits the namespace.
-        podswitch_agent::lab::cluster::enter_netns_for_good(ns)?;
+        podswitch_lab::cluster::enter_netns_for_good(ns)?;
     }
     daemon::run(config, Some(log_format.to_string()))
 }

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
-use podswitch_agent::lab::manifest::Protocol;
-use podswitch_agent::lab::{probe, traffic};
+use podswitch_lab::manifest::Protocol;
+use podswitch_lab::{probe, traffic};
 use podswitch_switch::control::api::Mac;
 
 #[derive(clap::Args, Debug)]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use podswitch_agent::fuzzing as agent;
 use podswitch_cni::fuzzing as cni;
+use podswitch_lab::fuzzing as lab;
 use podswitch_switch::fuzzing as switch;
 
 type Body = fn(&[u8]);
@@ -35,7 +36,7 @@ fn targets() -> Vec<(&'static str, Body, Seeds)> {
             switch::control_seeds(),
         ),
         ("daemon_config", daemon_config, Vec::new()),
-        ("lab_manifest", agent::lab_manifest, Vec::new()),
+        ("lab_manifest", lab::lab_manifest, Vec::new()),
         ("files_source", agent::files_source, Vec::new()),
         ("cni_request", cni::cni_request, cni::cni_seeds()),
     ]

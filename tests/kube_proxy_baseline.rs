@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use podswitch_agent::lab::demo::in_netns;
-use podswitch_agent::lab::kube_proxy::{IptablesBackend, KernelServiceLab, TARGET_CLUSTER_IP};
-use podswitch_agent::lab::probe;
+use podswitch_lab::demo::in_netns;
+use podswitch_lab::kube_proxy::{IptablesBackend, KernelServiceLab, TARGET_CLUSTER_IP};
+use podswitch_lab::probe;
 use podswitch_switch::port::netns;
 
 /// Requests through the ClusterIP, each on its own connection.

@@ -462,7 +462,7 @@ fn the_file_source_on_the_labs_objects_gives_the_labs_service_table() {
             client::call(Path::new(&lab.socket(node)), &Request::GetServices).unwrap();
         let theirs = v["services"].as_array().unwrap().clone();
         assert!(!theirs.is_empty());
-        let st = podswitch_agent::lab::cluster::Lab::new(&lab.name, exe())
+        let st = podswitch_lab::cluster::Lab::new(&lab.name, exe())
             .unwrap()
             .state()
             .unwrap()

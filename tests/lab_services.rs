@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use podswitch_agent::lab::cluster::Lab;
+use podswitch_lab::cluster::Lab;
 use podswitch_switch::control::api::{Protocol, ServiceSpec};
 use serde_json::Value;
 

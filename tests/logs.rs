@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{require_root, wait_until, TestLab};
 
-/// The lab's log of node `node`'s switch (agent/src/lab/cluster.rs).
+/// The lab's log of node `node`'s switch (lab/src/cluster.rs).
 fn switch_log(lab: &TestLab, node: &str) -> PathBuf {
     PathBuf::from("/run/podswitch/lab")
         .join(&lab.name)

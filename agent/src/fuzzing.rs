@@ -13,39 +13,8 @@ use std::sync::OnceLock;
 use podswitch_switch::control::api::{ClusterMode, ServiceSettings};
 use podswitch_switch::tables::services::{NodeView, ServiceTable};
 
-use crate::lab::{cluster, manifest};
 use crate::source::files::ManifestCache;
 use crate::translate::{self, TranslateConfig};
-
-/// The `lab_manifest` target: a lab file as `podswitch lab up -f` reads it
-/// (a `kind: Lab` document, then Kubernetes manifests), and the same text
-/// as plain manifests as `podswitch lab apply -f` reads them; what parses
-/// is expanded into pods.
-pub fn lab_manifest(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    match cluster::parse_lab(&text, "fuzz.yaml") {
-        Ok(def) => expand(&def.objects),
-        Err(e) => assert!(!format!("{e:#}").is_empty(), "an error without a message"),
-    }
-    match manifest::parse_manifests(&text, "fuzz.yaml") {
-        Ok(objects) => expand(&objects),
-        Err(e) => assert!(!e.to_string().is_empty(), "an error without a message"),
-    }
-}
-
-fn expand(objects: &[manifest::Object]) {
-    for o in objects {
-        let _ = (o.kind(), o.name(), o.namespace());
-    }
-    match manifest::expand_pods(objects) {
-        Ok(pods) => {
-            for p in &pods {
-                let _ = manifest::echo_ports(p);
-            }
-        }
-        Err(e) => assert!(!e.to_string().is_empty(), "an error without a message"),
-    }
-}
 
 /// A private file the `files_source` target writes each input to (the
 /// file source reads only files).
@@ -102,6 +71,5 @@ mod tests {
     #[test]
     fn seeds_run_clean() {
         files_source(b"apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n");
-        lab_manifest(b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n");
     }
 }

@@ -1,18 +1,16 @@
-//! podswitch agent: Kubernetes manifests, topology sources, translation to
-//! switch topology, the standalone lab and the bench (the CNI plugin is its
-//! own crate, `podswitch-cni`).
+//! podswitch agent, the Kubernetes side: manifests, topology sources and
+//! the translation of Kubernetes objects to a node's switch topology. The
+//! CNI plugin (`podswitch-cni`), the lab (`podswitch-lab`) and the bench
+//! (`podswitch-bench`) are crates of their own.
 //!
 //! Layers, each importing only those above it: `manifest` (reading
 //! Kubernetes objects) and `translate`; `source` (the agent's topology
-//! sources); `cpu` (CPU accounting); `lab`; `bench`.
+//! sources).
 #![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod cpu;
 /// Fuzz target bodies (`fuzz/`); not in release builds (feature `fuzzing`).
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod lab;
 pub mod manifest;
 pub mod source;
 pub mod translate;

@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    podswitch_agent::fuzzing::lab_manifest(data);
+    podswitch_lab::fuzzing::lab_manifest(data);
 });

@@ -1186,7 +1186,7 @@ fn replica_suffix(deployment: &str, hash: &str, index: i32, salt: u32) -> String
 /// where a Kubernetes controller appends five random characters to a
 /// generated name, the lab derives them, so names are stable across
 /// commands.
-pub(crate) fn stable_suffix(parts: &[&[u8]]) -> String {
+pub fn stable_suffix(parts: &[&[u8]]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {

@@ -2,7 +2,7 @@
 //! its rules that matters here), refusing what podswitch cannot do (SCTP,
 //! IPv6, ExternalName, loadBalancerSourceRanges) instead of ignoring it.
 //! Manifest parsing (`super`) and the lab's control plane
-//! (`crate::lab::services`, which allocates ClusterIPs and NodePorts in
+//! (`podswitch_lab::services`, which allocates ClusterIPs and NodePorts in
 //! `plan`) both use it, so parsing and applying agree on what is valid.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,7 +133,7 @@ impl LabService {
 
     /// Whether the type exposes NodePorts (NodePort, and LoadBalancer unless
     /// `allocateLoadBalancerNodePorts: false`).
-    pub(crate) fn wants_node_ports(&self) -> bool {
+    pub fn wants_node_ports(&self) -> bool {
         match self.type_ {
             ServiceType::ClusterIP => false,
             ServiceType::NodePort => true,
@@ -169,7 +169,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             reason: reason.into(),
@@ -257,7 +257,7 @@ fn parse_protocol(field: &str, value: Option<&str>) -> Result<Protocol, FieldErr
     }
 }
 
-pub(crate) fn protocol_str(p: Protocol) -> &'static str {
+pub fn protocol_str(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "TCP",
         Protocol::Udp => "UDP",

@@ -78,7 +78,7 @@ use super::bridge::{kill_processes_in, link_index, wait_processes_gone, OwnedNet
 use super::demo::in_netns;
 use super::traffic::{self, CrrReport};
 use super::workload::EchoWorkload;
-use crate::manifest::Protocol;
+use podswitch_agent::manifest::Protocol;
 
 /// The Service with real endpoints.
 pub const TARGET_SERVICE: &str = "default/echo";

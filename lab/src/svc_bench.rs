@@ -25,7 +25,7 @@ use super::cluster::{self, Lab};
 use super::demo::in_netns;
 use super::kube_proxy::{self, KernelServiceLab};
 use super::traffic;
-use crate::manifest::Protocol;
+use podswitch_agent::manifest::Protocol;
 
 /// The podswitch side's lab: one node, three backends, one client.
 const LAB: &str = r#"

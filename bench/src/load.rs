@@ -1,11 +1,11 @@
 //! The bench's own traffic generators, run on threads inside pod
-//! namespaces, beside the lab's ([`crate::lab::traffic`], whose
+//! namespaces, beside the lab's ([`podswitch_lab::traffic`], whose
 //! request/response server and TCP_CRR client the bench reuses as they
 //! are):
 //!
 //! - [`rr_histogram`]: request/response against a
-//!   [`traffic::RrServer`](crate::lab::traffic::RrServer) like
-//!   [`traffic::rr_client`](crate::lab::traffic::rr_client), but keeping
+//!   [`traffic::RrServer`](podswitch_lab::traffic::RrServer) like
+//!   [`traffic::rr_client`](podswitch_lab::traffic::rr_client), but keeping
 //!   the whole HDR histogram so the report can plot the latency CDF and
 //!   merge rounds;
 //! - [`StreamSink`] + [`stream_send`]: TCP throughput the way iperf3
@@ -26,7 +26,7 @@ use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
 
 use super::stats::latency_histogram;
-use crate::manifest::Protocol;
+use podswitch_agent::manifest::Protocol;
 
 /// Smallest request: the 4-byte length prefix of the TCP framing and a
 /// 4-byte sequence number.
@@ -64,7 +64,7 @@ fn connect_until(dst: SocketAddr, deadline: Instant) -> anyhow::Result<TcpStream
 }
 
 /// Request `i` of `size` bytes: for TCP the 4-byte big-endian length of the
-/// whole message (the framing [`RrServer`](crate::lab::traffic::RrServer)
+/// whole message (the framing [`RrServer`](podswitch_lab::traffic::RrServer)
 /// expects), then the sequence number and filler.
 fn request(proto: Protocol, seq: u32, size: usize, out: &mut Vec<u8>) {
     out.clear();
@@ -347,7 +347,7 @@ impl StreamReport {
 
 /// The receiving end of a throughput stream: counts bytes, like iperf3's
 /// server, without looking at them (the lab's CRC-checking
-/// [`TcpSink`](crate::lab::traffic::TcpSink) costs a hash per byte, which
+/// [`TcpSink`](podswitch_lab::traffic::TcpSink) costs a hash per byte, which
 /// on a small machine competes with the path being measured and made the
 /// built-in numbers 20 % lower than iperf3's).
 #[derive(Debug)]
@@ -491,7 +491,7 @@ pub fn stream_send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::traffic::RrServer;
+    use podswitch_lab::traffic::RrServer;
 
     fn serve(proto: Protocol) -> SocketAddr {
         let server = RrServer::bind(proto, "127.0.0.1:0".parse().unwrap()).unwrap();

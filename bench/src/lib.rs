@@ -27,8 +27,9 @@
 //! ClusterIP (rr and crr). Afterwards the built-in generator is
 //! cross-checked on the kernel baselines against iperf3 and sockperf
 //! ([`external`]), alternating runs of the same length on the same path.
+#![forbid(unsafe_code)]
 
-pub use crate::cpu;
+pub use podswitch_lab::cpu;
 pub mod external;
 pub mod kernel_nodes;
 pub mod load;
@@ -57,12 +58,12 @@ use podswitch_switch::control::client;
 use podswitch_switch::worker::poll::PollMode;
 use podswitch_switch::worker::IoBackend;
 
-use crate::lab::bridge::KernelBridgeLab;
-use crate::lab::cluster::{self, Lab, LabState};
-use crate::lab::demo::{in_netns, spawn_in_netns, Machine};
-use crate::lab::kube_proxy::{self, KernelServiceLab};
-use crate::lab::traffic;
-use crate::manifest::Protocol;
+use podswitch_agent::manifest::Protocol;
+use podswitch_lab::bridge::KernelBridgeLab;
+use podswitch_lab::cluster::{self, Lab, LabState};
+use podswitch_lab::demo::{in_netns, spawn_in_netns, Machine};
+use podswitch_lab::kube_proxy::{self, KernelServiceLab};
+use podswitch_lab::traffic;
 
 use kernel_nodes::{Backend, KernelNodesLab};
 use report::{Cdf, Comparison, CrossCheck, Meta, Metric, ModeReport, ModeSetup, Report, Settings};

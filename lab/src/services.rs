@@ -32,12 +32,11 @@ use podswitch_switch::control::api::{
     EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
 };
 
-use crate::manifest::{self, LabPod};
-use crate::translate::endpoints::{conditions, find_port, group_by_ports};
-pub use crate::translate::endpoints::{ResolvedPort, MAX_ENDPOINTS_PER_SLICE};
+use podswitch_agent::manifest::{self, LabPod};
+use podswitch_agent::translate::endpoints::{conditions, find_port, group_by_ports};
+pub use podswitch_agent::translate::endpoints::{ResolvedPort, MAX_ENDPOINTS_PER_SLICE};
 
-use crate::manifest::service::protocol_str;
-pub use crate::manifest::service::*;
+pub use podswitch_agent::manifest::service::*;
 
 /// Size of the static band at the bottom of a range: Kubernetes allocates
 /// dynamically from above it first, so that addresses and ports users pick
@@ -526,7 +525,7 @@ pub fn settings(cluster_cidr: Ipv4Net) -> ServiceSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{parse_manifests, LabContainer, LabPort, Object};
+    use podswitch_agent::manifest::{parse_manifests, LabContainer, LabPort, Object};
 
     fn requests(yaml: &str) -> Result<Vec<ServiceRequest>, FieldError> {
         parse_manifests(yaml, "t.yaml")

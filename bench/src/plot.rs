@@ -228,7 +228,7 @@ pub fn render_svg(r: &Report) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::{Cdf, Meta, Metric, ModeSetup, Settings};
+    use crate::report::{Cdf, Meta, Metric, ModeSetup, Settings};
 
     fn mode(name: &str, kernel: bool, scale: f64) -> ModeReport {
         ModeReport {

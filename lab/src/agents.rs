@@ -43,7 +43,7 @@ use podswitch_switch::control::client::Client;
 
 use super::cluster::{pid_alive, wait_for, LabPaths, LabState, NodeState};
 use super::{services, view};
-use crate::source::status;
+use podswitch_agent::source::status;
 
 /// How often a lab agent checks the manifests (milliseconds): a stat of
 /// three files, so apply → switch stays well under the 1 s.

@@ -622,8 +622,8 @@ pub fn endpoint_slices_table(st: &LabState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::services::{plan, ServiceRequest};
-    use crate::manifest::{parse_manifests, Object};
+    use crate::services::{plan, ServiceRequest};
+    use podswitch_agent::manifest::{parse_manifests, Object};
 
     fn lab_service(yaml: &str) -> LabService {
         let objects = parse_manifests(yaml, "t.yaml").unwrap();

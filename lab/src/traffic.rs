@@ -28,7 +28,7 @@ use hdrhistogram::Histogram;
 use podswitch_switch::port::raw::{RawSocket, VNET_HDR_LEN};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Protocol;
+use podswitch_agent::manifest::Protocol;
 
 /// Size of the repeating payload pattern.
 const PATTERN_LEN: usize = 1 << 20;
@@ -1200,7 +1200,7 @@ mod tests {
 
     #[test]
     fn udp_echo_check_against_the_workload_echo() {
-        let w = crate::lab::workload::EchoWorkload::start_on("p", &[LO], &[], &[0]).unwrap();
+        let w = crate::workload::EchoWorkload::start_on("p", &[LO], &[], &[0]).unwrap();
         let r = udp_echo_check(w.udp_addrs()[0], 200, 1200, Duration::from_secs(10)).unwrap();
         assert_eq!(
             r,

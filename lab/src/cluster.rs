@@ -51,12 +51,12 @@ use podswitch_switch::port::netns;
 
 use super::agents;
 use super::services::{self, LabService, PodInfo, ServiceError, ServiceRequest};
-use crate::manifest::{self, LabPod, Object};
+use podswitch_agent::manifest::{self, LabPod, Object};
 
 /// Where lab state lives.
 pub const LAB_ROOT: &str = "/run/podswitch/lab";
 /// The embedded default lab file.
-pub const DEFAULT_LAB: &str = include_str!("../../../configs/labs/default.yaml");
+pub const DEFAULT_LAB: &str = include_str!("../../configs/labs/default.yaml");
 /// How long a switch may take to answer on its control socket after start.
 const SWITCH_START_TIMEOUT: Duration = Duration::from_secs(10);
 

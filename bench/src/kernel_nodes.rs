@@ -140,7 +140,7 @@ impl KernelNodesLab {
                 sh_ip(&line)?;
             }
             let node_path = netns::path(&n);
-            crate::lab::demo::in_netns(&node_path, || {
+            podswitch_lab::demo::in_netns(&node_path, || {
                 std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                     .context("setting net.ipv4.ip_forward=1")
             })?;

@@ -20,7 +20,7 @@ use podswitch_switch::port::netns;
 use super::bridge::KernelBridgeLab;
 use super::cluster::{self, Lab, PodState};
 use super::{probe, traffic};
-use crate::manifest::Protocol;
+use podswitch_agent::manifest::Protocol;
 
 /// Runs `f` on a new thread inside the network namespace `path`.
 pub fn spawn_in_netns<T: Send + 'static>(

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use serde::Deserialize;
 
-use crate::lab::demo::in_netns;
+use podswitch_lab::demo::in_netns;
 
 /// What sockperf's ping-pong leaves out at the start of a run ("Warm up
 /// time=400 msec" in the summary of sockperf 3.7).
