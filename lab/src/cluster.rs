@@ -304,6 +304,45 @@ impl PodState {
     }
 }
 
+/// How long a new pod's workload may take to listen on its ports.
+const WORKLOAD_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until every TCP port in `ports` accepts a connection on the
+/// loopback of the namespace at `netns_path` (a TCP readiness probe), the
+/// workload `pid` has exited, or `timeout` has passed (logged: the pod is
+/// then published as it is, as before).
+fn wait_listening(netns_path: &Path, ports: &[u16], pid: i32, timeout: Duration) {
+    if ports.is_empty() {
+        return;
+    }
+    let ports = ports.to_vec();
+    let probe = netns::run_in(netns_path, move || {
+        let deadline = Instant::now() + timeout;
+        let mut waiting = ports;
+        while !waiting.is_empty() && Instant::now() < deadline && pid_alive(pid) {
+            waiting.retain(|&port| {
+                let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+            });
+            if !waiting.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        waiting
+    });
+    match probe {
+        Ok(waiting) if waiting.is_empty() => {}
+        Ok(waiting) => {
+            tracing::warn!(
+                ?waiting,
+                pid,
+                "workload not listening on these ports yet; published anyway"
+            )
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot probe the workload's ports"),
+    }
+}
+
 /// A pod's graceful deletion, as Kubernetes records it in
 /// `metadata.deletionTimestamp` and `deletionGracePeriodSeconds`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1243,6 +1282,13 @@ impl Lab {
             .with_context(|| format!("starting the workload of pod {}", pod.name))?;
         let pid = child.id() as i32;
         std::mem::forget(child);
+        // Ready only once it listens, as a kubelet's TCP readiness probe
+        // would have it: a pod published as an endpoint while its server
+        // is still starting refuses the connections sent to it.
+        if pod.containers.iter().all(|c| c.command.is_none()) {
+            let (tcp, _) = manifest::echo_ports(pod);
+            wait_listening(netns_path, &tcp, pid, WORKLOAD_READY_TIMEOUT);
+        }
         Ok(pid)
     }
 

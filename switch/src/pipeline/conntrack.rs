@@ -33,7 +33,7 @@ use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
 
 use super::icmp_error::{error_allowed, rewrite_as_error, RateLimit};
 use super::nat::{self, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
-use super::{drop_packet, Batch, DropReason, Packet, L3};
+use super::{drop_packet, Batch, DropReason, Packet, Verdict, L3};
 use crate::conntrack::{
     flow_flags, state::tcp_next, tcp_flags, ConnTrack, Dir, FlowKey, FlowRef, FlowState,
 };
@@ -673,6 +673,19 @@ impl ConntrackStage {
             }
         }
         None
+    }
+
+    /// The ICMP errors a later stage built (`Meta::own_icmp_error`) about
+    /// packets this stage may have translated: each is translated as an
+    /// error about the flow arriving from the packet's next hop would be,
+    /// so its quote shows the packet as its sender sent it (to the
+    /// ClusterIP, from its own address) and it goes to that sender.
+    pub fn translate_own_errors(&mut self, batch: &mut Batch, c: &WorkerCounters) {
+        for p in batch.packets_mut() {
+            if p.meta.own_icmp_error && p.verdict == Verdict::Reply {
+                self.related(p, c);
+            }
+        }
     }
 
     /// An ICMP error: if it quotes a packet of a tracked flow, translate it

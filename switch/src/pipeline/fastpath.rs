@@ -439,6 +439,7 @@ fn parse_fast(p: &mut Packet, tables: &Tables) -> Option<(FlowKey, u8)> {
         dont_fragment: flags_frag & 0x4000 != 0,
         ttl: h[8],
         from_node,
+        own_icmp_error: false,
     };
     // Ethernet padding is trimmed, as the parse stage does.
     let l2_len = ETH_LEN + usize::from(ip_len);

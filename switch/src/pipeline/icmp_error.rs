@@ -113,7 +113,17 @@ pub fn rewrite_as_error(p: &mut Packet, gw: &Gateway, icmp_type: Icmpv4Type) -> 
     }
     p.set_frame_len(needed);
     p.set_vnet(vnet_hdr::Repr::NONE);
-    p.meta.l3_off = ETH_LEN as u16;
+    // The metadata now describes the error, not the packet it replaced.
+    let m = &mut p.meta;
+    m.l3_off = ETH_LEN as u16;
+    m.l4_off = (ETH_LEN + 20) as u16;
+    m.l4_hdr_len = 8;
+    m.proto = 1;
+    m.ip_len = (needed - ETH_LEN) as u16;
+    m.src = IpAddr::V4(gw.ipv4);
+    m.dst = IpAddr::V4(src);
+    m.first_fragment = true;
+    m.more_fragments = false;
     p.verdict = Verdict::Reply;
     true
 }

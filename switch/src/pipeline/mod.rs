@@ -104,6 +104,10 @@ pub struct Meta {
     /// For frames decapsulated from the overlay: the sending node (index
     /// into `Tables::overlay.nodes`), where replies such as ICMP errors go.
     pub from_node: Option<u16>,
+    /// An ICMP error the route stage built from a packet that may already
+    /// have been translated: its quote and destination are translated back
+    /// to what the sender sent before it leaves (RFC 5508 §4.2).
+    pub own_icmp_error: bool,
 }
 
 impl Default for Meta {
@@ -123,6 +127,7 @@ impl Default for Meta {
             dont_fragment: false,
             ttl: 0,
             from_node: None,
+            own_icmp_error: false,
         }
     }
 }
@@ -482,6 +487,13 @@ impl Pipeline {
             self.conntrack.process(batch, tables, c, now);
             self.gateway.process(batch, tables, c);
             self.route.process(batch, tables, c, now);
+        }
+        // Errors about packets NAT already rewrote (too big for the
+        // endpoint's port, TTL expired after DNAT) quote the rewritten
+        // packet: translated back here, as the kernel's NAT does for the
+        // errors it forwards. Rare: the common batch pays one test.
+        if self.route.take_errors_built() > 0 {
+            self.conntrack.translate_own_errors(batch, c);
         }
         self.output.process(batch, tables, c);
     }

@@ -129,6 +129,9 @@ pub const ICMP_ERROR_BURST: u32 = 200;
 #[derive(Debug)]
 pub struct RouteStage {
     icmp_limit: RateLimit,
+    /// ICMP errors built since [`RouteStage::take_errors_built`] was last
+    /// asked (their packets carry `Meta::own_icmp_error`).
+    errors_built: usize,
 }
 
 impl Default for RouteStage {
@@ -141,7 +144,14 @@ impl RouteStage {
     pub fn new() -> Self {
         RouteStage {
             icmp_limit: RateLimit::new(ICMP_ERROR_RATE, ICMP_ERROR_BURST),
+            errors_built: 0,
         }
+    }
+
+    /// How many ICMP errors this stage built since the last call.
+    #[inline]
+    pub fn take_errors_built(&mut self) -> usize {
+        std::mem::take(&mut self.errors_built)
     }
 
     pub fn process(
@@ -320,6 +330,8 @@ impl RouteStage {
             && self.icmp_limit.allow(now)
             && rewrite_as_error(p, &tables.gateway, icmp)
         {
+            p.meta.own_icmp_error = true;
+            self.errors_built += 1;
             c.stages.icmp_errors_sent.inc();
         } else {
             c.count_drop(DropReason::IcmpErrorSuppressed, 0);

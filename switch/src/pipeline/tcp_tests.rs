@@ -25,7 +25,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
-use super::testutil::{counters, mac_of, svc_tables, GW, POD_A, POD_B, VIP};
+use super::testutil::{counters, mac_of, svc_tables, GW, POD_A, POD_B, POD_C, VIP};
 use super::{Batch, DropReason, Pipeline, Verdict};
 use crate::conntrack::state::FlowState;
 use crate::tables::{PortId, Tables};
@@ -124,30 +124,53 @@ impl Host {
     }
 }
 
-/// Two hosts, the pipeline between them, virtual time, and every drop.
+/// The client, its servers, the pipeline between them, virtual time, and
+/// every drop.
 struct Net {
-    hosts: [Host; 2],
+    /// The client (pod A, port 0) first, then one server per endpoint.
+    hosts: Vec<Host>,
     pipeline: Pipeline,
     tables: Tables,
     start: StdInstant,
     ms: u64,
     drops: Vec<DropReason>,
+    /// Lose the n-th frame (counting from 1) the client sends, on the wire
+    /// before the switch, as a lossy link would.
+    lose_client_frame: Option<usize>,
+    client_frames: usize,
+    /// Frames the pipeline delivered to the client, as it got them.
+    to_client: Vec<Vec<u8>>,
 }
 
 impl Net {
     /// Pod A (client, port 0) and pod B (server on :80, port 1) on the
     /// node of `svc_tables` with B as the Service's endpoint.
     fn new() -> Self {
+        Net::with(&[(1, POD_B)], None)
+    }
+
+    /// Pod A (client, port 0) and a server on :80 per endpoint (its port
+    /// and address: port 1 is B, port 2 is C, whose MTU is 1400), with
+    /// session affinity if given.
+    fn with(endpoints: &[(PortId, [u8; 4])], affinity: Option<u32>) -> Self {
         let now = Instant::from_millis(0);
-        let mut server = Host::new(1, POD_B, now);
-        server.socket().listen(80).expect("listen");
+        let mut hosts = vec![Host::new(0, POD_A, now)];
+        for &(port, ip) in endpoints {
+            let mut server = Host::new(port, ip, now);
+            server.socket().listen(80).expect("listen");
+            hosts.push(server);
+        }
+        let eps: Vec<([u8; 4], bool)> = endpoints.iter().map(|&(_, ip)| (ip, false)).collect();
         Net {
-            hosts: [Host::new(0, POD_A, now), server],
+            hosts,
             pipeline: Pipeline::new(counters()),
-            tables: svc_tables(&[(POD_B, false)], None),
+            tables: svc_tables(&eps, affinity),
             start: StdInstant::now(),
             ms: 0,
             drops: Vec::new(),
+            lose_client_frame: None,
+            client_frames: 0,
+            to_client: Vec::new(),
         }
     }
 
@@ -157,6 +180,21 @@ impl Net {
 
     fn server(&mut self) -> &mut tcp::Socket<'static> {
         self.hosts[1].socket()
+    }
+
+    /// The server host that holds the client's connection, by address.
+    fn serving(&mut self) -> Option<[u8; 4]> {
+        self.hosts[1..].iter_mut().find_map(|h| {
+            let socket = h.socket();
+            if socket.state() != tcp::State::Established {
+                return None;
+            }
+            match socket.local_endpoint()?.addr {
+                IpAddress::Ipv4(a) => Some(a.octets()),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            }
+        })
     }
 
     /// One step: both hosts poll, and what they sent crosses the pipeline.
@@ -169,6 +207,12 @@ impl Net {
         }
         for from in 0..self.hosts.len() {
             while let Some(frame) = self.hosts[from].wire.from_host.pop_front() {
+                if from == 0 {
+                    self.client_frames += 1;
+                    if self.lose_client_frame == Some(self.client_frames) {
+                        continue;
+                    }
+                }
                 let mut batch = Batch::new(1);
                 let mut bytes = vec![0u8; vnet_hdr::LEN];
                 bytes.extend_from_slice(&frame);
@@ -185,6 +229,9 @@ impl Net {
                     }
                     other => panic!("unexpected verdict {other:?}"),
                 };
+                if to == 0 {
+                    self.to_client.push(p.frame().to_vec());
+                }
                 let host = self
                     .hosts
                     .iter_mut()
@@ -216,16 +263,25 @@ impl Net {
 }
 
 fn connect(net: &mut Net) {
-    let cx = net.hosts[0].iface.context();
-    let socket = net.hosts[0]
-        .sockets
-        .get_mut::<tcp::Socket>(net.hosts[0].tcp);
+    connect_from(net, 49152);
+}
+
+/// Connects the client from `local_port` to the ClusterIP, until both ends
+/// are established.
+fn connect_from(net: &mut Net, local_port: u16) {
+    let client = &mut net.hosts[0];
+    let cx = client.iface.context();
+    let socket = client.sockets.get_mut::<tcp::Socket>(client.tcp);
     socket
-        .connect(cx, (IpAddress::Ipv4(Ipv4Address::from(VIP)), 8080), 49152)
+        .connect(
+            cx,
+            (IpAddress::Ipv4(Ipv4Address::from(VIP)), 8080),
+            local_port,
+        )
         .expect("connect");
     assert!(
         net.run_until(100, |n| n.client().state() == tcp::State::Established
-            && n.server().state() == tcp::State::Established),
+            && n.serving().is_some()),
         "no handshake through the ClusterIP; drops {:?}",
         net.drops
     );
@@ -318,4 +374,152 @@ fn a_removed_endpoint_resets_the_client_at_its_next_segment() {
     );
     // The server never heard of it: its side stays open until it times out.
     assert_eq!(net.server().state(), tcp::State::Established);
+}
+
+/// Sends `data` from the client until the server holding the connection
+/// has it all; the bytes it got.
+fn send_up(net: &mut Net, data: &[u8], steps: usize) -> Vec<u8> {
+    let mut sent = 0;
+    let mut got = Vec::new();
+    net.run_until(steps, |n| {
+        sent += n.client().send_slice(&data[sent..]).unwrap_or(0);
+        let mut buf = [0u8; 8192];
+        for h in n.hosts[1..].iter_mut() {
+            while let Ok(k @ 1..) = h.socket().recv_slice(&mut buf) {
+                got.extend_from_slice(&buf[..k]);
+            }
+        }
+        got.len() == data.len()
+    });
+    got
+}
+
+/// ```text
+///  pod A ──x (3rd frame lost on the wire) ──> VIP:8080 ──> B:80
+/// ```
+/// A segment lost before the switch is retransmitted by the client and
+/// crosses the same NAT mapping: the server gets every byte once, in
+/// order, and the switch dropped nothing.
+#[test]
+fn a_segment_lost_on_the_wire_is_retransmitted_through_the_same_mapping() {
+    let mut net = Net::new();
+    connect(&mut net);
+    // The handshake's ACK was frame 2: lose the first data segment.
+    net.lose_client_frame = Some(net.client_frames + 1);
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    let got = send_up(&mut net, &data, 3000);
+    assert!(
+        net.client_frames > net.lose_client_frame.unwrap(),
+        "nothing was sent after the loss"
+    );
+    assert_eq!(got.len(), data.len(), "stalled; drops {:?}", net.drops);
+    assert!(got == data, "data changed or reordered on the way");
+    assert!(net.drops.is_empty(), "drops: {:?}", net.drops);
+    assert_eq!(net.flow_state(), Some(FlowState::Established));
+    // One flow: the retransmission found the mapping the lost segment's
+    // flow set up at the handshake.
+    let flows = net
+        .pipeline
+        .conntrack
+        .table()
+        .list(16, |f| f.orig.dst == Ipv4Addr::from(VIP));
+    assert_eq!(flows.len(), 1, "{flows:?}");
+}
+
+/// ```text
+///  pod A ──> VIP:8080 ──> {B:80, C:80}, ClientIP affinity
+/// ```
+/// With session affinity every new connection of the client, from any
+/// source port, goes to the endpoint its first one went to, and the
+/// switch keeps an affinity record for the client.
+#[test]
+fn session_affinity_pins_every_connection_of_a_client_to_one_endpoint() {
+    let mut net = Net::with(&[(1, POD_B), (2, POD_C)], Some(10_800));
+    let mut backends = Vec::new();
+    for i in 0..6u16 {
+        connect_from(&mut net, 49152 + i * 7);
+        backends.push(net.serving().expect("a server holds the connection"));
+        // Close both ends and let the servers listen again.
+        net.client().abort();
+        net.step();
+        for h in net.hosts[1..].iter_mut() {
+            if h.socket().state() != tcp::State::Listen {
+                h.socket().abort();
+                h.poll(Instant::from_millis(net.ms as i64));
+                h.socket().listen(80).expect("listen again");
+            }
+        }
+        net.step();
+    }
+    assert!(
+        backends.iter().all(|b| *b == backends[0]),
+        "connections spread over {backends:?}"
+    );
+    let records = net
+        .pipeline
+        .conntrack
+        .table()
+        .list(16, |f| f.state == FlowState::Affinity);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].orig.src, Ipv4Addr::from(POD_A));
+}
+
+/// ```text
+///  pod A (MTU 1500) ──> VIP:8080 ──> C:80 (port MTU 1400)
+/// ```
+/// A full-sized segment with DF set does not fit the endpoint's port: the
+/// switch answers "fragmentation needed" with the port's MTU (RFC 1191),
+/// and its quoted header is translated back, so the client's stack can
+/// match it to its connection to the ClusterIP (as the kernel's NAT does
+/// for ICMP errors, RFC 5508 §4.2).
+#[test]
+fn a_segment_too_big_for_the_endpoint_gets_frag_needed_naming_the_cluster_ip() {
+    use etherparse::{Icmpv4Type, TransportSlice};
+    let mut net = Net::with(&[(2, POD_C)], None);
+    connect(&mut net);
+    let data = vec![7u8; 3000];
+    let mut sent = 0;
+    let frag_needed = |frame: &[u8]| -> Option<(u16, Vec<u8>)> {
+        let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+            return None;
+        };
+        match icmp.icmp_type() {
+            Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+            ) => Some((next_hop_mtu, icmp.payload().to_vec())),
+            _ => None,
+        }
+    };
+    let found = net.run_until(200, |n| {
+        sent += n.client().send_slice(&data[sent..]).unwrap_or(0);
+        n.to_client.iter().any(|f| frag_needed(f).is_some())
+    });
+    assert!(
+        found,
+        "no fragmentation-needed reached the client; drops {:?}",
+        net.drops
+    );
+    let (mtu, quoted) = net
+        .to_client
+        .iter()
+        .find_map(|f| frag_needed(f))
+        .expect("found above");
+    assert_eq!(mtu, 1400, "the endpoint port's MTU");
+    // The quoted datagram is the client's, as the client sent it: to the
+    // ClusterIP, from the client's port.
+    let h = etherparse::Ipv4HeaderSlice::from_slice(&quoted).expect("quoted IPv4 header");
+    assert_eq!(h.source_addr(), Ipv4Addr::from(POD_A));
+    assert_eq!(h.destination_addr(), Ipv4Addr::from(VIP));
+    let l4 = &quoted[h.slice().len()..];
+    assert_eq!(
+        u16::from_be_bytes([l4[2], l4[3]]),
+        8080,
+        "quoted destination port"
+    );
+    assert_eq!(
+        u16::from_be_bytes([l4[0], l4[1]]),
+        49152,
+        "quoted source port"
+    );
 }
