@@ -32,10 +32,21 @@ use crate::tables::{PortId, Tables};
 use crate::wire::vnet_hdr;
 
 /// A host's end of its tap: frames it sent, frames waiting for it.
-#[derive(Default)]
 struct Wire {
     to_host: VecDeque<Vec<u8>>,
     from_host: VecDeque<Vec<u8>>,
+    /// The host's largest frame (its MTU plus the Ethernet header).
+    max_frame: usize,
+}
+
+impl Default for Wire {
+    fn default() -> Self {
+        Wire {
+            to_host: VecDeque::new(),
+            from_host: VecDeque::new(),
+            max_frame: 1514,
+        }
+    }
 }
 
 struct Rx(Vec<u8>);
@@ -72,7 +83,7 @@ impl Device for Wire {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
+        caps.max_transmission_unit = self.max_frame;
         caps
     }
 }
@@ -88,7 +99,15 @@ struct Host {
 
 impl Host {
     fn new(port: PortId, ip: [u8; 4], now: Instant) -> Self {
-        let mut wire = Wire::default();
+        Host::with_mtu(port, ip, 1500, now)
+    }
+
+    /// A host whose interface has `mtu` (its TCP announces MSS `mtu - 40`).
+    fn with_mtu(port: PortId, ip: [u8; 4], mtu: usize, now: Instant) -> Self {
+        let mut wire = Wire {
+            max_frame: mtu + 14,
+            ..Wire::default()
+        };
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac_of(ip))));
         config.random_seed = u64::from(port) + 1;
         let mut iface = Interface::new(config, &mut wire, now);
@@ -521,5 +540,31 @@ fn a_segment_too_big_for_the_endpoint_gets_frag_needed_naming_the_cluster_ip() {
         u16::from_be_bytes([l4[0], l4[1]]),
         49152,
         "quoted source port"
+    );
+}
+
+/// ```text
+///  pod A (MTU 1500) ──> VIP:8080 ──> C:80 (MTU 1400, MSS 1360)
+/// ```
+/// The server's MSS option crosses the NAT intact: the client never sends
+/// a segment the endpoint's port cannot take, so the transfer needs no
+/// path MTU discovery at all.
+#[test]
+fn the_endpoints_mss_crosses_the_nat_and_the_client_keeps_to_it() {
+    let now = Instant::from_millis(0);
+    let mut net = Net::with(&[(2, POD_C)], None);
+    let mut server = Host::with_mtu(2, POD_C, 1400, now);
+    server.socket().listen(80).expect("listen");
+    net.hosts[1] = server;
+    connect(&mut net);
+    let data: Vec<u8> = (0..30_000u32).map(|i| (i % 241) as u8).collect();
+    let got = send_up(&mut net, &data, 3000);
+    assert_eq!(got.len(), data.len(), "stalled; drops {:?}", net.drops);
+    assert!(got == data, "data changed on the way");
+    assert!(net.drops.is_empty(), "drops: {:?}", net.drops);
+    assert_eq!(
+        net.pipeline.counters().stages.icmp_errors_sent.get(),
+        0,
+        "the switch had to send an ICMP error"
     );
 }
