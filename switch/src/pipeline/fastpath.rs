@@ -6,20 +6,20 @@
 //! pods: a plain (or checksum-offloaded) IPv4 TCP or UDP datagram from the
 //! pod's own MAC and address to the gateway. For those the stages after
 //! parse only ever translate the packet as its flow says, touch the flow
-//! and route it; each stage looping over the whole batch, the metadata
-//! written by one and read back by the next, and the general parse
-//! (etherparse, every ethertype and option) cost more than that work.
+//! and route it; each stage looping over the whole batch and the metadata
+//! written by one and read back by the next cost more than that work.
 //!
 //! The fast path takes a packet only where the result is the stage path's:
 //!
-//! 1. **Parse**: the packet is a whole (unfragmented) option-less IPv4
-//!    TCP or UDP datagram from a pod's port, with a vnet header that is
-//!    plain or asks for the L4 checksum (no GSO), addressed to the
-//!    gateway's MAC, from the pod's MAC and address, with a valid header
-//!    checksum and lengths, under the ingress size cap: every check
-//!    [`super::parse`] makes, for exactly this shape. Anything else (ARP,
-//!    ICMP, options, fragments, GSO, any malformed field) is left
-//!    untouched for the stage path, which parses, drops and counts it.
+//! 1. **Parse**: every packet from a pod's port is parsed by the parse
+//!    stage's own function ([`super::parse::parse_from`], over the views
+//!    in [`crate::wire`]): one parser for both paths. A packet it refuses
+//!    is dropped and counted here, by the same reason. The fast path takes
+//!    a whole (unfragmented) IPv4 TCP or UDP datagram without GSO,
+//!    addressed to the gateway's MAC; any other parsed packet (ARP, ICMP,
+//!    fragments, GSO, group MACs) goes on to the stage path with its
+//!    metadata filled, and the parse stage skips it. Packets from the host
+//!    and overlay ports are left to the stage path unparsed.
 //! 2. **Conntrack**: the tuple is classified by the conntrack stage's own
 //!    function (`track_class`). A packet that concerns no translation is
 //!    not tracked, as on the stage path. A tracked one is looked up (the
@@ -39,36 +39,31 @@
 //! path will handle belongs to the same flow (that packet may change the
 //! flow: a FIN, a reply, a SYN reopening the tuple). For that, every other
 //! IPv4 TCP, UDP or ICMP echo packet of the batch is looked up too, and the
-//! flows it finds are marked. The only difference is when the route
+//! flows it finds are marked. The only differences are when the route
 //! stage's ICMP error budget is drawn on, which only matters once that
-//! rate limit is exhausted.
+//! rate limit is exhausted, and that a packet the parse refuses is dropped
+//! before earlier packets are handled, which touches nothing but counters.
 //!
 //! The unit test `fast_path_agrees_with_the_stage_path` runs random
 //! batches (established, new, closing and replied flows, pod-to-pod,
 //! malformed frames) through two pipelines, one with the fast path and one
 //! without, and compares every verdict, frame, counter and flow.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::conntrack::{leaves_state, track_class, translate};
 use super::gateway::to_gateway_ipv4;
-use super::parse::{ETH_LEN, MAX_INGRESS_MTU};
+use super::parse::{self, ETH_LEN};
 use super::route::{PodHop, RouteStage};
-use super::{drop_packet, nat, Batch, DropReason, Meta, Packet, BATCH_SIZE, L3};
+use super::{drop_packet, nat, Batch, DropReason, Packet, BATCH_SIZE};
 use crate::conntrack::{ConnTrack, FlowKey, FlowRef};
 use crate::metrics::WorkerCounters;
 use crate::tables::{PortKind, Tables};
-use crate::wire::checksum;
-use crate::wire::vnet_hdr::{self, VnetHdr};
 
 /// Entries fetched this many lookups ahead (as the conntrack stage does).
 const ENTRY_PREFETCH_AHEAD: usize = 8;
-
-/// Bytes the fast parse needs in front of it: vnet header, Ethernet, an
-/// option-less IPv4 header.
-const FIXED_LEN: usize = vnet_hdr::LEN + ETH_LEN + 20;
 
 /// The fast path of one worker.
 #[derive(Debug)]
@@ -214,8 +209,8 @@ impl FastPathStage {
             if !p.pending() {
                 continue;
             }
-            let (kind, key, tcp_flags) = match parse_fast(p, tables) {
-                Some((key, fl)) => {
+            let (kind, key, tcp_flags) = match parse_fast(p, tables, c) {
+                Parsed::Fast(key, fl) => {
                     let tracked = tracking && {
                         let to_frontend =
                             self.frontends.get(key.dst, || svc.is_frontend_ip(key.dst));
@@ -228,11 +223,11 @@ impl FastPathStage {
                     };
                     (kind, key, fl)
                 }
-                None if tracking => match raw_tuple(p) {
+                Parsed::Other | Parsed::NotFromPod if tracking => match raw_tuple(p) {
                     Some(key) => (WorkKind::Other, key, 0),
                     None => continue,
                 },
-                None => continue,
+                Parsed::Other | Parsed::NotFromPod | Parsed::Dropped => continue,
             };
             let bucket = if kind == WorkKind::Untracked {
                 0
@@ -276,15 +271,11 @@ impl FastPathStage {
                             && leaves_state(ct, *r, w.key.proto, w.tcp_flags)
                     });
                     let Some(r) = take else {
-                        // The stage path handles it, from the start.
+                        // The stage path handles it, from the parse
+                        // stage's result.
                         if let Some(r) = w.found {
                             self.touched.push(r.index);
                         }
-                        let from_node = p.meta.from_node;
-                        p.meta = Meta {
-                            from_node,
-                            ..Meta::default()
-                        };
                         continue;
                     };
                     translate(ct, p, r, &w.key, now_s, |p, to| {
@@ -348,105 +339,41 @@ fn raw_tuple(p: &Packet) -> Option<FlowKey> {
     nat::tuple_at(f, ETH_LEN, l4, f[ETH_LEN + 9])
 }
 
-/// Parses a packet of the shape the fast path takes (module doc, item 1)
-/// and fills its metadata as the parse stage would; returns its tuple and
-/// TCP flags. `None` (nothing written) for any other packet.
+/// What the fast path makes of a packet after parsing it.
+enum Parsed {
+    /// The shape it takes (module doc, item 1): the tuple and TCP flags.
+    Fast(FlowKey, u8),
+    /// Parsed (its metadata filled) but of another shape: the stage path
+    /// carries on from the parse stage's result.
+    Other,
+    /// Not from a pod's port: left unparsed to the stage path.
+    NotFromPod,
+    /// Refused by the parse stage's checks: dropped and counted.
+    Dropped,
+}
+
+/// Parses a packet from a pod's port with the parse stage's own function
+/// ([`parse::parse_from`]), and says whether it has the shape the fast
+/// path takes: the parse stage's common shape, a whole option-less IPv4
+/// TCP or UDP datagram without GSO, addressed to the gateway's MAC. A packet the parse stage refuses is dropped here
+/// with the reason the stage path would give it.
 #[inline]
-fn parse_fast(p: &mut Packet, tables: &Tables) -> Option<(FlowKey, u8)> {
-    let port = tables.port(p.ingress)?;
-    if port.kind != PortKind::Pod {
-        return None;
-    }
-    let own = port.ipv4?;
-    let data = p.data();
-    let fixed: &[u8; FIXED_LEN] = data.get(..FIXED_LEN)?.try_into().ok()?;
-    let frame_len = data.len() - vnet_hdr::LEN;
-    let hdr = VnetHdr::new_checked(&fixed[..vnet_hdr::LEN]).ok()?;
-    let vnet = if hdr.is_plain() {
-        vnet_hdr::Repr::NONE
-    } else {
-        let repr = vnet_hdr::Repr::parse(&hdr, frame_len).ok()?;
-        if repr.is_gso() {
-            return None;
-        }
-        repr
+fn parse_fast(p: &mut Packet, tables: &Tables, c: &WorkerCounters) -> Parsed {
+    let Some(port) = tables
+        .port(p.ingress)
+        .filter(|port| port.kind == PortKind::Pod)
+    else {
+        return Parsed::NotFromPod;
     };
-    let eth = &fixed[vnet_hdr::LEN..vnet_hdr::LEN + ETH_LEN];
-    if eth[0..6] != tables.gateway.mac || eth[6..12] != port.mac || eth[12..14] != [0x08, 0x00] {
-        return None;
-    }
-    let h: &[u8; 20] = fixed[vnet_hdr::LEN + ETH_LEN..].try_into().ok()?;
-    let proto = h[9];
-    if h[0] != 0x45 || !matches!(proto, 6 | 17) {
-        return None;
-    }
-    let ip_len = u16::from_be_bytes([h[2], h[3]]);
-    let flags_frag = u16::from_be_bytes([h[6], h[7]]);
-    // Whole datagrams only (no more-fragments bit, offset 0).
-    if ip_len < 20 || frame_len - ETH_LEN < usize::from(ip_len) || flags_frag & 0x3fff != 0 {
-        return None;
-    }
-    if checksum::sum_ipv4_header(h) != 0xffff {
-        return None;
-    }
-    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-    if src != own || u32::from(ip_len) > port.mtu.max(MAX_INGRESS_MTU) {
-        return None;
-    }
-    let l4_at = vnet_hdr::LEN + ETH_LEN + 20;
-    let l4 = &data[l4_at..l4_at + usize::from(ip_len) - 20];
-    let (l4_hdr_len, tcp_flags, csum_field) = match proto {
-        6 => {
-            let hl = usize::from(*l4.get(12)? >> 4) * 4;
-            if l4.len() < 20 || hl < 20 || l4.len() < hl {
-                return None;
-            }
-            (hl, l4[13], 16)
+    match parse::parse_from(p, port, tables) {
+        Err(reason) => {
+            drop_packet(p, reason, c);
+            Parsed::Dropped
         }
-        _ => {
-            if l4.len() < 8 {
-                return None;
-            }
-            (8, 0, 6)
-        }
-    };
-    if let Some((start, offset)) = vnet.csum {
-        if usize::from(start) != ETH_LEN + 20 || offset != csum_field {
-            return None;
-        }
+        // The common shape is the shape the fast path takes.
+        Ok(Some((key, tcp_flags))) => Parsed::Fast(key, tcp_flags),
+        Ok(None) => Parsed::Other,
     }
-    let key = FlowKey::new(
-        src,
-        u16::from_be_bytes([l4[0], l4[1]]),
-        dst,
-        u16::from_be_bytes([l4[2], l4[3]]),
-        proto,
-    );
-    let from_node = p.meta.from_node;
-    p.meta = Meta {
-        l3: L3::Ipv4,
-        vnet,
-        l3_off: ETH_LEN as u16,
-        l4_off: (ETH_LEN + 20) as u16,
-        l4_hdr_len: l4_hdr_len as u16,
-        proto,
-        src: IpAddr::V4(src),
-        dst: IpAddr::V4(dst),
-        ip_len,
-        first_fragment: true,
-        more_fragments: false,
-        dont_fragment: flags_frag & 0x4000 != 0,
-        ttl: h[8],
-        from_node,
-        own_icmp_error: false,
-    };
-    // Ethernet padding is trimmed, as the parse stage does.
-    let l2_len = ETH_LEN + usize::from(ip_len);
-    if l2_len < frame_len {
-        p.set_frame_len(l2_len);
-    }
-    Some((key, tcp_flags))
 }
 
 #[cfg(test)]

@@ -7,16 +7,25 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4Slice, TcpHeaderSlice};
-
-use super::{drop_packet, Batch, DropReason, Packet, L3};
+use super::{drop_packet, Batch, DropReason, Meta, Packet, L3};
+use crate::conntrack::FlowKey;
 use crate::metrics::WorkerCounters;
-use crate::tables::{PortKind, RouteTarget, Tables};
-use crate::wire::checksum;
+use crate::tables::{PodPort, PortKind, RouteTarget, Tables};
+use crate::wire::ethernet::{
+    self, EthernetFrame, EthernetHeader, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6,
+};
+use crate::wire::ipv4::{self, protocol, Ipv4Header, Ipv4Packet};
+use crate::wire::tcp::{self, TcpHeader, TcpSegment};
+use crate::wire::udp::{self, UdpDatagram, UdpHeader};
 use crate::wire::vnet_hdr::{self, GsoKind, VnetHdr};
 
 /// Ethernet II header length.
-pub const ETH_LEN: usize = 14;
+pub const ETH_LEN: usize = ethernet::HEADER_LEN;
+/// ICMP messages carry at least a type, code, checksum and four bytes
+/// (RFC 792): the eight bytes the gateway and NAT read.
+mod icmp {
+    pub const HEADER_LEN: usize = 8;
+}
 /// Datagrams above this are dropped at ingress whatever the port MTU says
 /// (jumbo frames); smaller ones over the port MTU meet the route stage's
 /// path MTU check.
@@ -29,7 +38,9 @@ pub struct ParseStage;
 impl ParseStage {
     pub fn process(&mut self, batch: &mut Batch, tables: &Tables, c: &WorkerCounters) {
         for p in batch.packets_mut() {
-            if p.pending() {
+            // The fast path may have parsed a packet it then left to the
+            // stage path: its metadata is already filled.
+            if p.pending() && p.meta.l3 == L3::Unparsed {
                 if let Err(reason) = parse_one(p, tables) {
                     drop_packet(p, reason, c);
                 }
@@ -39,62 +50,220 @@ impl ParseStage {
 }
 
 fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
-    if p.len() < vnet_hdr::LEN + ETH_LEN {
-        return Err(DropReason::FrameTooShort);
-    }
-    let frame_len = p.len() - vnet_hdr::LEN;
-    let hdr =
-        VnetHdr::new_checked(&p.data()[..vnet_hdr::LEN]).map_err(|_| DropReason::FrameTooShort)?;
-    // A plain frame (the common case) gets the constant, stored field by
-    // field; a parsed `Repr` is built on the stack and copied in wider
-    // loads than it was written with, which stalls the store buffer.
-    if hdr.is_plain() {
-        p.meta.vnet = vnet_hdr::Repr::NONE;
-    } else {
-        p.meta.vnet =
-            vnet_hdr::Repr::parse(&hdr, frame_len).map_err(|_| DropReason::VnetHdrInvalid)?;
-    }
     let port = tables
         .port(p.ingress)
         .ok_or(DropReason::UnknownIngressPort)?;
-    let (src_mac, dst, ether_type) = {
-        let eth =
-            Ethernet2HeaderSlice::from_slice(p.frame()).map_err(|_| DropReason::FrameTooShort)?;
-        (eth.source(), eth.destination(), eth.ether_type())
+    parse_from(p, port, tables).map(|_| ())
+}
+
+/// The flow tuple and TCP flags (0 for UDP) of a packet of the common
+/// shape ([`parse_common`]): what the fast path needs to look its flow up
+/// without reading the frame again.
+pub(super) type CommonTuple = (FlowKey, u8);
+
+/// Parses a packet that came in on `port` (the port its `ingress` names)
+/// and fills its metadata; the fast path calls this too, so every packet
+/// is read by the one parser. The common shape takes [`parse_common`] and
+/// returns its tuple; anything else (and anything it refuses)
+/// [`parse_general`], which returns `None` on success.
+#[inline(always)]
+pub(super) fn parse_from(
+    p: &mut Packet,
+    port: &PodPort,
+    tables: &Tables,
+) -> Result<Option<CommonTuple>, DropReason> {
+    match parse_common(p, port, tables) {
+        Some(tuple) => Ok(Some(tuple)),
+        None => parse_general(p, port, tables).map(|()| None),
+    }
+}
+
+/// Bytes the common shape has at least: vnet header, Ethernet, an
+/// option-less IPv4 header.
+const COMMON_LEN: usize = vnet_hdr::LEN + ETH_LEN + ipv4::MIN_HEADER_LEN;
+
+/// The common shape, read in one pass over a fixed-size prefix: a whole
+/// (unfragmented) option-less IPv4 TCP or UDP datagram from a pod's port,
+/// with a plain or checksum-only vnet header, sent to the gateway's MAC
+/// from the pod's MAC and address, with valid lengths and checksum, under
+/// the ingress size cap. Every check [`parse_general`] makes, for exactly
+/// this shape, so it fills the same metadata (the property test
+/// `common_shape_agrees_with_the_general_parse` holds the two together).
+/// `None` (nothing written) for any other packet, valid or not.
+#[inline(always)]
+fn parse_common(p: &mut Packet, port: &PodPort, tables: &Tables) -> Option<CommonTuple> {
+    if port.kind != PortKind::Pod {
+        return None;
+    }
+    let own = port.ipv4?;
+    let data = p.data();
+    let fixed: &[u8; COMMON_LEN] = data.get(..COMMON_LEN)?.try_into().ok()?;
+    let (vnet_bytes, headers) = fixed.split_at(vnet_hdr::LEN);
+    let (eth, ip) = headers.split_at(ETH_LEN);
+    let eth = EthernetHeader::new(eth.try_into().ok()?);
+    let ip = Ipv4Header::new(ip.try_into().ok()?);
+    // What tells the common shape apart first: ARP, ICMP, IPv6 and
+    // options leave after three compares.
+    let proto = ip.protocol();
+    if eth.ethertype() != ETHERTYPE_IPV4
+        || ip.has_options()
+        || !matches!(proto, protocol::TCP | protocol::UDP)
+    {
+        return None;
+    }
+    let frame_len = data.len() - vnet_hdr::LEN;
+    let hdr = VnetHdr::new_checked(vnet_bytes).ok()?;
+    let vnet = if hdr.is_plain() {
+        vnet_hdr::Repr::NONE
+    } else {
+        let repr = vnet_hdr::Repr::parse(&hdr, frame_len).ok()?;
+        if repr.is_gso() {
+            return None;
+        }
+        repr
     };
+    if eth.destination() != tables.gateway.mac || eth.source() != port.mac {
+        return None;
+    }
+    let total_len = ip.total_len();
+    if !ip.is_whole()
+        || total_len < ipv4::MIN_HEADER_LEN as u16
+        || frame_len - ETH_LEN < usize::from(total_len)
+        || !ip.fixed_checksum_valid()
+    {
+        return None;
+    }
+    let (src, dst) = (ip.source(), ip.destination());
+    if src != own || u32::from(total_len) > port.mtu.max(MAX_INGRESS_MTU) {
+        return None;
+    }
+    let l4 = data.get(COMMON_LEN..vnet_hdr::LEN + ETH_LEN + usize::from(total_len))?;
+    let (l4_hdr_len, sport, dport, tcp_flags, csum_field) = if proto == protocol::TCP {
+        let tcp = TcpHeader::new(l4.get(..tcp::MIN_HEADER_LEN)?.try_into().ok()?);
+        let hl = tcp.header_len();
+        if hl < tcp::MIN_HEADER_LEN || l4.len() < hl {
+            return None;
+        }
+        let (sport, dport) = (tcp.src_port(), tcp.dst_port());
+        (hl, sport, dport, tcp.flags(), tcp::CHECKSUM_OFFSET)
+    } else {
+        let udp = UdpHeader::new(l4.get(..udp::HEADER_LEN)?.try_into().ok()?);
+        let (sport, dport) = (udp.src_port(), udp.dst_port());
+        (udp::HEADER_LEN, sport, dport, 0, udp::CHECKSUM_OFFSET)
+    };
+    if let Some((start, offset)) = vnet.csum {
+        if usize::from(start) != ETH_LEN + ipv4::MIN_HEADER_LEN || offset != csum_field {
+            return None;
+        }
+    }
+    let (dont_fragment, ttl) = (ip.dont_fragment(), ip.ttl());
+    let from_node = p.meta.from_node;
+    p.meta = Meta {
+        l3: L3::Ipv4,
+        vnet,
+        l3_off: ETH_LEN as u16,
+        l4_off: (ETH_LEN + ipv4::MIN_HEADER_LEN) as u16,
+        l4_hdr_len: l4_hdr_len as u16,
+        proto,
+        src: IpAddr::V4(src),
+        dst: IpAddr::V4(dst),
+        ip_len: total_len,
+        first_fragment: true,
+        more_fragments: false,
+        dont_fragment,
+        ttl,
+        from_node,
+        own_icmp_error: false,
+    };
+    // Ethernet padding is trimmed, as the general parse does.
+    let l2_len = ETH_LEN + usize::from(total_len);
+    if l2_len < frame_len {
+        p.set_frame_len(l2_len);
+    }
+    Some((FlowKey::new(src, sport, dst, dport, proto), tcp_flags))
+}
+
+/// Any packet: every ethertype, port kind, IPv4 option, fragment and
+/// GSO; the drop reason for whatever is wrong. The frame is read through
+/// the [`crate::wire`] views from one borrow, and the metadata written
+/// once at the end.
+#[inline(always)]
+fn parse_general(p: &mut Packet, port: &PodPort, tables: &Tables) -> Result<(), DropReason> {
+    let data = p.data();
+    if data.len() < vnet_hdr::LEN + ETH_LEN {
+        return Err(DropReason::FrameTooShort);
+    }
+    let (vnet_bytes, frame) = data.split_at(vnet_hdr::LEN);
+    let hdr = VnetHdr::new_checked(vnet_bytes).map_err(|_| DropReason::FrameTooShort)?;
+    let vnet = if hdr.is_plain() {
+        vnet_hdr::Repr::NONE
+    } else {
+        vnet_hdr::Repr::parse(&hdr, frame.len()).map_err(|_| DropReason::VnetHdrInvalid)?
+    };
+    let eth_frame = EthernetFrame::new_checked(frame).map_err(|_| DropReason::FrameTooShort)?;
+    let eth = eth_frame.header();
     let is_pod = port.kind == PortKind::Pod;
-    if is_pod && src_mac != port.mac {
+    if is_pod && eth.source() != port.mac {
         return Err(DropReason::SourceMacSpoofed);
     }
-    let group = dst[0] & 1 == 1;
+    let dst = eth.destination();
     if port.kind == PortKind::Overlay {
         // A remote VTEP addresses our VTEP MAC (RFC 7348 §4, flannel's
         // neighbour entries); nothing else is accepted from the overlay.
         if dst != port.mac {
             return Err(DropReason::DestinationMacNotGateway);
         }
-    } else if !group && dst != tables.gateway.mac && port.kind != PortKind::Host {
+    } else if !eth.is_group_destination()
+        && dst != tables.gateway.mac
+        && port.kind != PortKind::Host
+    {
         // The node's stack also hands over frames it received itself
         // (NodePort steering keeps the underlay's Ethernet header).
         return Err(DropReason::DestinationMacNotGateway);
     }
-    p.meta.l3_off = ETH_LEN as u16;
-    match ether_type {
-        EtherType::ARP => {
-            if p.meta.vnet.is_gso() {
+    match eth.ethertype() {
+        ETHERTYPE_ARP => {
+            if vnet.is_gso() {
                 return Err(DropReason::GsoMismatch);
             }
-            p.meta.l3 = L3::Arp;
+            let m = &mut p.meta;
+            m.vnet = vnet;
+            m.l3_off = ETH_LEN as u16;
+            m.l3 = L3::Arp;
             Ok(())
         }
-        EtherType::IPV4 => {
-            parse_ipv4(p, is_pod.then_some(port.ipv4), port.mtu)?;
+        ETHERTYPE_IPV4 => {
+            let own_ip = is_pod.then_some(port.ipv4);
+            let ip = parse_ipv4(eth_frame.payload(), vnet, own_ip, port.mtu)?;
+            let frame_len = frame.len();
+            // Field by field: `from_node` (set by decapsulation) stays.
+            let m = &mut p.meta;
+            m.l3 = L3::Ipv4;
+            m.vnet = vnet;
+            m.l3_off = ETH_LEN as u16;
+            m.l4_off = (ETH_LEN + ip.header_len) as u16;
+            m.l4_hdr_len = ip.l4_hdr_len;
+            m.proto = ip.proto;
+            m.src = IpAddr::V4(ip.src);
+            m.dst = IpAddr::V4(ip.dst);
+            m.ip_len = ip.total_len;
+            m.first_fragment = ip.first_fragment;
+            m.more_fragments = ip.more_fragments;
+            m.dont_fragment = ip.dont_fragment;
+            m.ttl = ip.ttl;
+            m.own_icmp_error = false;
+            // Ethernet padding beyond the IP datagram is trimmed (never
+            // for GSO, whose lengths the kernel fixes per segment).
+            let l2_len = ETH_LEN + usize::from(ip.total_len);
+            if !vnet.is_gso() && l2_len < frame_len {
+                p.set_frame_len(l2_len);
+            }
             if port.kind == PortKind::Overlay {
                 check_overlay_source(p, tables)?;
             }
             Ok(())
         }
-        EtherType::IPV6 => {
+        ETHERTYPE_IPV6 => {
             p.meta.l3 = L3::Ipv6;
             Err(DropReason::Ipv6NotRouted)
         }
@@ -107,6 +276,7 @@ fn parse_one(p: &mut Packet, tables: &Tables) -> Result<(), DropReason> {
 /// another node's is refused. Sources outside every pod CIDR (node
 /// addresses, outside clients of a NodePort) pass. The sending node's own
 /// CIDR, the common case, is one prefix compare.
+#[inline(always)]
 fn check_overlay_source(p: &Packet, tables: &Tables) -> Result<(), DropReason> {
     let (IpAddr::V4(src), Some(from), Some(overlay)) =
         (p.meta.src, p.meta.from_node, tables.overlay.as_ref())
@@ -131,129 +301,74 @@ fn check_overlay_source(p: &Packet, tables: &Tables) -> Result<(), DropReason> {
     }
 }
 
-/// The IPv4 header fields the stage uses, however they were read.
-#[derive(Debug, PartialEq, Eq)]
-struct Ipv4Fields {
-    /// Header length in bytes (with options).
-    hl: usize,
+/// What the parse stage keeps of a valid IPv4 datagram's headers.
+struct Ipv4Parsed {
+    header_len: usize,
     total_len: u16,
-    proto: IpNumber,
+    proto: u8,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     ttl: u8,
-    dont_fragment: bool,
+    first_fragment: bool,
     more_fragments: bool,
-    /// Fragment offset in 8-byte units.
-    frag_off: u16,
-    /// RFC 1812 §5.2.2: a router verifies the header checksum.
-    checksum_valid: bool,
+    dont_fragment: bool,
+    /// TCP with options, UDP and ICMP 8; 0 for other protocols and
+    /// later fragments.
+    l4_hdr_len: u16,
 }
 
-impl Ipv4Fields {
-    /// The common case from one fixed-size view: a 20-byte header without
-    /// options carrying TCP, UDP or ICMP. It checks what etherparse's
-    /// `Ipv4Slice::from_slice` checks for such a header (version and IHL
-    /// in the first byte, total length at least the header and within the
-    /// frame), so both paths accept and refuse the same datagrams; `None`
-    /// hands anything else (options, AH, short buffers) to etherparse.
-    #[inline]
-    fn fixed(ip: &[u8]) -> Option<Result<(Ipv4Fields, &[u8]), DropReason>> {
-        let h: &[u8; 20] = ip.get(..20)?.try_into().ok()?;
-        if h[0] != 0x45 || !matches!(h[9], 1 | 6 | 17) {
-            return None;
-        }
-        let total_len = u16::from_be_bytes([h[2], h[3]]);
-        if total_len < 20 || ip.len() < usize::from(total_len) {
-            return Some(Err(DropReason::Ipv4HeaderInvalid));
-        }
-        let flags_frag = u16::from_be_bytes([h[6], h[7]]);
-        let fields = Ipv4Fields {
-            hl: 20,
-            total_len,
-            proto: IpNumber(h[9]),
-            src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
-            dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
-            ttl: h[8],
-            dont_fragment: flags_frag & 0x4000 != 0,
-            more_fragments: flags_frag & 0x2000 != 0,
-            frag_off: flags_frag & 0x1fff,
-            checksum_valid: checksum::sum_ipv4_header(h) == 0xffff,
-        };
-        Some(Ok((fields, &ip[20..usize::from(total_len)])))
-    }
-
-    /// Any other header, through etherparse.
-    fn sliced(ip: &[u8]) -> Result<(Ipv4Fields, &[u8]), DropReason> {
-        let slice = Ipv4Slice::from_slice(ip).map_err(|_| DropReason::Ipv4HeaderInvalid)?;
-        let h = slice.header();
-        // Almost every header has no options: sum its five words directly.
-        let checksum_valid = match <&[u8; 20]>::try_from(h.slice()) {
-            Ok(fixed) => checksum::sum_ipv4_header(fixed) == 0xffff,
-            Err(_) => checksum::checksum(h.slice()) == 0,
-        };
-        let fields = Ipv4Fields {
-            hl: h.slice().len(),
-            total_len: h.total_len(),
-            proto: h.protocol(),
-            src: h.source_addr(),
-            dst: h.destination_addr(),
-            ttl: h.ttl(),
-            dont_fragment: h.dont_fragment(),
-            more_fragments: h.more_fragments(),
-            frag_off: h.fragments_offset().value(),
-            checksum_valid,
-        };
-        Ok((fields, slice.payload().payload))
-    }
-}
-
-/// `own_ip` is `Some(the pod's address)` for pod ports (anti-spoofing) and
-/// `None` for the host port, which sends with any source.
+/// Validates the IPv4 datagram at the start of `ip` (the Ethernet
+/// payload). `own_ip` is `Some(the pod's address)` for pod ports
+/// (anti-spoofing) and `None` for the host port, which sends with any
+/// source.
+#[inline(always)]
 fn parse_ipv4(
-    p: &mut Packet,
+    ip: &[u8],
+    vnet: vnet_hdr::Repr,
     own_ip: Option<Option<Ipv4Addr>>,
     mtu: u32,
-) -> Result<(), DropReason> {
-    let vnet = p.meta.vnet;
-    let frame = p.frame();
-    let ip_bytes = frame.get(ETH_LEN..).unwrap_or(&[]);
-    let (h, l4) = match Ipv4Fields::fixed(ip_bytes) {
-        Some(fixed) => fixed?,
-        None => Ipv4Fields::sliced(ip_bytes)?,
-    };
-    if !h.checksum_valid {
+) -> Result<Ipv4Parsed, DropReason> {
+    let packet = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::Ipv4HeaderInvalid)?;
+    if !packet.checksum_valid() {
         return Err(DropReason::Ipv4ChecksumInvalid);
     }
-    let src = h.src;
+    let ip = packet.header();
+    let src = ip.source();
     if let Some(own) = own_ip {
         if Some(src) != own {
             return Err(DropReason::SourceIpSpoofed);
         }
     }
-    let ip_len = h.total_len;
+    let total_len = ip.total_len();
     // A datagram over the ingress MTU is not dropped here: the route stage
     // checks it against the egress path's MTU and answers with ICMP
     // fragmentation needed (RFC 1191) when DF is set, so path MTU
     // discovery works; absurd sizes are still refused.
     // (Only pods: the overlay and the node's stack may hand over frames
     // that GRO coalesced upstream.)
-    if own_ip.is_some() && !vnet.is_gso() && u32::from(ip_len) > mtu.max(MAX_INGRESS_MTU) {
+    if own_ip.is_some() && !vnet.is_gso() && u32::from(total_len) > mtu.max(MAX_INGRESS_MTU) {
         return Err(DropReason::FrameOverMtu);
     }
-    let proto = h.proto;
-    let first_fragment = h.frag_off == 0;
-    let hl = h.hl;
+    let proto = ip.protocol();
+    let first_fragment = ip.fragment_offset() == 0;
+    let more_fragments = ip.more_fragments();
+    let header_len = ip.header_len();
+    let l4 = packet.payload();
     let l4_hdr_len = if first_fragment {
         match proto {
-            IpNumber::TCP => {
-                let t = TcpHeaderSlice::from_slice(l4).map_err(|_| DropReason::L4HeaderInvalid)?;
-                t.slice().len()
+            protocol::TCP => TcpSegment::new_checked(l4)
+                .map_err(|_| DropReason::L4HeaderInvalid)?
+                .header()
+                .header_len(),
+            protocol::UDP => {
+                UdpDatagram::new_checked(l4).map_err(|_| DropReason::L4HeaderInvalid)?;
+                udp::HEADER_LEN
             }
-            IpNumber::UDP | IpNumber::ICMP => {
-                if l4.len() < 8 {
+            protocol::ICMP => {
+                if l4.len() < icmp::HEADER_LEN {
                     return Err(DropReason::L4HeaderInvalid);
                 }
-                8
+                icmp::HEADER_LEN
             }
             _ => 0,
         }
@@ -262,8 +377,8 @@ fn parse_ipv4(
     };
     match vnet.gso {
         GsoKind::None => {}
-        GsoKind::TcpV4 if proto == IpNumber::TCP && first_fragment => {}
-        GsoKind::Udp | GsoKind::UdpL4 if proto == IpNumber::UDP && first_fragment => {}
+        GsoKind::TcpV4 if proto == protocol::TCP && first_fragment => {}
+        GsoKind::Udp | GsoKind::UdpL4 if proto == protocol::UDP && first_fragment => {}
         _ => return Err(DropReason::GsoMismatch),
     }
     // A pod sets the partial checksum's place itself (PACKET_VNET_HDR); the
@@ -275,43 +390,34 @@ fn parse_ipv4(
     // own senders set it (skb_partial_csum_set from the transport layer).
     if let Some((start, offset)) = vnet.csum {
         let field = match proto {
-            IpNumber::TCP => 16,
-            IpNumber::UDP => 6,
+            protocol::TCP => tcp::CHECKSUM_OFFSET,
+            protocol::UDP => udp::CHECKSUM_OFFSET,
             _ => return Err(DropReason::VnetHdrInvalid),
         };
-        let whole = first_fragment && !h.more_fragments;
-        if !whole || usize::from(start) != ETH_LEN + hl || offset != field {
+        let whole = first_fragment && !more_fragments;
+        if !whole || usize::from(start) != ETH_LEN + header_len || offset != field {
             return Err(DropReason::VnetHdrInvalid);
         }
     }
-    let dst = h.dst;
-    let (more_fragments, dont_fragment, ttl) = (h.more_fragments, h.dont_fragment, h.ttl);
-    let frame_len = frame.len();
-    let m = &mut p.meta;
-    m.l3 = L3::Ipv4;
-    m.l4_off = (ETH_LEN + hl) as u16;
-    m.l4_hdr_len = l4_hdr_len as u16;
-    m.proto = proto.0;
-    m.src = IpAddr::V4(src);
-    m.dst = IpAddr::V4(dst);
-    m.ip_len = ip_len;
-    m.first_fragment = first_fragment;
-    m.more_fragments = more_fragments;
-    m.dont_fragment = dont_fragment;
-    m.ttl = ttl;
-    // Ethernet padding beyond the IP datagram is trimmed (never for GSO,
-    // whose lengths the kernel fixes per segment).
-    let l2_len = ETH_LEN + usize::from(ip_len);
-    if !vnet.is_gso() && l2_len < frame_len {
-        p.set_frame_len(l2_len);
-    }
-    Ok(())
+    Ok(Ipv4Parsed {
+        header_len,
+        total_len,
+        proto,
+        src,
+        dst: ip.destination(),
+        ttl: ip.ttl(),
+        first_fragment,
+        more_fragments,
+        dont_fragment: ip.dont_fragment(),
+        l4_hdr_len: l4_hdr_len as u16,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     fn parse(frame: Vec<u8>) -> super::super::Verdict {
         let (t, c) = (tables(), counters());
@@ -487,24 +593,95 @@ mod tests {
             let _ = parse(bytes);
         }
 
-        /// The fixed-header fast path reads and refuses exactly what
-        /// etherparse does, for every header it takes.
+        /// The IPv4 view reads and refuses exactly what etherparse does,
+        /// for every protocol but AH (which etherparse also parses).
         #[test]
-        fn fixed_header_path_agrees_with_etherparse(
+        fn ipv4_view_agrees_with_etherparse(
             header in proptest::array::uniform20(proptest::num::u8::ANY),
-            proto in proptest::sample::select(vec![1u8, 6, 17]),
+            version_ihl in proptest::sample::select(vec![0x45u8, 0x46, 0x4f, 0x44, 0x55, 0x65]),
+            proto in proptest::num::u8::ANY.prop_filter("AH", |p| *p != 51),
             payload in 0usize..80,
             total_len in proptest::option::of(0u16..140),
         ) {
             let mut ip = header.to_vec();
-            ip[0] = 0x45;
+            ip[0] = version_ihl;
             ip[9] = proto;
             ip.resize(20 + payload, 0xa5);
             // Mostly a consistent length; sometimes any.
             let total = total_len.unwrap_or(ip.len() as u16);
             ip[2..4].copy_from_slice(&total.to_be_bytes());
-            let fixed = Ipv4Fields::fixed(&ip).expect("the fast path takes this header");
-            proptest::prop_assert_eq!(fixed, Ipv4Fields::sliced(&ip));
+            let ours = Ipv4Packet::new_checked(&ip[..]).ok().map(|v| {
+                let h = v.header();
+                (h.header_len(), h.total_len(), h.protocol(), h.source(), h.destination(),
+                 h.ttl(), h.dont_fragment(), h.more_fragments(), h.fragment_offset(),
+                 v.checksum_valid(), v.payload().to_vec())
+            });
+            let theirs = etherparse::Ipv4Slice::from_slice(&ip).ok().map(|s| {
+                let h = s.header();
+                (h.slice().len(), h.total_len(), h.protocol().0, h.source_addr(),
+                 h.destination_addr(), h.ttl(), h.dont_fragment(), h.more_fragments(),
+                 h.fragments_offset().value(), crate::wire::checksum::checksum(h.slice()) == 0,
+                 s.payload().payload.to_vec())
+            });
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+
+        /// The common shape's one-pass read fills exactly what the general
+        /// parse fills, and refuses nothing the general parse accepts in
+        /// that shape: random damage to valid TCP and UDP frames (with and
+        /// without a partial-checksum vnet header, with padding).
+        #[test]
+        fn common_shape_agrees_with_the_general_parse(
+            tcp in proptest::bool::ANY,
+            payload in 0usize..60,
+            pad in 0usize..20,
+            csum in proptest::bool::ANY,
+            damage in proptest::collection::vec((0usize..80, proptest::num::u8::ANY), 0..3),
+        ) {
+            let mut f = if tcp { tcp_frame(POD_A, POD_B, payload) } else { udp_frame(POD_A, POD_B, payload) };
+            f.resize(f.len() + pad, 0);
+            if csum {
+                set_vnet(&mut f, 1, 0, 0, 34, if tcp { 16 } else { 6 });
+            }
+            for (at, v) in damage {
+                let i = at % f.len();
+                f[i] = v;
+            }
+            let t = tables();
+            let port = t.port(0).expect("port 0 is pod A's");
+            let load = || {
+                let mut b = Batch::new(1);
+                b.push_bytes(0, &f);
+                b
+            };
+            let (mut common, mut general) = (load(), load());
+            let c = &mut common.packets_mut()[0];
+            let g = &mut general.packets_mut()[0];
+            let by_common = parse_common(c, port, &t);
+            let by_general = parse_general(g, port, &t);
+            if let Some((key, flags)) = by_common {
+                proptest::prop_assert!(by_general.is_ok(), "the general parse refused {by_general:?}");
+                proptest::prop_assert_eq!(format!("{:?}", c.meta), format!("{:?}", g.meta));
+                proptest::prop_assert_eq!(c.data(), g.data());
+                let l4 = usize::from(g.meta.l4_off);
+                let f = g.frame();
+                let port_at = |i: usize| u16::from_be_bytes([f[l4 + i], f[l4 + i + 1]]);
+                proptest::prop_assert_eq!((key.sport, key.dport), (port_at(0), port_at(2)));
+                proptest::prop_assert_eq!(key.src, std::net::Ipv4Addr::from(POD_A));
+                let want_flags = if tcp { f[l4 + 13] } else { 0 };
+                proptest::prop_assert_eq!(flags, want_flags);
+            } else if by_general.is_ok() {
+                // Valid, so not of the common shape.
+                let m = &g.meta;
+                let common_shape = m.l3 == L3::Ipv4
+                    && m.l4_off == 34
+                    && matches!(m.proto, 6 | 17)
+                    && m.first_fragment
+                    && !m.more_fragments
+                    && !m.vnet.is_gso()
+                    && g.frame()[..6] == t.gateway.mac;
+                proptest::prop_assert!(!common_shape, "the common shape refused a packet of its own shape: {:?}", m);
+            }
         }
 
         #[test]
