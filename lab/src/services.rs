@@ -922,3 +922,6 @@ mod tests {
         assert!(s.masquerade);
     }
 }
+
+#[cfg(test)]
+mod pin_tests;
