@@ -35,6 +35,7 @@ use podswitch_switch::control::api::{
 use podswitch_agent::manifest::{self, LabPod};
 use podswitch_agent::translate::endpoints::{conditions, find_port, group_by_ports};
 pub use podswitch_agent::translate::endpoints::{ResolvedPort, MAX_ENDPOINTS_PER_SLICE};
+use podswitch_agent::translate::{translate, ClusterObjects, TranslateConfig};
 
 pub use podswitch_agent::manifest::service::*;
 
@@ -509,6 +510,21 @@ pub fn switch_specs<'a>(
         .collect();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     specs
+}
+
+/// What node `node`'s switch gets for the lab's `objects`
+/// ([`crate::view::cluster_objects`]): the agent's translation, the one
+/// every node's agent runs on the same objects, sorted by name.
+pub fn switch_specs_for(
+    node: &str,
+    objects: &ClusterObjects,
+    settings: &ServiceSettings,
+) -> Vec<ServiceSpec> {
+    let config = TranslateConfig {
+        node_name: node.to_owned(),
+        settings: settings.clone(),
+    };
+    translate(objects, &config).services.into_values().collect()
 }
 
 /// The cluster-wide settings the lab gives every switch.

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use podswitch_agent::translate::ClusterObjects;
 use podswitch_switch::control::api::Protocol;
 use serde_json::json;
 
@@ -163,6 +164,26 @@ pub fn node_object(n: &NodeState) -> Node {
 
 fn list(items: Vec<serde_json::Value>) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
+}
+
+/// The objects every node's agent translates: the Nodes, Pods and
+/// Services the lab writes for it (`agents::write_manifests`, what `lab get
+/// ... -o json` prints), with the EndpointSlices the agent derives from
+/// them ([`ClusterObjects::derive_endpoint_slices`], as its file source
+/// does).
+pub fn cluster_objects(st: &LabState) -> ClusterObjects {
+    let mut o = ClusterObjects::default();
+    for n in &st.nodes {
+        o.nodes.insert(n.name.clone(), node_object(n));
+    }
+    for p in st.pods.values() {
+        o.pods.insert(p.key(), pod_object(p));
+    }
+    for s in st.services.values() {
+        o.services.insert(s.key(), service_object(s));
+    }
+    o.derive_endpoint_slices();
+    o
 }
 
 /// `kubectl get pods -o json`.
