@@ -16,6 +16,7 @@ use super::{plan, ServiceRequest};
 use crate::cluster::{parse_lab, underlay_ip, LabSpec, LabState, NodeState, PodDeletion, PodState};
 
 const RECORD: &str = include_str!("testdata/switch_specs.json");
+const SLICES_RECORD: &str = include_str!("testdata/endpoint_slices.json");
 const CREATED: &str = "2025-01-01T00:00:00Z";
 
 /// How a pod of a case runs: most run, some drain, some are gone.
@@ -451,6 +452,34 @@ fn switch_specs_are_pinned() {
         })
         .collect();
     println!("{}", counts.join("\n"));
+}
+
+/// `lab get endpointslices -o json` for the same cases, pinned in
+/// `testdata/endpoint_slices.json`.
+#[test]
+fn endpoint_slices_are_pinned() {
+    let got: BTreeMap<&str, serde_json::Value> = cases()
+        .iter()
+        .map(|(name, st)| (*name, crate::view::endpoint_slices_json(st)))
+        .collect();
+    let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+    if std::env::var_os("PODSWITCH_BLESS").is_some() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/services/testdata/endpoint_slices.json"
+        );
+        std::fs::write(path, &text).unwrap();
+        return;
+    }
+    let want: serde_json::Value = serde_json::from_str(SLICES_RECORD).expect("JSON");
+    let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (case, slices) in want.as_object().expect("cases") {
+        assert_eq!(
+            &got[case], slices,
+            "{case}: the slices differ from the record"
+        );
+    }
+    assert_eq!(got, want, "cases differ from the record");
 }
 
 /// The transition (#30 item 3): the lab's own rules and the agent's
