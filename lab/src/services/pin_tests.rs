@@ -109,12 +109,7 @@ fn state(nodes: usize, objects: &[Object], run: impl Fn(&str) -> Run) -> LabStat
 fn specs_per_node(st: &LabState) -> BTreeMap<String, Vec<ServiceSpec>> {
     st.nodes
         .iter()
-        .map(|n| {
-            (
-                n.name.clone(),
-                super::switch_specs(st.services.values(), &st.pod_infos()),
-            )
-        })
+        .map(|n| (n.name.clone(), crate::agents::service_specs(st, &n.name)))
         .collect()
 }
 
@@ -480,60 +475,4 @@ fn endpoint_slices_are_pinned() {
         );
     }
     assert_eq!(got, want, "cases differ from the record");
-}
-
-/// The transition (#30 item 3): the lab's own rules and the agent's
-/// translation of the objects the lab writes, side by side, on every case
-/// and node. They differ only where the lab's specs hold a frontend twice,
-/// which the switch refuses (the whole table): there the agent takes the
-/// external IP away (see the report of #30 item 3).
-#[test]
-fn lab_rules_and_agent_translation_agree_but_where_listed() {
-    let mut differences = Vec::new();
-    for (case, st) in cases() {
-        let objects = crate::view::cluster_objects(&st);
-        let settings = super::settings(st.spec.cluster_cidr);
-        for n in &st.nodes {
-            let old = super::switch_specs(st.services.values(), &st.pod_infos());
-            let new = super::switch_specs_for(&n.name, &objects, &settings);
-            assert_eq!(old.len(), new.len(), "{case} {}", n.name);
-            for (o, w) in old.iter().zip(&new) {
-                if o == w {
-                    continue;
-                }
-                let dropped: Vec<String> = o
-                    .external_ips
-                    .iter()
-                    .filter(|ip| !w.external_ips.contains(ip))
-                    .map(|ip| ip.to_string())
-                    .collect();
-                let mut o_rest = o.clone();
-                o_rest.external_ips.retain(|ip| w.external_ips.contains(ip));
-                assert_eq!(
-                    &o_rest, w,
-                    "{case} {} {}: more than external IPs",
-                    n.name, o.name
-                );
-                differences.push(format!(
-                    "{case} {} {} -{}",
-                    n.name,
-                    o.name,
-                    dropped.join(",")
-                ));
-            }
-        }
-    }
-    assert_eq!(
-        differences,
-        [
-            // 198.51.100.1:80/TCP is ext-a's too, which is as old and sorts first.
-            "edges node-1 default/ext-b -198.51.100.1",
-            // 198.18.0.1:30080/TCP is node-1's address and np's NodePort.
-            "edges node-1 default/ext-node -198.18.0.1",
-            // The Service's own ClusterIP.
-            "edges node-1 default/ext-self -10.96.0.50",
-            "edges node-2 default/ext-b -198.51.100.1",
-            "edges node-2 default/ext-self -10.96.0.50",
-        ]
-    );
 }
