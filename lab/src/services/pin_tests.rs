@@ -1,9 +1,11 @@
 //! A pin on what the switches get for the lab's manifests (#30 item 3):
 //! the example manifests (configs/labs, tests/fixtures) and hand-made edge
-//! cases go through the lab's Service translation, and the resulting
-//! `ServiceSpec`s, per node, must equal the recorded ones in
-//! `testdata/switch_specs.json`. `PODSWITCH_BLESS=1 cargo test -p
-//! podswitch-lab --lib pin_tests` rewrites the record (review its diff).
+//! cases go through the lab's Service translation (the agent's, since #30
+//! item 3; recorded first from the lab's own rules it replaced), and the
+//! resulting `ServiceSpec`s, per node, must equal the recorded ones in
+//! `testdata/switch_specs.json`; `lab get endpointslices -o json` must
+//! equal `testdata/endpoint_slices.json`. `PODSWITCH_BLESS=1 cargo test -p
+//! podswitch-lab --lib pin_tests` rewrites the records (review the diff).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
