@@ -478,3 +478,32 @@ fn endpoint_slices_are_pinned() {
     }
     assert_eq!(got, want, "cases differ from the record");
 }
+
+/// Every node's switch takes the table the lab expects it to hold: it
+/// builds (one frontend held twice, by two Services or by one, fails the
+/// whole table; the lab's own rules gave such tables for three of the edge
+/// cases, see the report of #30 item 3).
+#[test]
+fn every_switch_takes_its_table() {
+    use podswitch_switch::control::api::ClusterMode;
+    use podswitch_switch::tables::maglev::DEFAULT_TABLE_SIZE;
+    use podswitch_switch::tables::services::{NodeView, ServiceLayout};
+    for (case, st) in cases() {
+        let settings = super::settings(st.spec.cluster_cidr);
+        for n in &st.nodes {
+            let specs = crate::agents::service_specs(&st, &n.name);
+            let node_ips: Vec<Ipv4Addr> = n.underlay_ip.into_iter().collect();
+            let view = NodeView {
+                name: &n.name,
+                node_ip: n.underlay_ip,
+                node_port_ips: &node_ips,
+                gateway_ip: n.pod_cidr.hosts().next().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                mode: ClusterMode::Native,
+                maglev_size: DEFAULT_TABLE_SIZE,
+            };
+            if let Err(e) = ServiceLayout::build(&specs, &settings, &view, None) {
+                panic!("{case}, {}: the switch refuses the table: {e}", n.name);
+            }
+        }
+    }
+}
