@@ -423,7 +423,7 @@ fn the_daemonset_argv_matches_the_agent_cli() {
 /// ClusterIPs and NodePorts), read by the agent's file source
 /// (EndpointSlices derived by the shared endpoints controller) and
 /// translated for each node, is the table the lab computes for every
-/// switch (`LabState::service_specs`, what `lab apply` waits for) and what
+/// switch (`podswitch_lab::agents::service_specs`, what `lab apply` waits for) and what
 /// each node's switch holds, given by that node's agent.
 #[test]
 fn the_file_source_on_the_labs_objects_gives_the_labs_service_table() {
@@ -467,8 +467,7 @@ fn the_file_source_on_the_labs_objects_gives_the_labs_service_table() {
             .state()
             .unwrap()
             .unwrap();
-        let labs: Vec<serde_json::Value> = st
-            .service_specs()
+        let labs: Vec<serde_json::Value> = podswitch_lab::agents::service_specs(&st, node)
             .iter()
             .map(|s| serde_json::to_value(s).unwrap())
             .collect();

@@ -210,8 +210,9 @@ fn services_are_allocated_resolved_pushed_and_drained() {
         .state()
         .unwrap()
         .expect("lab state");
-    let expected = st.service_specs();
+    let expected = podswitch_lab::agents::service_specs(&st, "node-1");
     for node in ["node-1", "node-2"] {
+        assert_eq!(podswitch_lab::agents::service_specs(&st, node), expected);
         let held = switch_services(&lab, node);
         assert_eq!(
             held["settings"]["service_cidrs"],

@@ -22,8 +22,9 @@
 //! wires pods (taps, as the CNI plugin does).
 //!
 //! After writing, the lab waits (unless told not to) until every node's
-//! switch holds what was written: each Service as the lab computes it
-//! ([`super::cluster::LabState::service_specs`]), and none of the
+//! switch holds what was written: each Service as the node's agent
+//! translates it (the lab runs the same translation on the same objects:
+//! [`service_specs`]), and none of the
 //! Services just removed. A node whose agent or switch is not running is
 //! skipped with a warning: its switch keeps its last topology
 //! (fail-static) until the agent is started again and resyncs.
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use podswitch_switch::control::api::{Request, ServiceSettings};
+use podswitch_switch::control::api::{Request, ServiceSettings, ServiceSpec};
 use podswitch_switch::control::client::Client;
 
 use super::cluster::{pid_alive, wait_for, LabPaths, LabState, NodeState};
@@ -278,6 +279,19 @@ fn service_difference(
         .map(|n| format!("Service {n} is still there"))
 }
 
+/// The service table node `node`'s switch should hold: what its agent
+/// translates from the objects the lab writes (the lab runs the same
+/// translation on the same objects). It can differ between nodes: an
+/// external IP that is a node's own address and one of its NodePorts is
+/// left out on that node only.
+pub fn service_specs(st: &LabState, node: &str) -> Vec<ServiceSpec> {
+    services::switch_specs_for(
+        node,
+        &view::cluster_objects(st),
+        &services::settings(st.spec.cluster_cidr),
+    )
+}
+
 /// Waits until the switch of every node in `nodes` whose switch and agent
 /// run holds the lab's Services (see the module docs); returns how long
 /// that took.
@@ -288,14 +302,15 @@ pub fn wait_switches(
     removed: &BTreeSet<String>,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let expected: BTreeMap<String, serde_json::Value> = st
-        .service_specs()
-        .into_iter()
-        .map(|s| {
-            let v = serde_json::to_value(&s).unwrap_or_default();
-            (s.name, v)
-        })
-        .collect();
+    let expected = |node: &str| -> BTreeMap<String, serde_json::Value> {
+        service_specs(st, node)
+            .into_iter()
+            .map(|s| {
+                let v = serde_json::to_value(&s).unwrap_or_default();
+                (s.name, v)
+            })
+            .collect()
+    };
     let mut waiting: Vec<&NodeState> = Vec::new();
     for n in nodes {
         if !n.switch_pid.is_some_and(pid_alive) {
@@ -309,6 +324,7 @@ pub fn wait_switches(
     }
     let deadline = started + AGENT_SYNC_TIMEOUT;
     for n in waiting {
+        let expected = expected(&n.name);
         while let Some(diff) = service_difference(&n.control_socket, &expected, removed) {
             if Instant::now() >= deadline {
                 bail!(

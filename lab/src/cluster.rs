@@ -44,13 +44,13 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use ipnet::IpNet;
-use podswitch_switch::control::api::{ClusterMode, Mac, PodSpec, Request, ServiceSpec};
+use podswitch_switch::control::api::{ClusterMode, Mac, PodSpec, Request};
 use podswitch_switch::control::client;
 use podswitch_switch::port::netlink::Netlink;
 use podswitch_switch::port::netns;
 
 use super::agents;
-use super::services::{self, LabService, PodInfo, ServiceError, ServiceRequest};
+use super::services::{self, LabService, ServiceError, ServiceRequest};
 use podswitch_agent::manifest::{self, LabPod, Object};
 
 /// Where lab state lives.
@@ -374,27 +374,6 @@ pub struct LabState {
 }
 
 impl LabState {
-    /// Every pod as the endpoints controller sees it.
-    pub fn pod_infos(&self) -> Vec<PodInfo<'_>> {
-        self.pods
-            .values()
-            .map(|p| PodInfo {
-                pod: &p.pod,
-                ip: p.ip,
-                node: &p.node,
-                running: p.workload_pid.is_some_and(pid_alive),
-                terminating: p.deletion.is_some(),
-            })
-            .collect()
-    }
-
-    /// The service table every node's switch should hold: the Services
-    /// with their endpoints as they are now (each node's agent derives the
-    /// same from the manifests; the lab waits for it).
-    pub fn service_specs(&self) -> Vec<ServiceSpec> {
-        services::switch_specs(self.services.values(), &self.pod_infos())
-    }
-
     /// A Service by `name` or `namespace/name`.
     pub fn service(&self, name: &str) -> Option<&LabService> {
         if name.contains('/') {
@@ -1631,6 +1610,6 @@ mod tests {
         let st: LabState = serde_json::from_str(old).unwrap();
         assert!(st.services.is_empty());
         assert_eq!(st.pods["default/a"].deletion, None);
-        assert!(st.service_specs().is_empty());
+        assert!(crate::agents::service_specs(&st, "node-1").is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! Services in the lab: the part of a Kubernetes control plane that turns
-//! `Service` manifests and pods into the service table every node's switch
-//! load-balances with.
+//! `Service` manifests into Services with their ClusterIPs and NodePorts,
+//! and the table every node's switch load-balances with.
 //!
 //! The jobs are split as Kubernetes splits them:
 //!
@@ -9,16 +9,14 @@
 //!   its NodePorts from the NodePort range, and keep both when the same
 //!   Service is applied again (`kubectl apply` semantics: clusterIP is
 //!   immutable, an unset nodePort keeps the allocated one);
-//! - the EndpointSlice controller's ([`endpoint_groups`],
-//!   [`resolve_target_port`]): the pods a selector matches, per Service
-//!   port, with named target ports resolved from each pod's containerPorts,
-//!   and ready/serving/terminating conditions (the rules themselves are
-//!   `translate/endpoints.rs`, shared with the agent's file source);
-//! - what kube-proxy would program: the table every node's switch should
-//!   hold ([`switch_spec`]) and the cluster's settings ([`settings`]).
-//!   The switches get them from their agents (`agents.rs`), which read
-//!   the Services and Pods the lab writes and derive the same table; the
-//!   lab waits until every switch holds it.
+//! - the EndpointSlice controller's and kube-proxy's: not here. The lab
+//!   writes its Nodes, Pods and Services as Kubernetes objects
+//!   (`view.rs`), and every node's agent derives the EndpointSlices and
+//!   translates them into its switch's table with the agent's rules
+//!   (`podswitch_agent::translate`, the one Service translation). The lab
+//!   runs the same translation on the same objects ([`switch_specs_for`])
+//!   to know what each switch should hold, and waits for it (`agents.rs`);
+//!   [`settings`] are the cluster's service settings it gives the agents.
 //!
 //! Everything here is pure (no I/O, no clock): `cluster.rs` stores the
 //! result in the lab state, `view.rs` prints it as Kubernetes objects
@@ -28,13 +26,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::{IpNet, Ipv4Net};
-use podswitch_switch::control::api::{
-    EndpointSpec, Protocol, ServicePortSpec, ServiceSettings, ServiceSpec,
-};
+use podswitch_switch::control::api::{Protocol, ServiceSettings, ServiceSpec};
 
-use podswitch_agent::manifest::{self, LabPod};
-use podswitch_agent::translate::endpoints::{conditions, find_port, group_by_ports};
-pub use podswitch_agent::translate::endpoints::{ResolvedPort, MAX_ENDPOINTS_PER_SLICE};
+use podswitch_agent::translate::{translate, ClusterObjects, TranslateConfig};
 
 pub use podswitch_agent::manifest::service::*;
 
@@ -302,213 +296,21 @@ pub fn plan(
 }
 
 // ---------------------------------------------------------------------------
-// The EndpointSlice controller
+// What the switches get
 
-/// A pod as the endpoints controller sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct PodInfo<'a> {
-    pub pod: &'a LabPod,
-    pub ip: Ipv4Addr,
-    pub node: &'a str,
-    /// The pod's workload runs. A pod whose workload is gone is `Failed`
-    /// and left out, as the controller leaves out Failed pods.
-    pub running: bool,
-    /// The pod is being deleted (deletionTimestamp set) and drains.
-    pub terminating: bool,
-}
-
-/// One pod in an EndpointSlice, with its conditions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodEndpoint {
-    pub namespace: String,
-    pub pod: String,
-    pub ip: Ipv4Addr,
-    pub node: String,
-    /// Gets new connections: running and not terminating (or the Service
-    /// publishes not-ready addresses).
-    pub ready: bool,
-    /// Could serve: running, whether or not it is terminating.
-    pub serving: bool,
-    pub terminating: bool,
-}
-
-/// The endpoints that share one set of resolved ports: one EndpointSlice
-/// (Kubernetes groups endpoints by their port mapping, so pods that map a
-/// named port to different numbers land in different slices).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointGroup {
-    pub ports: Vec<ResolvedPort>,
-    pub endpoints: Vec<PodEndpoint>,
-}
-
-/// The container port a Service port reaches on `pod`: the number itself,
-/// or the number of the pod's containerPort with that name and the Service
-/// port's protocol (Kubernetes' `FindPort`); `None` when the pod has no
-/// such port, which leaves the pod out of this Service port.
-pub fn resolve_target_port(pod: &LabPod, port: &LabServicePort) -> Option<u16> {
-    match &port.target_port {
-        TargetPort::Number(n) => Some(*n),
-        TargetPort::Name(name) => find_port(
-            pod.containers
-                .iter()
-                .flat_map(|c| &c.ports)
-                .filter_map(|p| {
-                    let protocol = match p.protocol {
-                        manifest::Protocol::Tcp => Protocol::Tcp,
-                        manifest::Protocol::Udp => Protocol::Udp,
-                        manifest::Protocol::Sctp => return None,
-                    };
-                    Some((p.name.as_deref(), protocol, p.container_port))
-                }),
-            name,
-            port.protocol,
-        ),
-    }
-}
-
-fn pod_endpoint(svc: &LabService, p: &PodInfo<'_>) -> PodEndpoint {
-    let c = conditions(p.running, p.terminating, svc.publish_not_ready_addresses);
-    PodEndpoint {
-        namespace: p.pod.namespace.clone(),
-        pod: p.pod.name.clone(),
-        ip: p.ip,
-        node: p.node.to_owned(),
-        ready: c.ready,
-        serving: c.serving,
-        terminating: c.terminating,
-    }
-}
-
-fn selected<'a, 'b>(
-    svc: &'b LabService,
-    pods: &'b [PodInfo<'a>],
-) -> impl Iterator<Item = &'b PodInfo<'a>> + 'b {
-    pods.iter().filter(move |p| p.running && svc.selects(p.pod))
-}
-
-/// The EndpointSlices of `svc`: its selected pods grouped by resolved port
-/// set, each group's endpoints sorted by IP, at most
-/// [`MAX_ENDPOINTS_PER_SLICE`] per group. A Service with a selector and no
-/// pods has one empty group (the controller's placeholder slice); one
-/// without a selector has none (its slices would be written by hand).
-pub fn endpoint_groups(svc: &LabService, pods: &[PodInfo<'_>]) -> Vec<EndpointGroup> {
-    if svc.selector.is_none() {
-        return Vec::new();
-    }
-    let endpoints = selected(svc, pods).map(|p| {
-        let ports: Vec<ResolvedPort> = svc
-            .ports
-            .iter()
-            .filter_map(|sp| {
-                resolve_target_port(p.pod, sp).map(|port| ResolvedPort {
-                    name: sp.name.clone(),
-                    protocol: sp.protocol,
-                    port,
-                })
-            })
-            .collect();
-        (ports, pod_endpoint(svc, p))
-    });
-    group_by_ports(endpoints, |e| e.ip)
-        .into_iter()
-        .map(|(ports, endpoints)| EndpointGroup { ports, endpoints })
-        .collect()
-}
-
-/// The name of the `index`-th EndpointSlice of `svc`: `<svc>-<5 chars>`,
-/// as the controller's generateName makes it, the characters derived from
-/// the Service and the group's ports so a slice keeps its name.
-pub fn slice_name(svc: &LabService, group: &EndpointGroup, index: usize) -> String {
-    // generateName's prefix is cut to leave room for the suffix in 63.
-    let mut prefix = format!("{}-", svc.name);
-    prefix.truncate(58);
-    let ports: String = group
-        .ports
-        .iter()
-        .map(|p| format!("{}:{}/{};", p.name, p.port, protocol_str(p.protocol)))
-        .collect();
-    let first = group
-        .endpoints
-        .first()
-        .map(|e| e.ip.to_string())
-        .unwrap_or_default();
-    let suffix = manifest::stable_suffix(&[
-        svc.namespace.as_bytes(),
-        b"\0",
-        svc.name.as_bytes(),
-        b"\0",
-        ports.as_bytes(),
-        b"\0",
-        // Chunks of one port set are told apart by their first address.
-        if index == 0 { b"" } else { first.as_bytes() },
-    ]);
-    format!("{prefix}{suffix}")
-}
-
-/// What the switch gets for `svc`: its frontends (ClusterIP, external and
-/// load balancer IPs, NodePorts) and, per port, the endpoints with their
-/// resolved target ports. `None` for a headless Service, which has no
-/// frontend (kube-proxy skips them too).
-pub fn switch_spec(svc: &LabService, pods: &[PodInfo<'_>]) -> Option<ServiceSpec> {
-    let cluster_ip = svc.cluster_ip?;
-    let mut external_ips = svc.external_ips.clone();
-    for ip in &svc.load_balancer_ingress {
-        if !external_ips.contains(ip) {
-            external_ips.push(*ip);
-        }
-    }
-    let ports = svc
-        .ports
-        .iter()
-        .map(|sp| {
-            let mut endpoints: Vec<EndpointSpec> = selected(svc, pods)
-                .filter_map(|p| {
-                    let port = resolve_target_port(p.pod, sp)?;
-                    let e = pod_endpoint(svc, p);
-                    Some(EndpointSpec {
-                        ip: e.ip,
-                        port,
-                        node: Some(e.node),
-                        ready: e.ready,
-                        terminating: e.terminating,
-                    })
-                })
-                .collect();
-            if svc.selector.is_none() {
-                endpoints.clear();
-            }
-            endpoints.sort_by_key(|e| (e.ip, e.port));
-            ServicePortSpec {
-                name: sp.name.clone(),
-                protocol: sp.protocol,
-                port: sp.port,
-                node_port: sp.node_port,
-                endpoints,
-            }
-        })
-        .collect();
-    Some(ServiceSpec {
-        name: svc.key(),
-        cluster_ips: vec![cluster_ip],
-        external_ips,
-        ports,
-        affinity_timeout_secs: svc.affinity_timeout_secs,
-        external_traffic_local: svc.external_traffic_local,
-        internal_traffic_local: svc.internal_traffic_local,
-    })
-}
-
-/// Every non-headless Service as the switch gets it, sorted by name.
-pub fn switch_specs<'a>(
-    services: impl IntoIterator<Item = &'a LabService>,
-    pods: &[PodInfo<'_>],
+/// What node `node`'s switch gets for the lab's `objects`
+/// ([`crate::view::cluster_objects`]): the agent's translation, the one
+/// every node's agent runs on the same objects, sorted by name.
+pub fn switch_specs_for(
+    node: &str,
+    objects: &ClusterObjects,
+    settings: &ServiceSettings,
 ) -> Vec<ServiceSpec> {
-    let mut specs: Vec<ServiceSpec> = services
-        .into_iter()
-        .filter_map(|s| switch_spec(s, pods))
-        .collect();
-    specs.sort_by(|a, b| a.name.cmp(&b.name));
-    specs
+    let config = TranslateConfig {
+        node_name: node.to_owned(),
+        settings: settings.clone(),
+    };
+    translate(objects, &config).services.into_values().collect()
 }
 
 /// The cluster-wide settings the lab gives every switch.
@@ -525,7 +327,8 @@ pub fn settings(cluster_cidr: Ipv4Net) -> ServiceSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podswitch_agent::manifest::{parse_manifests, LabContainer, LabPort, Object};
+    use crate::cluster::{LabSpec, LabState, NodeState, PodState};
+    use podswitch_agent::manifest::{self, parse_manifests, LabContainer, LabPod, LabPort, Object};
 
     fn requests(yaml: &str) -> Result<Vec<ServiceRequest>, FieldError> {
         parse_manifests(yaml, "t.yaml")
@@ -630,7 +433,7 @@ mod tests {
         assert_eq!(h["default/a"].cluster_ip, None);
         assert!(apply(&h, &svc("a", PORT_80)).is_ok());
         assert!(apply(&h, &fixed("10.96.0.10")).is_err());
-        assert_eq!(switch_spec(&h["default/a"], &[]), None);
+        assert_eq!(specs(&h, Vec::new()), [], "headless: no frontend");
     }
 
     #[test]
@@ -741,7 +544,7 @@ mod tests {
         );
         assert_eq!(lb.load_balancer_ingress, [Ipv4Addr::new(203, 0, 113, 7)]);
         assert!(lb.ports[0].node_port.is_some());
-        let spec = switch_spec(lb, &[]).unwrap();
+        let spec = specs(&s, Vec::new()).remove(0);
         assert_eq!(
             spec.external_ips,
             [
@@ -792,14 +595,46 @@ mod tests {
         }
     }
 
-    fn info<'a>(pod: &'a LabPod, last_octet: u8, node: &'a str) -> PodInfo<'a> {
-        PodInfo {
+    /// `pod` on `node` at 10.244.1.`last_octet`, its workload running (a
+    /// pid that is alive: this test's own).
+    fn info(pod: LabPod, last_octet: u8, node: &str) -> PodState {
+        PodState {
             pod,
+            node: node.into(),
             ip: Ipv4Addr::new(10, 244, 1, last_octet),
-            node,
-            running: true,
-            terminating: false,
+            netns: "/nonexistent".into(),
+            workload_pid: Some(std::process::id() as i32),
+            created: "2025-01-01T00:00:00Z".into(),
+            deletion: None,
         }
+    }
+
+    /// A lab of two nodes holding `services` and `pods`.
+    fn lab(services: &BTreeMap<String, LabService>, pods: Vec<PodState>) -> LabState {
+        let node = |i: usize| NodeState {
+            name: format!("node-{i}"),
+            netns: "/nonexistent".into(),
+            pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
+            underlay_ip: Some(crate::cluster::underlay_ip(i)),
+            control_socket: "/nonexistent".into(),
+            state_dir: "/nonexistent".into(),
+            switch_pid: None,
+            agent_pid: None,
+            created: "2025-01-01T00:00:00Z".into(),
+        };
+        LabState {
+            name: "t".into(),
+            spec: LabSpec::default(),
+            nodes: vec![node(1), node(2)],
+            pods: pods.into_iter().map(|p| (p.key(), p)).collect(),
+            objects: BTreeMap::new(),
+            services: services.clone(),
+        }
+    }
+
+    /// What node-1's switch gets for `services` over `pods`.
+    fn specs(services: &BTreeMap<String, LabService>, pods: Vec<PodState>) -> Vec<ServiceSpec> {
+        crate::agents::service_specs(&lab(services, pods), "node-1")
     }
 
     #[test]
@@ -813,7 +648,6 @@ mod tests {
             ),
         )
         .unwrap();
-        let web = &s["default/web"];
         // Two pods map `http` to different numbers; one has no `echo`; one
         // names `echo` only for TCP, which a UDP port does not match; one
         // is not selected; one is in another namespace.
@@ -831,14 +665,15 @@ mod tests {
         let other = pod("d", &[("app", "db")], &[("http", 80, Tcp)]);
         let mut elsewhere = pod("e", &[("app", "web")], &[("http", 80, Tcp)]);
         elsewhere.namespace = "shop".into();
-        let pods = [
-            info(&a, 2, "node-1"),
-            info(&b, 3, "node-2"),
-            info(&c, 4, "node-2"),
-            info(&other, 5, "node-1"),
-            info(&elsewhere, 6, "node-1"),
+        let pods = vec![
+            info(a, 2, "node-1"),
+            info(b, 3, "node-2"),
+            info(c, 4, "node-2"),
+            info(other, 5, "node-1"),
+            info(elsewhere, 6, "node-1"),
         ];
-        let spec = switch_spec(web, &pods).unwrap();
+        let st = lab(&s, pods);
+        let spec = crate::agents::service_specs(&st, "node-1").remove(0);
         let eps = |i: usize| -> Vec<(u8, u16)> {
             spec.ports[i]
                 .endpoints
@@ -851,20 +686,19 @@ mod tests {
         assert_eq!(eps(2), [(2, 9091), (3, 9091), (4, 9091)]);
         assert_eq!(spec.ports[0].endpoints[1].node.as_deref(), Some("node-2"));
         // Slices: one per distinct port mapping (b and c share one).
-        let groups = endpoint_groups(web, &pods);
-        assert_eq!(groups.len(), 2);
-        let sizes: Vec<(usize, usize)> = groups
+        let slices = crate::view::endpoint_slices(&st);
+        assert_eq!(slices.len(), 2);
+        let sizes: Vec<(usize, usize)> = slices
             .iter()
-            .map(|g| (g.ports.len(), g.endpoints.len()))
+            .map(|g| (g.ports.as_ref().map_or(0, Vec::len), g.endpoints.len()))
             .collect();
         assert!(
             sizes.contains(&(3, 1)) && sizes.contains(&(2, 2)),
             "{sizes:?}"
         );
-        let names: BTreeSet<String> = groups
+        let names: BTreeSet<String> = slices
             .iter()
-            .enumerate()
-            .map(|(i, g)| slice_name(web, g, i))
+            .filter_map(|g| g.metadata.name.clone())
             .collect();
         assert_eq!(names.len(), 2);
         assert!(names.iter().all(|n| n.starts_with("web-") && n.len() == 9));
@@ -874,32 +708,37 @@ mod tests {
     fn conditions_follow_the_pod() {
         use manifest::Protocol::Tcp;
         let s = apply(&BTreeMap::new(), &svc("web", PORT_80)).unwrap();
-        let web = &s["default/web"];
         let a = pod("a", &[("app", "web")], &[("http", 80, Tcp)]);
         let b = pod("b", &[("app", "web")], &[("http", 80, Tcp)]);
         let c = pod("c", &[("app", "web")], &[("http", 80, Tcp)]);
-        let pods = [
-            info(&a, 2, "node-1"),
-            PodInfo {
-                terminating: true,
-                ..info(&b, 3, "node-1")
+        let pods = vec![
+            info(a, 2, "node-1"),
+            PodState {
+                deletion: Some(crate::cluster::PodDeletion {
+                    requested: "2025-01-01T00:00:01Z".into(),
+                    grace_period_seconds: 2,
+                    deadline_unix_ms: u64::MAX,
+                }),
+                ..info(b, 3, "node-1")
             },
-            PodInfo {
-                running: false,
-                ..info(&c, 4, "node-1")
+            PodState {
+                workload_pid: None,
+                ..info(c, 4, "node-1")
             },
         ];
-        let spec = switch_spec(web, &pods).unwrap();
+        let st = lab(&s, pods);
+        let spec = crate::agents::service_specs(&st, "node-1").remove(0);
         let conds: Vec<(u8, bool, bool)> = spec.ports[0]
             .endpoints
             .iter()
             .map(|e| (e.ip.octets()[3], e.ready, e.terminating))
             .collect();
         assert_eq!(conds, [(2, true, false), (3, false, true)]);
-        let g = &endpoint_groups(web, &pods)[0];
-        assert!(g.endpoints[1].serving && !g.endpoints[1].ready);
+        let slices = crate::view::endpoint_slices(&st);
+        let c = slices[0].endpoints[1].conditions.clone().unwrap();
+        assert_eq!((c.serving, c.ready), (Some(true), Some(false)));
         // No pods: one empty placeholder slice, and no endpoints.
-        let empty = endpoint_groups(web, &[]);
+        let empty = crate::view::endpoint_slices(&lab(&s, Vec::new()));
         assert_eq!(empty.len(), 1);
         assert!(empty[0].endpoints.is_empty());
     }
@@ -922,3 +761,6 @@ mod tests {
         assert!(s.masquerade);
     }
 }
+
+#[cfg(test)]
+mod pin_tests;

@@ -5,17 +5,20 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, Container, ContainerPort, LoadBalancerIngress, LoadBalancerStatus, Node,
-    NodeAddress, NodeCondition, NodeSpec, NodeStatus, ObjectReference, Pod, PodIP, PodSpec,
-    PodStatus, Service, ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig,
+    NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, PodIP, PodSpec, PodStatus, Service,
+    ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig,
 };
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use podswitch_agent::manifest;
+use podswitch_agent::translate::endpoints::derive_endpoint_slices;
+use podswitch_agent::translate::{ClusterObjects, SERVICE_NAME_LABEL};
 use podswitch_switch::control::api::Protocol;
 use serde_json::json;
 
 use super::cluster::{pid_alive, LabState, NodeState, PodState};
-use super::services::{self, EndpointGroup, LabService, ServiceType, TargetPort};
+use super::services::{LabService, ServiceType, TargetPort};
 
 fn time(s: &str) -> Option<Time> {
     serde_json::from_value(json!(s)).ok()
@@ -163,6 +166,26 @@ pub fn node_object(n: &NodeState) -> Node {
 
 fn list(items: Vec<serde_json::Value>) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
+}
+
+/// The objects every node's agent translates: the Nodes, Pods and
+/// Services the lab writes for it (`agents::write_manifests`, what `lab get
+/// ... -o json` prints), with the EndpointSlices the agent derives from
+/// them ([`ClusterObjects::derive_endpoint_slices`], as its file source
+/// does).
+pub fn cluster_objects(st: &LabState) -> ClusterObjects {
+    let mut o = ClusterObjects::default();
+    for n in &st.nodes {
+        o.nodes.insert(n.name.clone(), node_object(n));
+    }
+    for p in st.pods.values() {
+        o.pods.insert(p.key(), pod_object(p));
+    }
+    for s in st.services.values() {
+        o.services.insert(s.key(), service_object(s));
+    }
+    o.derive_endpoint_slices();
+    o
 }
 
 /// `kubectl get pods -o json`.
@@ -415,65 +438,70 @@ pub fn services_json(st: &LabState) -> serde_json::Value {
     )
 }
 
-fn slice_object(s: &LabService, g: &EndpointGroup, index: usize) -> EndpointSlice {
-    let mut labels = BTreeMap::new();
-    labels.insert("kubernetes.io/service-name".to_string(), s.name.clone());
-    labels.insert(
-        "endpointslice.kubernetes.io/managed-by".to_string(),
-        "endpointslice-controller.k8s.io".to_string(),
-    );
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(services::slice_name(s, g, index)),
-            namespace: Some(s.namespace.clone()),
-            generate_name: Some(format!("{}-", s.name)),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: g
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                addresses: vec![e.ip.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(e.ready),
-                    serving: Some(e.serving),
-                    terminating: Some(e.terminating),
-                }),
-                node_name: Some(e.node.clone()),
-                target_ref: Some(ObjectReference {
-                    kind: Some("Pod".into()),
-                    namespace: Some(e.namespace.clone()),
-                    name: Some(e.pod.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(
-            g.ports
-                .iter()
-                .map(|p| EndpointPort {
-                    name: Some(p.name.clone()),
-                    protocol: Some(protocol_str(p.protocol).into()),
-                    port: Some(i32::from(p.port)),
-                    app_protocol: None,
-                })
-                .collect(),
-        ),
-    }
+/// The name of the `index`-th EndpointSlice of `svc`: `<svc>-<5 chars>`,
+/// as the controller's generateName makes it, the characters derived from
+/// the Service and the slice's ports so a slice keeps its name.
+pub fn slice_name(svc: &LabService, slice: &EndpointSlice, index: usize) -> String {
+    // generateName's prefix is cut to leave room for the suffix in 63.
+    let mut prefix = format!("{}-", svc.name);
+    prefix.truncate(58);
+    let ports: String = slice
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}:{}/{};",
+                p.name.as_deref().unwrap_or(""),
+                p.port.unwrap_or(0),
+                p.protocol.as_deref().unwrap_or("TCP")
+            )
+        })
+        .collect();
+    let first = slice
+        .endpoints
+        .first()
+        .and_then(|e| e.addresses.first())
+        .map(String::as_str)
+        .unwrap_or_default();
+    let suffix = manifest::stable_suffix(&[
+        svc.namespace.as_bytes(),
+        b"\0",
+        svc.name.as_bytes(),
+        b"\0",
+        ports.as_bytes(),
+        b"\0",
+        // Chunks of one port set are told apart by their first address.
+        if index == 0 { b"" } else { first.as_bytes() },
+    ]);
+    format!("{prefix}{suffix}")
 }
 
 /// Every Service's EndpointSlices as the EndpointSlice controller would
 /// write them now (one per Service unless pods map a named port
-/// differently, or there are more than 100 endpoints).
+/// differently, or there are more than 100 endpoints): the agent's
+/// controller ([`derive_endpoint_slices`], what the lab's agents derive),
+/// under the names and manager Kubernetes' own controller gives them.
 pub fn endpoint_slices(st: &LabState) -> Vec<EndpointSlice> {
-    let pods = st.pod_infos();
+    let pods: Vec<Pod> = st.pods.values().map(pod_object).collect();
     let mut out = Vec::new();
     for s in st.services.values() {
-        for (i, g) in services::endpoint_groups(s, &pods).iter().enumerate() {
-            out.push(slice_object(s, g, i));
+        let derived = derive_endpoint_slices(&service_object(s), &pods);
+        for (i, mut slice) in derived.into_iter().enumerate() {
+            let mut labels = BTreeMap::new();
+            labels.insert(SERVICE_NAME_LABEL.to_string(), s.name.clone());
+            labels.insert(
+                "endpointslice.kubernetes.io/managed-by".to_string(),
+                "endpointslice-controller.k8s.io".to_string(),
+            );
+            slice.metadata = ObjectMeta {
+                name: Some(slice_name(s, &slice, i)),
+                namespace: Some(s.namespace.clone()),
+                generate_name: Some(format!("{}-", s.name)),
+                labels: Some(labels),
+                ..Default::default()
+            };
+            out.push(slice);
         }
     }
     out

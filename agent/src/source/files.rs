@@ -51,7 +51,6 @@ use super::push::{run_push_loop, PushConfig};
 use super::store::{ClusterEvent, WatchFailure};
 use super::{InputProblem, SourceError, TopologySink};
 use crate::manifest::{split_objects, RawObject};
-use crate::translate::endpoints::derive_endpoint_slices;
 use crate::translate::{object_key, ClusterObjects, TranslateConfig};
 
 /// What the file source needs to run.
@@ -352,17 +351,7 @@ impl ManifestCache {
                 }
             }
         }
-        for svc in o.services.values() {
-            for slice in derive_endpoint_slices(svc, o.pods.values()) {
-                let m = &slice.metadata;
-                let key = object_key(
-                    m.namespace.as_deref(),
-                    m.name.as_deref().unwrap_or(""),
-                    true,
-                );
-                o.endpoint_slices.entry(key).or_insert(slice);
-            }
-        }
+        o.derive_endpoint_slices();
         (o, problems)
     }
 }

@@ -12,10 +12,10 @@
 //! set). Failed and Succeeded pods, and pods without an IPv4 address,
 //! are left out.
 //!
-//! The primitives ([`find_port`], [`conditions`], [`group_by_ports`])
-//! are shared with `lab/services.rs`, whose state keeps its own pod and
-//! Service records; [`derive_endpoint_slices`] applies them to real
-//! Kubernetes objects.
+//! [`derive_endpoint_slices`] is the one EndpointSlice controller of the
+//! project: [`super::ClusterObjects::derive_endpoint_slices`] runs it for
+//! the file source and for the lab (whose agents read the file source,
+//! and which lists the same slices in `lab get endpointslices`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -37,7 +37,7 @@ pub const MANAGED_BY: &str = "podswitch.io/agent";
 
 /// One resolved port of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ResolvedPort {
+struct ResolvedPort {
     pub name: String,
     pub protocol: Protocol,
     pub port: u16,
@@ -45,7 +45,7 @@ pub struct ResolvedPort {
 
 /// An endpoint's conditions (discovery.k8s.io/v1 EndpointConditions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conditions {
+struct Conditions {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -54,7 +54,7 @@ pub struct Conditions {
 /// The conditions of a pod's endpoint: `ready` is never true for a
 /// terminating endpoint unless the Service publishes not-ready addresses
 /// (EndpointConditions docs).
-pub fn conditions(serving: bool, terminating: bool, publish_not_ready: bool) -> Conditions {
+fn conditions(serving: bool, terminating: bool, publish_not_ready: bool) -> Conditions {
     Conditions {
         ready: publish_not_ready || (serving && !terminating),
         serving,
@@ -65,7 +65,7 @@ pub fn conditions(serving: bool, terminating: bool, publish_not_ready: bool) -> 
 /// Kubernetes' `FindPort`: the number of the container port named `name`
 /// with `protocol`, among `(name, protocol, number)` of a pod's
 /// containers.
-pub fn find_port<'a>(
+fn find_port<'a>(
     container_ports: impl IntoIterator<Item = (Option<&'a str>, Protocol, u16)>,
     name: &str,
     protocol: Protocol,
@@ -79,7 +79,7 @@ pub fn find_port<'a>(
 /// Groups endpoints by their resolved port set, each group sorted by
 /// `ip` and cut into slices of [`MAX_ENDPOINTS_PER_SLICE`]. No endpoint
 /// at all gives one empty group (the controller's placeholder slice).
-pub fn group_by_ports<E: Clone>(
+fn group_by_ports<E: Clone>(
     endpoints: impl IntoIterator<Item = (Vec<ResolvedPort>, E)>,
     ip: impl Fn(&E) -> Ipv4Addr,
 ) -> Vec<(Vec<ResolvedPort>, Vec<E>)> {

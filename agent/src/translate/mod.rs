@@ -156,6 +156,25 @@ impl ClusterObjects {
         Ok(added)
     }
 
+    /// Plays the EndpointSlice controller for sources without one (the
+    /// file source, and the lab whose agents read it): adds the slices
+    /// [`endpoints::derive_endpoint_slices`] gives every Service over the
+    /// pods held, keeping a slice of the same key that is already there
+    /// (a hand-written one wins).
+    pub fn derive_endpoint_slices(&mut self) {
+        for svc in self.services.values() {
+            for slice in endpoints::derive_endpoint_slices(svc, self.pods.values()) {
+                let m = &slice.metadata;
+                let key = object_key(
+                    m.namespace.as_deref(),
+                    m.name.as_deref().unwrap_or(""),
+                    true,
+                );
+                self.endpoint_slices.entry(key).or_insert(slice);
+            }
+        }
+    }
+
     /// The EndpointSlices of each Service, by the Service's
     /// `namespace/name` (from the [`SERVICE_NAME_LABEL`] label). Slices
     /// without the label are not a Service's (they belong to another

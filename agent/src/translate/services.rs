@@ -6,8 +6,10 @@
 //! what the switch load-balances: frontends (cluster IPs, external IPs,
 //! load balancer ingress IPs, NodePorts) and, per Service port, the
 //! endpoints of every slice port with the same name and protocol (several
-//! slices merged, duplicates folded). It is pure, so the Kubernetes source
-//! and the lab (whose own endpoints controller writes the slices) share it.
+//! slices merged, duplicates folded). It is pure, and the one Service
+//! translation: the Kubernetes source, the file source and the lab (which
+//! runs it on the objects its agents read, to know what every switch
+//! should hold) all use it.
 //!
 //! Then [`resolve_frontends`] settles what only the whole set can: two
 //! Services may not share a frontend `ip:port/protocol` (the switch would
