@@ -861,12 +861,8 @@ pub fn control_request(data: &[u8]) {
         Ok(req) => req,
         Err(e) => {
             assert!(!e.message.is_empty(), "an error without a message");
-            serde_json::to_string(&api::Response {
-                ok: false,
-                result: None,
-                error: Some(e),
-            })
-            .expect("an error response serializes");
+            serde_json::to_string(&api::Response::refusal(e))
+                .expect("an error response serializes");
             return;
         }
     };

@@ -44,11 +44,11 @@ use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublis
 use crate::worker::poll::{check_budget_us, PollControl};
 use crate::worker::{IoBackend, PortIo, Snapshot, Worker};
 use podswitch_api::{
-    ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FrontendState,
-    Hello, IoBackendSet, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PollSettings,
-    PortInfo, RemoteNode, RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes,
-    RunningConfig, ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied,
-    Stats, Topology, VtepState, VxlanSpec, VxlanTunnelGsoSet,
+    ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FlowsRemoved,
+    FrontendState, Hello, IoBackendSet, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec,
+    PollSettings, PortInfo, RemoteNode, RemoteNodeState, Reply, Request, RouteEntry, RouteHop,
+    RouteLookup, Routes, RunningConfig, ServiceRouting, ServiceSettings, ServiceSpec, ServiceState,
+    Services, ServicesApplied, Stats, Topology, VtepState, VxlanSpec, VxlanTunnelGsoSet,
 };
 
 pub use podswitch_api::config::{parse_metrics_address, DaemonConfig};

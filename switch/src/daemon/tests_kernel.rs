@@ -267,3 +267,64 @@ fn the_plan_replaces_a_changed_pod_and_an_exact_list_removes_the_rest() {
     assert_eq!(e.field.as_deref(), Some("remove[0]"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The replies that had no type before (built with `json!` or `null` by
+/// the dispatch) are the same JSON now that they have one.
+#[test]
+fn typed_replies_are_the_json_the_dispatch_wrote_before() {
+    let d = dir("replies");
+    let (mut st, _log) = state(&d);
+    let json = |r: Result<Reply, ApiError>| serde_json::to_value(r.unwrap()).unwrap();
+    st.handle(patch(vec![pod(&d, "default/a", "10.244.1.5")], vec![]))
+        .unwrap();
+    let services: Vec<ServiceSpec> = serde_json::from_value(serde_json::json!([
+        {"name": "default/web", "cluster_ips": ["10.96.0.10"], "ports": [
+            {"name": "http", "port": 80, "node_port": 30080, "endpoints": [
+                {"ip": "10.244.1.5", "port": 8080, "node": "node-1"},
+                {"ip": "10.244.2.5", "port": 8080, "ready": false}]}]},
+        {"name": "default/dns", "cluster_ips": ["10.96.0.11"], "affinity_timeout_secs": 60,
+         "ports": [{"protocol": "UDP", "port": 53, "endpoints": []}]},
+    ]))
+    .unwrap();
+    st.handle(Request::SetServices(podswitch_api::SetServicesArgs {
+        settings: None,
+        services,
+    }))
+    .unwrap();
+    assert_eq!(
+        json(st.handle(Request::GetServices)),
+        serde_json::json!({
+            "settings": st.service_settings,
+            "services": st.services.values().collect::<Vec<_>>(),
+        })
+    );
+    let flush = Request::FlushFlows(podswitch_api::FlushFlowsArgs {
+        filter: FlowFilter::default(),
+    });
+    assert_eq!(json(st.handle(flush)), serde_json::json!({ "removed": 0 }));
+    assert_eq!(
+        json(st.handle(Request::GetConfig)),
+        serde_json::to_value(&st.running_config).unwrap()
+    );
+    assert_eq!(
+        json(
+            st.handle(Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs {
+                nodes: Vec::new()
+            }))
+        ),
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        json(
+            st.handle(Request::RemovePort(podswitch_api::RemovePortArgs {
+                name: "default/a".into(),
+            }))
+        ),
+        serde_json::Value::Null
+    );
+    // A null reply is written as `"result":null`, as before.
+    let line =
+        serde_json::to_string(&podswitch_api::Response::answer(Ok(Reply::RemovePort))).unwrap();
+    assert_eq!(line, r#"{"ok":true,"result":null}"#);
+    let _ = std::fs::remove_dir_all(&d);
+}
