@@ -240,6 +240,31 @@ impl crate::control::server::Handler for SwitchState {
     }
 }
 
+/// A service table's refusal as the control API reports it: the field it
+/// names, and `invalid_argument`, but for a patch with no table to patch,
+/// which is the switch's own fault (`internal`). The message is the
+/// refusal's own, without the field.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let code = match e.kind {
+            ServiceErrorKind::NoTableToPatch => ErrorCode::Internal,
+            ServiceErrorKind::MaglevSizeNotPrime(_)
+            | ServiceErrorKind::BadNodePortRange { .. }
+            | ServiceErrorKind::EmptyName
+            | ServiceErrorKind::ClusterIpOutsideServiceCidrs(_)
+            | ServiceErrorKind::PortZero
+            | ServiceErrorKind::NodePortOutsideRange { .. }
+            | ServiceErrorKind::Maglev(_)
+            | ServiceErrorKind::FrontendTaken { .. } => ErrorCode::InvalidArgument,
+        };
+        ApiError {
+            code,
+            field: e.field,
+            message: e.kind.to_string(),
+        }
+    }
+}
+
 /// The predicate a [`FlowFilter`] describes; a bad field is an error
 /// naming it.
 fn flow_predicate(

@@ -39,7 +39,9 @@ use crate::metrics::WorkerCounters;
 use crate::port::pod::{self, PodWiring};
 use crate::port::steer::SteerAddress;
 use crate::tables::node_ports::{self, NodePortAddress};
-use crate::tables::services::{NodeView, PatchedTable, ServiceLayout, ServiceTable};
+use crate::tables::services::{
+    NodeView, PatchedTable, ServiceError, ServiceErrorKind, ServiceLayout, ServiceTable,
+};
 use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
 use crate::worker::poll::{check_budget_us, PollControl};
 use crate::worker::{IoBackend, PortIo, Snapshot, Worker};

@@ -328,3 +328,153 @@ fn typed_replies_are_the_json_the_dispatch_wrote_before() {
     assert_eq!(line, r#"{"ok":true,"result":null}"#);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The service table's refusals reach the wire as they did when the
+/// table built `ApiError`s itself: same code, field and message.
+#[test]
+fn service_table_refusals_keep_their_code_field_and_message() {
+    use crate::tables::maglev::MaglevError;
+    let invalid = |field: &str, message: &str| ApiError {
+        code: ErrorCode::InvalidArgument,
+        field: Some(field.into()),
+        message: message.into(),
+    };
+    let at = |field: &str, kind| ServiceError {
+        field: Some(field.into()),
+        kind,
+    };
+    for (refusal, wire) in [
+        (
+            at(
+                "maglev_table_size",
+                ServiceErrorKind::MaglevSizeNotPrime(100),
+            ),
+            invalid("maglev_table_size", "100 is not a prime"),
+        ),
+        (
+            at(
+                "settings.node_port_range",
+                ServiceErrorKind::BadNodePortRange { lo: 0, hi: 10 },
+            ),
+            invalid("settings.node_port_range", "0-10 is not a range of ports"),
+        ),
+        (
+            ServiceError {
+                field: None,
+                kind: ServiceErrorKind::NoTableToPatch,
+            },
+            ApiError::internal("no service table to patch: set the Services first"),
+        ),
+        (
+            at("services[0].name", ServiceErrorKind::EmptyName),
+            invalid("services[0].name", "must not be empty"),
+        ),
+        (
+            at(
+                "services[1].cluster_ips[0]",
+                ServiceErrorKind::ClusterIpOutsideServiceCidrs(Ipv4Addr::new(10, 1, 2, 3)),
+            ),
+            invalid(
+                "services[1].cluster_ips[0]",
+                "10.1.2.3 is outside the service CIDRs",
+            ),
+        ),
+        (
+            at(
+                "upsert[0].ports[1].endpoints[2].port",
+                ServiceErrorKind::PortZero,
+            ),
+            invalid("upsert[0].ports[1].endpoints[2].port", "must be 1-65535"),
+        ),
+        (
+            at(
+                "services[0].ports[0].node_port",
+                ServiceErrorKind::NodePortOutsideRange {
+                    port: 40000,
+                    lo: 30000,
+                    hi: 32767,
+                },
+            ),
+            invalid(
+                "services[0].ports[0].node_port",
+                "40000 is outside the NodePort range 30000-32767",
+            ),
+        ),
+        (
+            at(
+                "services[0].ports[0].endpoints",
+                ServiceErrorKind::Maglev(MaglevError::NotPrime(100)),
+            ),
+            invalid(
+                "services[0].ports[0].endpoints",
+                &MaglevError::NotPrime(100).to_string(),
+            ),
+        ),
+        (
+            at(
+                "services[2].ports[0].port",
+                ServiceErrorKind::FrontendTaken {
+                    ip: Ipv4Addr::new(10, 96, 0, 1),
+                    port: 53,
+                    protocol: podswitch_api::Protocol::Udp,
+                    holder: "kube-system/dns".into(),
+                },
+            ),
+            invalid(
+                "services[2].ports[0].port",
+                "10.96.0.1:53/Udp is already a frontend of another service (kube-system/dns)",
+            ),
+        ),
+    ] {
+        let shown = refusal.to_string();
+        assert_eq!(ApiError::from(refusal), wire);
+        // On its own the refusal names its field.
+        if let Some(field) = &wire.field {
+            assert_eq!(shown, format!("{field}: {}", wire.message));
+        }
+    }
+
+    // Through the dispatch: a NodePort out of range, a taken frontend.
+    let d = dir("refusals");
+    let (mut st, _log) = state(&d);
+    let set = |services: serde_json::Value| {
+        Request::SetServices(podswitch_api::SetServicesArgs {
+            settings: None,
+            services: serde_json::from_value(services).unwrap(),
+        })
+    };
+    let e = st
+        .handle(set(serde_json::json!([
+            {"name": "default/web", "cluster_ips": ["10.96.0.10"],
+             "ports": [{"port": 80, "node_port": 40000}]}
+        ])))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        invalid(
+            "services[0].ports[0].node_port",
+            "40000 is outside the NodePort range 30000-32767"
+        )
+    );
+    st.handle(set(serde_json::json!([
+        {"name": "default/web", "cluster_ips": ["10.96.0.10"], "ports": [{"port": 80}]}
+    ])))
+    .unwrap();
+    let e = st
+        .handle(Request::PatchServices(podswitch_api::PatchServicesArgs {
+            upsert: serde_json::from_value(serde_json::json!([
+                {"name": "default/other", "cluster_ips": ["10.96.0.10"], "ports": [{"port": 80}]}
+            ]))
+            .unwrap(),
+            remove: Vec::new(),
+        }))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        invalid(
+            "upsert[0].ports[0].port",
+            "10.96.0.10:80/Tcp is already a frontend of another service (default/web)"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
