@@ -7,9 +7,9 @@ use podswitch_switch::capture::file::CaptureFormat;
 use podswitch_switch::capture::{CaptureFilter, CapturePoint, CaptureProto};
 use podswitch_switch::control::api::CaptureSpec;
 use podswitch_switch::control::api::{
-    ClusterMode, FlowFilter, Flows, Hello, IoBackendSet, Nodes, PollSettings, PortInfo, Protocol,
-    Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig, ServiceSettings,
-    ServiceSpec, ServiceState, Stats, Topology, VxlanTunnelGsoSet,
+    ClusterMode, FlowFilter, Flows, FlowsRemoved, Hello, IoBackendSet, Nodes, PollSettings,
+    PortInfo, Protocol, Request, RouteEntry, RouteHop, RouteLookup, Routes, RunningConfig,
+    ServiceState, Services, Stats, Topology, VxlanTunnelGsoSet,
 };
 use podswitch_switch::control::client;
 
@@ -194,13 +194,6 @@ struct ConntrackArgs {
     limit: usize,
 }
 
-/// The result of `get_services`.
-#[derive(Debug, serde::Deserialize)]
-struct ServicesResult {
-    settings: ServiceSettings,
-    services: Vec<ServiceSpec>,
-}
-
 fn protocol_str(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "TCP",
@@ -210,7 +203,7 @@ fn protocol_str(p: Protocol) -> &'static str {
 
 /// One line per Service port: its frontends (ClusterIPs, external IPs,
 /// NodePort), options, and endpoints with their conditions.
-fn services_table(r: &ServicesResult) -> String {
+fn services_table(r: &Services) -> String {
     let cidrs = |v: &[ipnet::IpNet]| {
         v.iter()
             .map(|c| c.to_string())
@@ -881,14 +874,14 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                 state: c.state,
             };
             if c.flush {
-                let v: serde_json::Value = client::call(
+                let r: FlowsRemoved = client::call(
                     &args.socket,
                     &Request::FlushFlows(podswitch_api::FlushFlowsArgs { filter }),
                 )?;
                 if json {
-                    outln!("{v}");
+                    outln!("{}", serde_json::to_string(&r)?);
                 } else {
-                    outln!("removed {} flow(s)", v["removed"]);
+                    outln!("removed {} flow(s)", r.removed);
                 }
                 return Ok(());
             }
@@ -931,7 +924,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
                     name: a.name.clone(),
                 }),
             )?;
-            let mut r: ServicesResult = client::call(&args.socket, &Request::GetServices)?;
+            let mut r: Services = client::call(&args.socket, &Request::GetServices)?;
             if let Some(n) = &a.name {
                 r.services.retain(|s| &s.name == n);
             }

@@ -8,7 +8,17 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::{encode_request, ApiError, Request, Response};
+use crate::capture::CaptureCounts;
+use crate::trace::Trace;
+use crate::{
+    encode_request, AddPortArgs, ApiError, Applied, CaptureBatch, CaptureReadArgs, CaptureSpec,
+    CaptureStarted, CaptureStopArgs, FlowFilter, Flows, FlowsRemoved, FlushFlowsArgs,
+    GetRoutesArgs, GetServiceStateArgs, Hello, IoBackendSet, ListFlowsArgs, Nodes,
+    PatchServicesArgs, PatchTopologyArgs, PodSpec, PollSettings, PortInfo, RemoteNode,
+    RemovePortArgs, ReplaceTopologyArgs, Request, Response, Routes, RunningConfig, ServiceState,
+    Services, ServicesApplied, SetIoBackendArgs, SetPollModeArgs, SetRemoteNodesArgs,
+    SetServicesArgs, SetVxlanTunnelGsoArgs, Stats, Topology, TraceArgs, VxlanTunnelGsoSet,
+};
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +118,145 @@ impl Client {
                 message: e.to_string(),
             }
         })
+    }
+}
+
+/// One typed call per operation: the request built from its arguments,
+/// the result decoded as the operation's reply type (see
+/// [`crate::Reply`]).
+impl Client {
+    /// `hello`: the switch's versions, node and workers.
+    pub fn hello(&mut self) -> Result<Hello, ClientError> {
+        self.call(&Request::Hello)
+    }
+
+    /// `add_port`: attaches `pod`.
+    pub fn add_port(&mut self, pod: PodSpec) -> Result<PortInfo, ClientError> {
+        self.call(&Request::AddPort(AddPortArgs { pod }))
+    }
+
+    /// `remove_port`: detaches pod `name`.
+    pub fn remove_port(&mut self, name: impl Into<String>) -> Result<(), ClientError> {
+        self.call(&Request::RemovePort(RemovePortArgs { name: name.into() }))
+    }
+
+    /// `replace_topology`.
+    pub fn replace_topology(&mut self, topology: Topology) -> Result<Applied, ClientError> {
+        self.call(&Request::ReplaceTopology(ReplaceTopologyArgs { topology }))
+    }
+
+    /// `patch_topology`.
+    pub fn patch_topology(&mut self, args: PatchTopologyArgs) -> Result<Applied, ClientError> {
+        self.call(&Request::PatchTopology(args))
+    }
+
+    /// `set_remote_nodes`.
+    pub fn set_remote_nodes(&mut self, nodes: Vec<RemoteNode>) -> Result<(), ClientError> {
+        self.call(&Request::SetRemoteNodes(SetRemoteNodesArgs { nodes }))
+    }
+
+    /// `set_services`.
+    pub fn set_services(&mut self, args: SetServicesArgs) -> Result<ServicesApplied, ClientError> {
+        self.call(&Request::SetServices(args))
+    }
+
+    /// `patch_services`.
+    pub fn patch_services(
+        &mut self,
+        args: PatchServicesArgs,
+    ) -> Result<ServicesApplied, ClientError> {
+        self.call(&Request::PatchServices(args))
+    }
+
+    /// `get_services`: the settings and Services the switch holds.
+    pub fn get_services(&mut self) -> Result<Services, ClientError> {
+        self.call(&Request::GetServices)
+    }
+
+    /// `list_flows`.
+    pub fn list_flows(&mut self, args: ListFlowsArgs) -> Result<Flows, ClientError> {
+        self.call(&Request::ListFlows(args))
+    }
+
+    /// `trace`.
+    pub fn trace(&mut self, args: TraceArgs) -> Result<Trace, ClientError> {
+        self.call(&Request::Trace(args))
+    }
+
+    /// `flush_flows`: removes the flows `filter` selects.
+    pub fn flush_flows(&mut self, filter: FlowFilter) -> Result<FlowsRemoved, ClientError> {
+        self.call(&Request::FlushFlows(FlushFlowsArgs { filter }))
+    }
+
+    /// `capture_start`.
+    pub fn capture_start(&mut self, spec: CaptureSpec) -> Result<CaptureStarted, ClientError> {
+        self.call(&Request::CaptureStart(spec))
+    }
+
+    /// `capture_read`.
+    pub fn capture_read(&mut self, args: CaptureReadArgs) -> Result<CaptureBatch, ClientError> {
+        self.call(&Request::CaptureRead(args))
+    }
+
+    /// `capture_stop`: stops capture `id`, returning its totals.
+    pub fn capture_stop(&mut self, id: u64) -> Result<CaptureCounts, ClientError> {
+        self.call(&Request::CaptureStop(CaptureStopArgs { id }))
+    }
+
+    /// `get_nodes`.
+    pub fn get_nodes(&mut self) -> Result<Nodes, ClientError> {
+        self.call(&Request::GetNodes)
+    }
+
+    /// `get_routes`, with what `lookup` matches if given.
+    pub fn get_routes(&mut self, lookup: Option<std::net::IpAddr>) -> Result<Routes, ClientError> {
+        self.call(&Request::GetRoutes(GetRoutesArgs { lookup }))
+    }
+
+    /// `get_service_state`: every Service, or only `name`.
+    pub fn get_service_state(
+        &mut self,
+        name: Option<String>,
+    ) -> Result<Vec<ServiceState>, ClientError> {
+        self.call(&Request::GetServiceState(GetServiceStateArgs { name }))
+    }
+
+    /// `get_config`.
+    pub fn get_config(&mut self) -> Result<RunningConfig, ClientError> {
+        self.call(&Request::GetConfig)
+    }
+
+    /// `get_topology`.
+    pub fn get_topology(&mut self) -> Result<Topology, ClientError> {
+        self.call(&Request::GetTopology)
+    }
+
+    /// `list_ports`.
+    pub fn list_ports(&mut self) -> Result<Vec<PortInfo>, ClientError> {
+        self.call(&Request::ListPorts)
+    }
+
+    /// `get_stats`.
+    pub fn get_stats(&mut self) -> Result<Stats, ClientError> {
+        self.call(&Request::GetStats)
+    }
+
+    /// `set_poll_mode`.
+    pub fn set_poll_mode(&mut self, args: SetPollModeArgs) -> Result<PollSettings, ClientError> {
+        self.call(&Request::SetPollMode(args))
+    }
+
+    /// `set_io_backend`.
+    pub fn set_io_backend(
+        &mut self,
+        backend: crate::io::IoBackend,
+    ) -> Result<IoBackendSet, ClientError> {
+        self.call(&Request::SetIoBackend(SetIoBackendArgs { backend }))
+    }
+
+    /// `set_vxlan_tunnel_gso`.
+    pub fn set_vxlan_tunnel_gso(&mut self, on: bool) -> Result<VxlanTunnelGsoSet, ClientError> {
+        self.call(&Request::SetVxlanTunnelGso(SetVxlanTunnelGsoArgs { on }))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod flow;
 pub mod io;
+pub mod reply;
 pub mod stats;
 pub mod trace;
 
@@ -52,6 +53,7 @@ impl FrontendKind {
     }
 }
 
+pub use crate::reply::Reply;
 use crate::stats::{DatapathStats, PortStats};
 
 /// The API version this switch speaks. Requests carry `"v"`; a request for
@@ -457,6 +459,21 @@ pub struct ServicesApplied {
     pub generation: u64,
 }
 
+/// Result of `get_services`: the settings and the Services the switch
+/// holds, in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Services {
+    pub settings: ServiceSettings,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// Result of `flush_flows`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowsRemoved {
+    /// Flows the filter selected, now gone from the table.
+    pub removed: usize,
+}
+
 fn default_capture_frames() -> u64 {
     crate::capture::DEFAULT_MAX_FRAMES
 }
@@ -736,7 +753,7 @@ pub struct ServiceState {
 
 /// Result of `get_config`: the daemon's configuration as it was loaded
 /// (file, then flags), with the worker count resolved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunningConfig {
     pub switch_version: String,
     pub config: crate::config::DaemonConfig,
@@ -781,7 +798,7 @@ pub enum Request {
     /// Add or replace (`upsert`, by name) and remove Services in one
     /// atomic step. Result: [`ServicesApplied`].
     PatchServices(PatchServicesArgs),
-    /// Result: `{"settings": ServiceSettings, "services": [ServiceSpec]}`.
+    /// Result: [`Services`].
     GetServices,
     /// Conntrack flows matching `filter` (at most `limit`, default 1000).
     /// Result: [`Flows`].
@@ -792,7 +809,7 @@ pub enum Request {
     /// [`crate::trace::Trace`].
     Trace(TraceArgs),
     /// Removes the flows matching `filter` (an empty filter flushes the
-    /// table). Result: `{"removed": N}`.
+    /// table). Result: [`FlowsRemoved`].
     FlushFlows(FlushFlowsArgs),
     /// Arm a packet capture on a port (or the underlay); frames are then
     /// taken with `capture_read` until it answers `done`. Result:
@@ -1136,7 +1153,8 @@ impl ApiError {
     }
 }
 
-/// One response line.
+/// One response line. `result` is the operation's [`Reply`] as JSON
+/// (`null` for those that answer nothing), present exactly when `ok`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
@@ -1144,6 +1162,36 @@ pub struct Response {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
+}
+
+impl Response {
+    /// The line answering a request: its reply, or the error it met. The
+    /// reply goes through a [`serde_json::Value`] (whose objects keep
+    /// their keys sorted), as it always has, so its keys are in the same
+    /// order on the wire whatever order its type declares them in. A
+    /// reply that does not serialize is an internal error.
+    pub fn answer(outcome: Result<Reply, ApiError>) -> Response {
+        let result = outcome.and_then(|reply| {
+            serde_json::to_value(&reply).map_err(|e| ApiError::internal(e.to_string()))
+        });
+        match result {
+            Ok(v) => Response {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Response::refusal(e),
+        }
+    }
+
+    /// The line refusing a request.
+    pub fn refusal(error: ApiError) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
+    }
 }
 
 /// Parses one request line, naming the offending field on error.

@@ -19,7 +19,6 @@ use podswitch_api::client::{Client, ClientError};
 use podswitch_api::{ErrorCode as ApiCode, Mac, PodSpec, PortInfo, Request, Topology};
 use podswitch_netns as netns;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::delegate::Delegate;
 use crate::ipam::{IpamError, Range, Record, Store};
@@ -145,7 +144,10 @@ impl Switch {
 
     /// The `hello` handshake (STATUS): the switch answers requests.
     fn hello(&mut self) -> Result<(), CniError> {
-        self.call::<Value>(&Request::Hello, "hello").map(|_| ())
+        self.client
+            .hello()
+            .map(|_| ())
+            .map_err(|e| switch_error(&self.path, "hello", e))
     }
 
     fn call<T: DeserializeOwned>(&mut self, req: &Request, what: &str) -> Result<T, CniError> {
@@ -155,17 +157,15 @@ impl Switch {
     }
 
     fn ports(&mut self) -> Result<Vec<PortInfo>, CniError> {
-        self.call(&Request::ListPorts, "list_ports")
+        self.client
+            .list_ports()
+            .map_err(|e| switch_error(&self.path, "list_ports", e))
     }
 
     /// Removes port `name`; one that is already gone is fine.
     fn remove_port(&mut self, name: &str) -> Result<(), CniError> {
-        match self
-            .client
-            .call::<Value>(&Request::RemovePort(podswitch_api::RemovePortArgs {
-                name: name.to_string(),
-            })) {
-            Ok(_) => Ok(()),
+        match self.client.remove_port(name) {
+            Ok(()) => Ok(()),
             Err(ClientError::Api(e)) if e.code == ApiCode::NotFound => Ok(()),
             Err(e) => Err(switch_error(&self.path, "remove_port", e)),
         }
@@ -832,6 +832,7 @@ fn gc(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

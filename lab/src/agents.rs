@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use podswitch_switch::control::api::{Request, ServiceSettings, ServiceSpec};
+use podswitch_switch::control::api::{ServiceSettings, ServiceSpec};
 use podswitch_switch::control::client::Client;
 
 use super::cluster::{pid_alive, wait_for, LabPaths, LabState, NodeState};
@@ -254,22 +254,21 @@ fn service_difference(
     expected: &BTreeMap<String, serde_json::Value>,
     removed: &BTreeSet<String>,
 ) -> Option<String> {
-    let held: serde_json::Value = match Client::connect(socket, Duration::from_secs(2))
-        .and_then(|mut c| c.call(&Request::GetServices))
-    {
-        Ok(v) => v,
-        Err(e) => return Some(format!("get_services: {e}")),
-    };
-    let held: BTreeMap<&str, &serde_json::Value> = held["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| Some((s["name"].as_str()?, s)))
+    let held =
+        match Client::connect(socket, Duration::from_secs(2)).and_then(|mut c| c.get_services()) {
+            Ok(held) => held,
+            Err(e) => return Some(format!("get_services: {e}")),
+        };
+    // As JSON, the shape `expected` has: each spec as the switch sent it.
+    let held: BTreeMap<&str, serde_json::Value> = held
+        .services
+        .iter()
+        .filter_map(|s| Some((s.name.as_str(), serde_json::to_value(s).ok()?)))
         .collect();
     for (name, spec) in expected {
         match held.get(name.as_str()) {
             None => return Some(format!("Service {name} is missing")),
-            Some(h) if *h != spec => return Some(format!("Service {name} differs: {h}")),
+            Some(h) if h != spec => return Some(format!("Service {name} differs: {h}")),
             Some(_) => {}
         }
     }

@@ -789,7 +789,7 @@ impl Lab {
             if !pid_alive(pid) {
                 return true;
             }
-            client::call::<serde_json::Value>(&sock, &Request::Hello).is_ok()
+            client::call::<podswitch_api::Hello>(&sock, &Request::Hello).is_ok()
         });
         if !ok || !pid_alive(pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -1200,7 +1200,7 @@ impl Lab {
                 mac: None,
                 mtu: None,
             };
-            client::call::<serde_json::Value>(
+            client::call::<podswitch_api::PortInfo>(
                 &n.control_socket,
                 &Request::AddPort(podswitch_api::AddPortArgs { pod: spec }),
             )
@@ -1217,7 +1217,7 @@ impl Lab {
             })
         })();
         if result.is_err() {
-            let _ = client::call::<serde_json::Value>(
+            let _ = client::call::<()>(
                 &n.control_socket,
                 &Request::RemovePort(podswitch_api::RemovePortArgs { name: key }),
             );
@@ -1276,7 +1276,7 @@ impl Lab {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         if let Some(n) = st.nodes.iter().find(|n| n.name == p.node) {
-            if let Err(e) = client::call::<serde_json::Value>(
+            if let Err(e) = client::call::<()>(
                 &n.control_socket,
                 &Request::RemovePort(podswitch_api::RemovePortArgs { name: p.key() }),
             ) {

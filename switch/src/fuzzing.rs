@@ -861,12 +861,8 @@ pub fn control_request(data: &[u8]) {
         Ok(req) => req,
         Err(e) => {
             assert!(!e.message.is_empty(), "an error without a message");
-            serde_json::to_string(&api::Response {
-                ok: false,
-                result: None,
-                error: Some(e),
-            })
-            .expect("an error response serializes");
+            serde_json::to_string(&api::Response::refusal(e))
+                .expect("an error response serializes");
             return;
         }
     };
@@ -912,12 +908,12 @@ pub fn control_request(data: &[u8]) {
     }
 }
 
-/// Builds a service table on both node kinds: a refusal names a field;
-/// a table built is consistent with what it was given.
+/// Builds a service table on both node kinds: a refusal says what is
+/// wrong; a table built is consistent with what it was given.
 fn build_services(
     services: &[ServiceSpec],
     settings: &ServiceSettings,
-) -> Result<(), api::ApiError> {
+) -> Result<(), crate::tables::services::ServiceError> {
     for mode in [ClusterMode::Native, ClusterMode::Vxlan] {
         match ServiceTable::build(services, settings, &node_view(mode)) {
             Ok(table) => {
@@ -926,7 +922,10 @@ fn build_services(
                 let _ = table.is_frontend_ip(WEB_VIP);
             }
             Err(e) => {
-                assert!(!e.message.is_empty(), "a refusal without a message");
+                assert!(
+                    !e.kind.to_string().is_empty(),
+                    "a refusal without a message"
+                );
                 return Err(e);
             }
         }

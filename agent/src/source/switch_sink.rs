@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use podswitch_api::client::{Client, ClientError};
-use podswitch_api::{Hello, Request};
+use podswitch_api::Request;
 use serde::de::IgnoredAny;
 
 use super::{SinkError, TopologySink};
@@ -50,9 +50,7 @@ impl SwitchSink {
         if self.client.is_none() {
             let mut client =
                 Client::connect(&self.socket, self.timeout).map_err(SinkError::Unreachable)?;
-            let hello: Hello = client
-                .call(&Request::Hello)
-                .map_err(SinkError::Unreachable)?;
+            let hello = client.hello().map_err(SinkError::Unreachable)?;
             if hello.node != self.node {
                 return Err(SinkError::WrongSwitch {
                     expected: self.node.clone(),

@@ -12,17 +12,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::api::{decode_request, ApiError, ErrorCode, Response};
+use super::api::{decode_request, ApiError, ErrorCode, Reply, Request, Response};
 
 /// What answers the control API's requests (the daemon's switch state; a
-/// fake in tests): the server parses and frames, the handler decides.
+/// fake in tests): the server parses, frames and serializes, the handler
+/// decides.
 pub trait Handler: Send + 'static {
-    /// Carries out one decoded request; the result is the response's
-    /// `result`, or the error it reports.
-    fn handle(
-        &mut self,
-        req: super::api::Request,
-    ) -> Result<serde_json::Value, super::api::ApiError>;
+    /// Carries out one decoded request: its reply (the response's
+    /// `result`), or the error it reports.
+    fn handle(&mut self, req: Request) -> Result<Reply, ApiError>;
 }
 
 /// How often a waiting control thread looks at the shutdown flag.
@@ -126,33 +124,19 @@ fn serve_conn<H: Handler>(stream: UnixStream, state: Arc<Mutex<H>>) {
             Ok(_) => {}
         }
         let resp = if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST {
-            Response {
-                ok: false,
-                result: None,
-                error: Some(ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!("request longer than {MAX_REQUEST} bytes"),
-                )),
-            }
+            Response::refusal(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("request longer than {MAX_REQUEST} bytes"),
+            ))
         } else {
-            let result = decode_request(line.trim_end()).and_then(|req| match state.lock() {
-                Ok(mut st) => st.handle(req),
-                Err(_) => Err(ApiError::internal(
-                    "switch state poisoned by an earlier panic",
-                )),
-            });
-            match result {
-                Ok(v) => Response {
-                    ok: true,
-                    result: Some(v),
-                    error: None,
-                },
-                Err(e) => Response {
-                    ok: false,
-                    result: None,
-                    error: Some(e),
-                },
-            }
+            Response::answer(
+                decode_request(line.trim_end()).and_then(|req| match state.lock() {
+                    Ok(mut st) => st.handle(req),
+                    Err(_) => Err(ApiError::internal(
+                        "switch state poisoned by an earlier panic",
+                    )),
+                }),
+            )
         };
         let mut out =
             serde_json::to_string(&resp).unwrap_or_else(|_| r#"{"ok":false}"#.to_string());
@@ -169,20 +153,25 @@ fn serve_conn<H: Handler>(stream: UnixStream, state: Arc<Mutex<H>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podswitch_api::Request;
+    use podswitch_api::Hello;
 
-    /// A handler that answers `get_stats` with what it was asked so far
-    /// and refuses everything else.
+    /// A handler that answers `hello` with how many requests it was asked
+    /// so far (as its worker count) and refuses everything else.
     struct Fake {
         seen: usize,
     }
 
     impl Handler for Fake {
-        fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+        fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
             self.seen += 1;
             match req {
-                Request::GetStats => Ok(serde_json::json!({ "seen": self.seen })),
-                _ => Err(ApiError::new(ErrorCode::BadRequest, "only get_stats here")),
+                Request::Hello => Ok(Reply::Hello(Hello {
+                    api_version: podswitch_api::API_VERSION,
+                    switch_version: "test".into(),
+                    node: "fake".into(),
+                    workers: self.seen,
+                })),
+                _ => Err(ApiError::new(ErrorCode::BadRequest, "only hello here")),
             }
         }
     }
@@ -198,14 +187,23 @@ mod tests {
         let thread = std::thread::spawn(move || server.serve(st, s));
         let mut client =
             podswitch_api::client::Client::connect(&path, Duration::from_secs(5)).unwrap();
-        let v: serde_json::Value = client.call(&Request::GetStats).unwrap();
-        assert_eq!(v["seen"], 1);
-        let err = client
-            .call::<serde_json::Value>(&Request::GetNodes)
-            .unwrap_err();
-        assert!(err.to_string().contains("only get_stats here"), "{err}");
-        let v: serde_json::Value = client.call(&Request::GetStats).unwrap();
-        assert_eq!(v["seen"], 3);
+        assert_eq!(client.hello().unwrap().workers, 1);
+        let err = client.get_nodes().unwrap_err();
+        assert!(err.to_string().contains("only hello here"), "{err}");
+        // The line as the server writes it, byte for byte: keys sorted,
+        // as they were when the handler built a `serde_json::Value`.
+        let mut raw = UnixStream::connect(&path).unwrap();
+        raw.write_all(b"{\"v\":1,\"op\":\"hello\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&raw).read_line(&mut line).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "{{\"ok\":true,\"result\":{{\"api_version\":{},\"node\":\"fake\",\"switch_version\":\"test\",\"workers\":3}}}}\n",
+                podswitch_api::API_VERSION
+            )
+        );
+        drop(raw);
         shutdown.store(true, Ordering::SeqCst);
         drop(client);
         thread.join().unwrap();

@@ -5,7 +5,7 @@ use super::*;
 
 impl SwitchState {
     /// Handles one control request, timing those that change the switch.
-    pub fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+    pub fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
         let mutating = matches!(
             req,
             Request::AddPort(podswitch_api::AddPortArgs { .. })
@@ -24,12 +24,9 @@ impl SwitchState {
         result
     }
 
-    pub(super) fn dispatch(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
-        let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
-            v.map_err(|e| ApiError::internal(e.to_string()))
-        };
+    pub(super) fn dispatch(&mut self, req: Request) -> Result<Reply, ApiError> {
         match req {
-            Request::Hello => to_json(serde_json::to_value(Hello {
+            Request::Hello => Ok(Reply::Hello(Hello {
                 api_version: podswitch_api::API_VERSION,
                 switch_version: env!("CARGO_PKG_VERSION").to_string(),
                 node: self.node.name.clone(),
@@ -53,7 +50,7 @@ impl SwitchState {
                 self.install(made);
                 self.publish();
                 let st = &self.ports[&spec.name];
-                to_json(serde_json::to_value(self.port_info(st)))
+                Ok(Reply::AddPort(self.port_info(st)))
             }
             Request::RemovePort(podswitch_api::RemovePortArgs { name }) => {
                 let st = self.remove(&name).ok_or_else(|| {
@@ -61,23 +58,23 @@ impl SwitchState {
                 })?;
                 self.publish();
                 self.delete_links(&[st]);
-                Ok(serde_json::Value::Null)
+                Ok(Reply::RemovePort)
             }
             Request::ReplaceTopology(podswitch_api::ReplaceTopologyArgs { topology }) => {
                 self.validate_remote_nodes(&topology.remote_nodes, &topology.node)?;
                 let applied = self.apply(Some(topology.node), &topology.pods, &[], true)?;
                 self.set_remote_nodes(topology.remote_nodes)?;
                 self.publish();
-                to_json(serde_json::to_value(applied))
+                Ok(Reply::ReplaceTopology(applied))
             }
             Request::PatchTopology(podswitch_api::PatchTopologyArgs { add, remove }) => {
                 let applied = self.apply(None, &add, &remove, false)?;
-                to_json(serde_json::to_value(applied))
+                Ok(Reply::PatchTopology(applied))
             }
             Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs { nodes }) => {
                 self.set_remote_nodes(nodes)?;
                 self.publish();
-                Ok(serde_json::Value::Null)
+                Ok(Reply::SetRemoteNodes)
             }
             Request::SetServices(podswitch_api::SetServicesArgs { settings, services }) => {
                 let mut next = BTreeMap::new();
@@ -93,15 +90,15 @@ impl SwitchState {
                 }
                 let settings = settings.unwrap_or_else(|| self.service_settings.clone());
                 let applied = self.apply_services(settings, next)?;
-                to_json(serde_json::to_value(applied))
+                Ok(Reply::SetServices(applied))
             }
             Request::PatchServices(podswitch_api::PatchServicesArgs { upsert, remove }) => {
                 let applied = self.patch_services(upsert, remove)?;
-                to_json(serde_json::to_value(applied))
+                Ok(Reply::PatchServices(applied))
             }
-            Request::GetServices => Ok(serde_json::json!({
-                "settings": self.service_settings,
-                "services": self.services.values().collect::<Vec<_>>(),
+            Request::GetServices => Ok(Reply::GetServices(Services {
+                settings: self.service_settings.clone(),
+                services: self.services.values().cloned().collect(),
             })),
             Request::ListFlows(podswitch_api::ListFlowsArgs { filter, limit }) => {
                 let pred = flow_predicate(&filter)?;
@@ -112,7 +109,7 @@ impl SwitchState {
                     matched += usize::from(m);
                     m
                 });
-                to_json(serde_json::to_value(Flows {
+                Ok(Reply::ListFlows(Flows {
                     total: self.conntrack.len(),
                     capacity: self.conntrack.capacity(),
                     matched,
@@ -142,44 +139,41 @@ impl SwitchState {
                     Some(&self.conntrack),
                 )
                 .map_err(|e| ApiError::invalid("packet", e))?;
-                to_json(serde_json::to_value(t))
+                Ok(Reply::Trace(t))
             }
             Request::FlushFlows(podswitch_api::FlushFlowsArgs { filter }) => {
                 let pred = flow_predicate(&filter)?;
                 let removed = self.conntrack.remove_where(|f| pred(f));
-                Ok(serde_json::json!({ "removed": removed }))
+                Ok(Reply::FlushFlows(FlowsRemoved { removed }))
             }
             Request::CaptureStart(spec) => {
                 let (target, name) = self.capture_target(&spec.port)?;
                 let started =
                     self.captures
                         .start(target, &name, &spec, Some(self.node.vxlan.port))?;
-                to_json(serde_json::to_value(started))
+                Ok(Reply::CaptureStart(started))
             }
             Request::CaptureRead(podswitch_api::CaptureReadArgs { id, max_bytes }) => {
-                to_json(serde_json::to_value(self.captures.read(id, max_bytes)?))
+                Ok(Reply::CaptureRead(self.captures.read(id, max_bytes)?))
             }
             Request::CaptureStop(podswitch_api::CaptureStopArgs { id }) => {
-                to_json(serde_json::to_value(self.captures.stop(id)?))
+                Ok(Reply::CaptureStop(self.captures.stop(id)?))
             }
-            Request::GetNodes => to_json(serde_json::to_value(self.nodes())),
+            Request::GetNodes => Ok(Reply::GetNodes(self.nodes())),
             Request::GetRoutes(podswitch_api::GetRoutesArgs { lookup }) => {
-                to_json(serde_json::to_value(self.routes(lookup)))
+                Ok(Reply::GetRoutes(self.routes(lookup)))
             }
             Request::GetServiceState(podswitch_api::GetServiceStateArgs { name }) => {
-                to_json(serde_json::to_value(self.service_state(name.as_deref())?))
+                Ok(Reply::GetServiceState(self.service_state(name.as_deref())?))
             }
-            Request::GetConfig => to_json(serde_json::to_value(&self.running_config)),
-            Request::GetTopology => to_json(serde_json::to_value(Topology {
+            Request::GetConfig => Ok(Reply::GetConfig(self.running_config.clone())),
+            Request::GetTopology => Ok(Reply::GetTopology(Topology {
                 node: self.node.clone(),
                 pods: self.ports.values().map(|p| p.spec.clone()).collect(),
                 remote_nodes: self.remote_nodes.clone(),
             })),
-            Request::ListPorts => to_json(serde_json::to_value(
-                self.ports
-                    .values()
-                    .map(|p| self.port_info(p))
-                    .collect::<Vec<_>>(),
+            Request::ListPorts => Ok(Reply::ListPorts(
+                self.ports.values().map(|p| self.port_info(p)).collect(),
             )),
             Request::SetIoBackend(podswitch_api::SetIoBackendArgs { backend }) => {
                 let has_rings = self.io_backend_rings == self.workers();
@@ -198,7 +192,7 @@ impl SwitchState {
                 self.io_backend_in_use = if batched { "io_uring" } else { "syscalls" };
                 self.running_config.config.io_backend = backend;
                 tracing::info!(%backend, in_use = self.io_backend_in_use, "tap I/O set");
-                to_json(serde_json::to_value(IoBackendSet {
+                Ok(Reply::SetIoBackend(IoBackendSet {
                     in_use: self.io_backend_in_use.to_string(),
                 }))
             }
@@ -212,7 +206,7 @@ impl SwitchState {
                 self.poll_control.set_tunnel_gso(on);
                 self.running_config.config.vxlan_tunnel_gso = on;
                 tracing::info!(on, "VXLAN UDP-tunnel GSO set");
-                to_json(serde_json::to_value(VxlanTunnelGsoSet { in_use: on }))
+                Ok(Reply::SetVxlanTunnelGso(VxlanTunnelGsoSet { in_use: on }))
             }
             Request::SetPollMode(podswitch_api::SetPollModeArgs { mode, budget_us }) => {
                 let budget_us = budget_us.unwrap_or(self.running_config.config.adaptive_poll_us);
@@ -226,9 +220,9 @@ impl SwitchState {
                 self.running_config.config.poll_mode = mode;
                 self.running_config.config.adaptive_poll_us = budget_us;
                 tracing::info!(%mode, budget_us, "poll mode set");
-                to_json(serde_json::to_value(PollSettings { mode, budget_us }))
+                Ok(Reply::SetPollMode(PollSettings { mode, budget_us }))
             }
-            Request::GetStats => to_json(serde_json::to_value(Stats {
+            Request::GetStats => Ok(Reply::GetStats(Stats {
                 generation: self.generation,
                 workers: self.workers(),
                 io_backend: self.io_backend_in_use.to_string(),
@@ -241,8 +235,33 @@ impl SwitchState {
 }
 
 impl crate::control::server::Handler for SwitchState {
-    fn handle(&mut self, req: Request) -> Result<serde_json::Value, ApiError> {
+    fn handle(&mut self, req: Request) -> Result<Reply, ApiError> {
         SwitchState::handle(self, req)
+    }
+}
+
+/// A service table's refusal as the control API reports it: the field it
+/// names, and `invalid_argument`, but for a patch with no table to patch,
+/// which is the switch's own fault (`internal`). The message is the
+/// refusal's own, without the field.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let code = match e.kind {
+            ServiceErrorKind::NoTableToPatch => ErrorCode::Internal,
+            ServiceErrorKind::MaglevSizeNotPrime(_)
+            | ServiceErrorKind::BadNodePortRange { .. }
+            | ServiceErrorKind::EmptyName
+            | ServiceErrorKind::ClusterIpOutsideServiceCidrs(_)
+            | ServiceErrorKind::PortZero
+            | ServiceErrorKind::NodePortOutsideRange { .. }
+            | ServiceErrorKind::Maglev(_)
+            | ServiceErrorKind::FrontendTaken { .. } => ErrorCode::InvalidArgument,
+        };
+        ApiError {
+            code,
+            field: e.field,
+            message: e.kind.to_string(),
+        }
     }
 }
 

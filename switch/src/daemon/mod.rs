@@ -39,16 +39,18 @@ use crate::metrics::WorkerCounters;
 use crate::port::pod::{self, PodWiring};
 use crate::port::steer::SteerAddress;
 use crate::tables::node_ports::{self, NodePortAddress};
-use crate::tables::services::{NodeView, PatchedTable, ServiceLayout, ServiceTable};
+use crate::tables::services::{
+    NodeView, PatchedTable, ServiceError, ServiceErrorKind, ServiceLayout, ServiceTable,
+};
 use crate::tables::{Gateway, PodPort, PortId, PortKind, RouteTarget, TablePublisher, Tables};
 use crate::worker::poll::{check_budget_us, PollControl};
 use crate::worker::{IoBackend, PortIo, Snapshot, Worker};
 use podswitch_api::{
-    ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FrontendState,
-    Hello, IoBackendSet, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec, PollSettings,
-    PortInfo, RemoteNode, RemoteNodeState, Request, RouteEntry, RouteHop, RouteLookup, Routes,
-    RunningConfig, ServiceRouting, ServiceSettings, ServiceSpec, ServiceState, ServicesApplied,
-    Stats, Topology, VtepState, VxlanSpec, VxlanTunnelGsoSet,
+    ApiError, Applied, BackendState, ClusterMode, ErrorCode, FlowFilter, Flows, FlowsRemoved,
+    FrontendState, Hello, IoBackendSet, KernelRoute, LocalNodeState, Mac, NodeSpec, Nodes, PodSpec,
+    PollSettings, PortInfo, RemoteNode, RemoteNodeState, Reply, Request, RouteEntry, RouteHop,
+    RouteLookup, Routes, RunningConfig, ServiceRouting, ServiceSettings, ServiceSpec, ServiceState,
+    Services, ServicesApplied, Stats, Topology, VtepState, VxlanSpec, VxlanTunnelGsoSet,
 };
 
 pub use podswitch_api::config::{parse_metrics_address, DaemonConfig};

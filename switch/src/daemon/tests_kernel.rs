@@ -267,3 +267,214 @@ fn the_plan_replaces_a_changed_pod_and_an_exact_list_removes_the_rest() {
     assert_eq!(e.field.as_deref(), Some("remove[0]"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The replies that had no type before (built with `json!` or `null` by
+/// the dispatch) are the same JSON now that they have one.
+#[test]
+fn typed_replies_are_the_json_the_dispatch_wrote_before() {
+    let d = dir("replies");
+    let (mut st, _log) = state(&d);
+    let json = |r: Result<Reply, ApiError>| serde_json::to_value(r.unwrap()).unwrap();
+    st.handle(patch(vec![pod(&d, "default/a", "10.244.1.5")], vec![]))
+        .unwrap();
+    let services: Vec<ServiceSpec> = serde_json::from_value(serde_json::json!([
+        {"name": "default/web", "cluster_ips": ["10.96.0.10"], "ports": [
+            {"name": "http", "port": 80, "node_port": 30080, "endpoints": [
+                {"ip": "10.244.1.5", "port": 8080, "node": "node-1"},
+                {"ip": "10.244.2.5", "port": 8080, "ready": false}]}]},
+        {"name": "default/dns", "cluster_ips": ["10.96.0.11"], "affinity_timeout_secs": 60,
+         "ports": [{"protocol": "UDP", "port": 53, "endpoints": []}]},
+    ]))
+    .unwrap();
+    st.handle(Request::SetServices(podswitch_api::SetServicesArgs {
+        settings: None,
+        services,
+    }))
+    .unwrap();
+    assert_eq!(
+        json(st.handle(Request::GetServices)),
+        serde_json::json!({
+            "settings": st.service_settings,
+            "services": st.services.values().collect::<Vec<_>>(),
+        })
+    );
+    let flush = Request::FlushFlows(podswitch_api::FlushFlowsArgs {
+        filter: FlowFilter::default(),
+    });
+    assert_eq!(json(st.handle(flush)), serde_json::json!({ "removed": 0 }));
+    assert_eq!(
+        json(st.handle(Request::GetConfig)),
+        serde_json::to_value(&st.running_config).unwrap()
+    );
+    assert_eq!(
+        json(
+            st.handle(Request::SetRemoteNodes(podswitch_api::SetRemoteNodesArgs {
+                nodes: Vec::new()
+            }))
+        ),
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        json(
+            st.handle(Request::RemovePort(podswitch_api::RemovePortArgs {
+                name: "default/a".into(),
+            }))
+        ),
+        serde_json::Value::Null
+    );
+    // A null reply is written as `"result":null`, as before.
+    let line =
+        serde_json::to_string(&podswitch_api::Response::answer(Ok(Reply::RemovePort))).unwrap();
+    assert_eq!(line, r#"{"ok":true,"result":null}"#);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The service table's refusals reach the wire as they did when the
+/// table built `ApiError`s itself: same code, field and message.
+#[test]
+fn service_table_refusals_keep_their_code_field_and_message() {
+    use crate::tables::maglev::MaglevError;
+    let invalid = |field: &str, message: &str| ApiError {
+        code: ErrorCode::InvalidArgument,
+        field: Some(field.into()),
+        message: message.into(),
+    };
+    let at = |field: &str, kind| ServiceError {
+        field: Some(field.into()),
+        kind,
+    };
+    for (refusal, wire) in [
+        (
+            at(
+                "maglev_table_size",
+                ServiceErrorKind::MaglevSizeNotPrime(100),
+            ),
+            invalid("maglev_table_size", "100 is not a prime"),
+        ),
+        (
+            at(
+                "settings.node_port_range",
+                ServiceErrorKind::BadNodePortRange { lo: 0, hi: 10 },
+            ),
+            invalid("settings.node_port_range", "0-10 is not a range of ports"),
+        ),
+        (
+            ServiceError {
+                field: None,
+                kind: ServiceErrorKind::NoTableToPatch,
+            },
+            ApiError::internal("no service table to patch: set the Services first"),
+        ),
+        (
+            at("services[0].name", ServiceErrorKind::EmptyName),
+            invalid("services[0].name", "must not be empty"),
+        ),
+        (
+            at(
+                "services[1].cluster_ips[0]",
+                ServiceErrorKind::ClusterIpOutsideServiceCidrs(Ipv4Addr::new(10, 1, 2, 3)),
+            ),
+            invalid(
+                "services[1].cluster_ips[0]",
+                "10.1.2.3 is outside the service CIDRs",
+            ),
+        ),
+        (
+            at(
+                "upsert[0].ports[1].endpoints[2].port",
+                ServiceErrorKind::PortZero,
+            ),
+            invalid("upsert[0].ports[1].endpoints[2].port", "must be 1-65535"),
+        ),
+        (
+            at(
+                "services[0].ports[0].node_port",
+                ServiceErrorKind::NodePortOutsideRange {
+                    port: 40000,
+                    lo: 30000,
+                    hi: 32767,
+                },
+            ),
+            invalid(
+                "services[0].ports[0].node_port",
+                "40000 is outside the NodePort range 30000-32767",
+            ),
+        ),
+        (
+            at(
+                "services[0].ports[0].endpoints",
+                ServiceErrorKind::Maglev(MaglevError::NotPrime(100)),
+            ),
+            invalid(
+                "services[0].ports[0].endpoints",
+                &MaglevError::NotPrime(100).to_string(),
+            ),
+        ),
+        (
+            at(
+                "services[2].ports[0].port",
+                ServiceErrorKind::FrontendTaken {
+                    ip: Ipv4Addr::new(10, 96, 0, 1),
+                    port: 53,
+                    protocol: podswitch_api::Protocol::Udp,
+                    holder: "kube-system/dns".into(),
+                },
+            ),
+            invalid(
+                "services[2].ports[0].port",
+                "10.96.0.1:53/Udp is already a frontend of another service (kube-system/dns)",
+            ),
+        ),
+    ] {
+        let shown = refusal.to_string();
+        assert_eq!(ApiError::from(refusal), wire);
+        // On its own the refusal names its field.
+        if let Some(field) = &wire.field {
+            assert_eq!(shown, format!("{field}: {}", wire.message));
+        }
+    }
+
+    // Through the dispatch: a NodePort out of range, a taken frontend.
+    let d = dir("refusals");
+    let (mut st, _log) = state(&d);
+    let set = |services: serde_json::Value| {
+        Request::SetServices(podswitch_api::SetServicesArgs {
+            settings: None,
+            services: serde_json::from_value(services).unwrap(),
+        })
+    };
+    let e = st
+        .handle(set(serde_json::json!([
+            {"name": "default/web", "cluster_ips": ["10.96.0.10"],
+             "ports": [{"port": 80, "node_port": 40000}]}
+        ])))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        invalid(
+            "services[0].ports[0].node_port",
+            "40000 is outside the NodePort range 30000-32767"
+        )
+    );
+    st.handle(set(serde_json::json!([
+        {"name": "default/web", "cluster_ips": ["10.96.0.10"], "ports": [{"port": 80}]}
+    ])))
+    .unwrap();
+    let e = st
+        .handle(Request::PatchServices(podswitch_api::PatchServicesArgs {
+            upsert: serde_json::from_value(serde_json::json!([
+                {"name": "default/other", "cluster_ips": ["10.96.0.10"], "ports": [{"port": 80}]}
+            ]))
+            .unwrap(),
+            remove: Vec::new(),
+        }))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        invalid(
+            "upsert[0].ports[0].port",
+            "10.96.0.10:80/Tcp is already a frontend of another service (default/web)"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -39,8 +39,8 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::maglev::{self, Maglev};
-use podswitch_api::{ApiError, ClusterMode, ServiceSettings, ServiceSpec};
+use super::maglev::{self, Maglev, MaglevError};
+use podswitch_api::{ClusterMode, Protocol, ServiceSettings, ServiceSpec};
 
 /// The pseudo-protocol of session-affinity records in the flow table.
 pub const AFFINITY_PROTO: u8 = 253;
@@ -309,7 +309,7 @@ impl ServiceTable {
         services: impl IntoIterator<Item = &'s ServiceSpec>,
         settings: &ServiceSettings,
         node: &NodeView<'_>,
-    ) -> Result<ServiceTable, ApiError> {
+    ) -> Result<ServiceTable, ServiceError> {
         ServiceLayout::build(services, settings, node, None).map(|(table, _)| table)
     }
 
@@ -459,6 +459,75 @@ pub struct PatchedTable {
     pub endpoints_lost: bool,
 }
 
+/// Why a service table was not built or patched: what is wrong, and the
+/// field of the request that holds it (`services[3].ports[0].node_port`,
+/// with the list and index the caller named), if one does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceError {
+    /// The offending field, as a path into the request.
+    pub field: Option<String>,
+    pub kind: ServiceErrorKind,
+}
+
+/// What is wrong with the Services or their settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceErrorKind {
+    /// The Maglev table size is not a prime.
+    #[error("{0} is not a prime")]
+    MaglevSizeNotPrime(usize),
+    /// The NodePort range is empty or starts at port 0.
+    #[error("{lo}-{hi} is not a range of ports")]
+    BadNodePortRange { lo: u16, hi: u16 },
+    /// A patch came before any table was built.
+    #[error("no service table to patch: set the Services first")]
+    NoTableToPatch,
+    /// A Service without a name.
+    #[error("must not be empty")]
+    EmptyName,
+    /// A cluster IP outside every service CIDR.
+    #[error("{0} is outside the service CIDRs")]
+    ClusterIpOutsideServiceCidrs(Ipv4Addr),
+    /// A Service port or endpoint port of 0.
+    #[error("must be 1-65535")]
+    PortZero,
+    /// A NodePort outside the configured range.
+    #[error("{port} is outside the NodePort range {lo}-{hi}")]
+    NodePortOutsideRange { port: u16, lo: u16, hi: u16 },
+    /// The frontend's endpoints do not fit a Maglev table.
+    #[error("{0}")]
+    Maglev(MaglevError),
+    /// Another Service (not removed by the same change) holds the frontend.
+    #[error("{ip}:{port}/{protocol:?} is already a frontend of another service ({holder})")]
+    FrontendTaken {
+        ip: Ipv4Addr,
+        port: u16,
+        protocol: Protocol,
+        /// The Service that holds it.
+        holder: String,
+    },
+}
+
+impl ServiceError {
+    /// `kind`, in `field`.
+    fn at(field: impl Into<String>, kind: ServiceErrorKind) -> ServiceError {
+        ServiceError {
+            field: Some(field.into()),
+            kind,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.kind),
+            None => self.kind.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
 /// Field names of errors: `{list}[{index}].{field}`.
 struct At<'a> {
     list: &'a str,
@@ -482,18 +551,18 @@ impl ServiceLayout {
         settings: &ServiceSettings,
         node: &NodeView<'_>,
         previous: Option<&ServiceLayout>,
-    ) -> Result<(ServiceTable, ServiceLayout), ApiError> {
+    ) -> Result<(ServiceTable, ServiceLayout), ServiceError> {
         if !maglev::is_prime(node.maglev_size) {
-            return Err(ApiError::invalid(
+            return Err(ServiceError::at(
                 "maglev_table_size",
-                format!("{} is not a prime", node.maglev_size),
+                ServiceErrorKind::MaglevSizeNotPrime(node.maglev_size),
             ));
         }
         let (lo, hi) = settings.node_port_range;
         if lo == 0 || lo > hi {
-            return Err(ApiError::invalid(
+            return Err(ServiceError::at(
                 "settings.node_port_range",
-                format!("{lo}-{hi} is not a range of ports"),
+                ServiceErrorKind::BadNodePortRange { lo, hi },
             ));
         }
         let mut layout = ServiceLayout {
@@ -550,11 +619,12 @@ impl ServiceLayout {
         upsert: &[(usize, &ServiceSpec)],
         remove: &[&str],
         list: &str,
-    ) -> Result<PatchedTable, ApiError> {
+    ) -> Result<PatchedTable, ServiceError> {
         if self.built_for.is_none() {
-            return Err(ApiError::internal(
-                "no service table to patch: set the Services first",
-            ));
+            return Err(ServiceError {
+                field: None,
+                kind: ServiceErrorKind::NoTableToPatch,
+            });
         }
         debug_assert_eq!(table.names.len(), self.services.len(), "another table");
         // The last of several upserts of one name wins.
@@ -594,7 +664,7 @@ impl ServiceLayout {
         list: &str,
         going: &FxHashSet<&str>,
         previous: Option<&ServiceLayout>,
-    ) -> Result<Vec<Prepared<'s>>, ApiError> {
+    ) -> Result<Vec<Prepared<'s>>, ServiceError> {
         let built_for = self.built_for.as_ref().expect("checked by the callers");
         let (node, settings) = (built_for.view(), &built_for.settings);
         let (lo, hi) = settings.node_port_range;
@@ -606,7 +676,10 @@ impl ServiceLayout {
         for &(index, svc) in upsert {
             let at = At { list, index };
             if svc.name.is_empty() {
-                return Err(ApiError::invalid(at.field("name"), "must not be empty"));
+                return Err(ServiceError::at(
+                    at.field("name"),
+                    ServiceErrorKind::EmptyName,
+                ));
             }
             for (k, ip) in svc.cluster_ips.iter().enumerate() {
                 let inside = settings
@@ -614,9 +687,9 @@ impl ServiceLayout {
                     .iter()
                     .any(|c| c.contains(&std::net::IpAddr::V4(*ip)));
                 if !inside {
-                    return Err(ApiError::invalid(
+                    return Err(ServiceError::at(
                         at.field(&format!("cluster_ips[{k}]")),
-                        format!("{ip} is outside the service CIDRs"),
+                        ServiceErrorKind::ClusterIpOutsideServiceCidrs(*ip),
                     ));
                 }
             }
@@ -624,15 +697,15 @@ impl ServiceLayout {
             for (pi, port) in svc.ports.iter().enumerate() {
                 let pat = |f: &str| at.field(&format!("ports[{pi}].{f}"));
                 if port.port == 0 {
-                    return Err(ApiError::invalid(pat("port"), "must be 1-65535"));
+                    return Err(ServiceError::at(pat("port"), ServiceErrorKind::PortZero));
                 }
                 let proto = port.protocol.number();
                 let mut backends = Vec::with_capacity(port.endpoints.len());
                 for (ei, ep) in port.endpoints.iter().enumerate() {
                     if ep.port == 0 {
-                        return Err(ApiError::invalid(
+                        return Err(ServiceError::at(
                             pat(&format!("endpoints[{ei}].port")),
-                            "must be 1-65535",
+                            ServiceErrorKind::PortZero,
                         ));
                     }
                     backends.push(Backend {
@@ -657,9 +730,9 @@ impl ServiceLayout {
                 }
                 if let Some(np) = port.node_port {
                     if np < lo || np > hi {
-                        return Err(ApiError::invalid(
+                        return Err(ServiceError::at(
                             pat("node_port"),
-                            format!("{np} is outside the NodePort range {lo}-{hi}"),
+                            ServiceErrorKind::NodePortOutsideRange { port: np, lo, hi },
                         ));
                     }
                     for &ip in node.node_port_ips {
@@ -698,10 +771,9 @@ impl ServiceLayout {
                         }) {
                         Some(m) => Arc::clone(m),
                         None => {
-                            let m =
-                                Arc::new(Maglev::build(&maglev_key.1, size).map_err(|e| {
-                                    ApiError::invalid(pat("endpoints"), e.to_string())
-                                })?);
+                            let m = Arc::new(Maglev::build(&maglev_key.1, size).map_err(|e| {
+                                ServiceError::at(pat("endpoints"), ServiceErrorKind::Maglev(e))
+                            })?);
                             built.insert(maglev_key.clone(), Arc::clone(&m));
                             m
                         }
@@ -713,12 +785,14 @@ impl ServiceLayout {
                         (!going.contains(owner)).then_some(owner)
                     });
                     if let Some(holder) = holder {
-                        return Err(ApiError::invalid(
+                        return Err(ServiceError::at(
                             field,
-                            format!(
-                                "{ip}:{fport}/{:?} is already a frontend of another service ({holder})",
-                                port.protocol
-                            ),
+                            ServiceErrorKind::FrontendTaken {
+                                ip,
+                                port: fport,
+                                protocol: port.protocol,
+                                holder: holder.to_string(),
+                            },
                         ));
                     }
                     claimed.insert(key, svc.name.as_str());
@@ -1126,8 +1200,8 @@ mod tests {
         upsert: &[ServiceSpec],
         remove: &[&str],
     ) -> (
-        Result<PatchedTable, ApiError>,
-        Result<ServiceTable, ApiError>,
+        Result<PatchedTable, ServiceError>,
+        Result<ServiceTable, ServiceError>,
         BTreeMap<String, ServiceSpec>,
     ) {
         let mut next = current.clone();
@@ -1306,7 +1380,11 @@ mod tests {
         let ups = [(0, &fine), (1, &thief)];
         let e = layout.patch(&t, &ups, &["ns/svc-2"], "upsert").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("upsert[1].ports[0].port"));
-        assert!(e.message.contains("ns/svc-1"), "{e}");
+        assert!(e.to_string().contains("ns/svc-1"), "{e}");
+        assert!(
+            matches!(&e.kind, ServiceErrorKind::FrontendTaken { holder, .. } if holder == "ns/svc-1"),
+            "{e}"
+        );
         assert_eq!(before, (observe(&t), format!("{:?}", layout_view(&layout))));
         // Its NodePort out of range.
         let mut bad = service(3, 3, true);
