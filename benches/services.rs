@@ -308,6 +308,7 @@ fn tables() -> Tables {
                     node: Some("n2".into()),
                     ready: true,
                     terminating: false,
+                    serving: None,
                 })
                 .collect(),
         }],
@@ -1050,6 +1051,7 @@ fn many_services(n: usize, node_ports: bool) -> Vec<ServiceSpec> {
                                 node: Some(format!("n{}", (i32_ * 5 + e) % 16 + 1)),
                                 ready: true,
                                 terminating: false,
+                                serving: None,
                             }
                         })
                         .collect(),

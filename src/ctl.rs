@@ -256,10 +256,11 @@ fn services_table(r: &Services) -> String {
                 .endpoints
                 .iter()
                 .map(|e| {
-                    let state = match (e.ready, e.terminating) {
-                        (true, _) => "ready",
-                        (false, true) => "terminating",
-                        (false, false) => "not-ready",
+                    let state = match (e.ready, e.terminating, e.is_serving()) {
+                        (true, _, _) => "ready",
+                        (false, true, true) => "terminating,serving",
+                        (false, true, false) => "terminating",
+                        (false, false, _) => "not-ready",
                     };
                     format!("{}:{}({state})", e.ip, e.port)
                 })
@@ -518,6 +519,10 @@ fn maglev_table(state: &[ServiceState]) -> String {
                     vec![String::new(); 5]
                 };
                 let state = match (b.ready, b.terminating, b.eligible) {
+                    // Serving and terminating, taking new flows because no
+                    // endpoint is ready (KEP-1669).
+                    (_, true, true) => "terminating, serving (fallback)",
+                    (_, true, false) if b.serving => "terminating, serving",
                     (_, true, _) => "terminating",
                     (true, _, true) => "ready",
                     (true, _, false) => "ready, not local",

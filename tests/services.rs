@@ -460,6 +460,155 @@ fn cluster_ip_and_policies(mode: &str) {
     );
     let left = s.lab.pods_with_nodes();
     assert_eq!(left.iter().filter(|p| p.0.starts_with("api-")).count(), 2);
+
+    unserved_service_addresses_never_loop(&s, mode, &client.0, &vip);
+    terminating_endpoints_serve_until_gone(&s, mode, &client.0, &vip);
+}
+
+/// Issue 23, KEP-1669: the Deployment behind the ClusterIP is deleted
+/// with a grace period, so every endpoint is terminating (and still
+/// serving) at once: new connections still get answers until the pods
+/// are gone, and are refused at once afterwards.
+fn terminating_endpoints_serve_until_gone(s: &Svc, mode: &str, client: &str, vip: &str) {
+    let mut delete = Command::new(exe())
+        .args([
+            "lab",
+            "--name",
+            &s.lab.name,
+            "delete",
+            "deployment",
+            "api",
+            "--grace-period",
+            "8",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // node-1's switch has every endpoint of `api` terminating.
+    let all_terminating = || {
+        let out = podswitch_ok(&[
+            "ctl",
+            "-s",
+            &s.lab.socket("node-1"),
+            "services",
+            "-o",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["services"].as_array().unwrap().iter().any(|svc| {
+            svc["name"] == "default/api"
+                && svc["ports"].as_array().unwrap().iter().all(|p| {
+                    let eps = p["endpoints"].as_array().unwrap();
+                    !eps.is_empty()
+                        && eps
+                            .iter()
+                            .all(|e| e["terminating"] == true && e["serving"] == true)
+                })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), all_terminating),
+        "{mode}: the endpoints never turned terminating"
+    );
+    let r = s.load(client, &format!("{vip}:8080"), 20);
+    assert_eq!(r["ok"], 20, "{mode}: every endpoint terminating: {r}");
+    eprintln!(
+        "{mode}: every endpoint terminating: {} of 20 new connections answered",
+        r["ok"]
+    );
+    let status = delete.wait().unwrap();
+    assert!(status.success(), "{mode}: lab delete failed");
+    // Gone: no endpoint left, the connect is refused at once.
+    let started = std::time::Instant::now();
+    let out = s.lab.exec(
+        client,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{vip}:8080/"),
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "{mode}: refused after {took:?}"
+    );
+}
+
+/// Issue 23: a ClusterIP on a port no Service serves is refused at once
+/// (TCP with a RST, ping with ICMP port unreachable), an unallocated
+/// address of the service range is dropped, and none of it goes round
+/// the node's kernel (which routes the service range back to the switch)
+/// until the TTL runs out.
+fn unserved_service_addresses_never_loop(s: &Svc, mode: &str, client: &str, vip: &str) {
+    let node = "node-1";
+    let unserved = s.lab.drops(node, "service_port_unserved");
+    let not_routed = s.lab.drops(node, "service_address_not_routed");
+    let ttl = s.lab.drops(node, "ttl_expired");
+    // A connect to an unserved port is refused within 1 s.
+    let started = std::time::Instant::now();
+    let out = s.lab.exec(
+        client,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{vip}:9999/"),
+        ],
+    );
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{mode}: curl: {err}");
+    // curl 7.88 says "Couldn't connect to server" for ECONNREFUSED.
+    assert!(
+        err.contains("refused") || err.contains("Couldn't connect"),
+        "{mode}: curl: {err}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "{mode}: refused after {took:?}"
+    );
+    // Three pings to the ClusterIP: each answered "port unreachable".
+    let out = s
+        .lab
+        .exec(client, &["ping", "-c", "3", "-i", "0.2", "-W", "1", vip]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("Destination Port Unreachable").count(),
+        3,
+        "{mode}: {text}"
+    );
+    // Three pings to an address of the service range no Service has.
+    let out = s.lab.exec(
+        client,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.111.222.7"],
+    );
+    assert!(
+        !out.status.success(),
+        "{mode}: an unallocated ClusterIP answered"
+    );
+    let unserved = s.lab.drops(node, "service_port_unserved") - unserved;
+    let not_routed = s.lab.drops(node, "service_address_not_routed") - not_routed;
+    let ttl = s.lab.drops(node, "ttl_expired") - ttl;
+    eprintln!(
+        "{mode}: unserved ClusterIP port: refused in {took:?}; service_port_unserved +{unserved}, \
+         service_address_not_routed +{not_routed}, ttl_expired +{ttl}"
+    );
+    // One SYN and three echo requests, each handled once; three to the
+    // unallocated address, each dropped once; nothing looped.
+    assert_eq!(unserved, 4, "{mode}");
+    assert_eq!(not_routed, 3, "{mode}");
+    assert_eq!(ttl, 0, "{mode}: packets went round the node");
 }
 
 #[test]
@@ -523,6 +672,7 @@ fn established_flow_survives_10k_service_updates() {
                         node: Some("node-1".into()),
                         ready: i == 0,
                         terminating: false,
+                        serving: None,
                     })
                     .collect(),
             }],

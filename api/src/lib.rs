@@ -325,9 +325,22 @@ pub struct EndpointSpec {
     #[serde(default = "default_true")]
     pub ready: bool,
     /// EndpointSlice `conditions.terminating`: gets no new flows, keeps
-    /// its existing ones.
+    /// its existing ones, unless no endpoint of the port is ready (below).
     #[serde(default)]
     pub terminating: bool,
+    /// EndpointSlice `conditions.serving` (absent: as `ready`, as
+    /// kube-proxy reads it). When a Service port has no ready endpoint,
+    /// new flows go to the serving, terminating ones (KEP-1669).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+}
+
+impl EndpointSpec {
+    /// Whether the endpoint serves: `serving`, or `ready` where the
+    /// condition is absent.
+    pub fn is_serving(&self) -> bool {
+        self.serving.unwrap_or(self.ready)
+    }
 }
 
 fn default_true() -> bool {
@@ -717,7 +730,11 @@ pub struct BackendState {
     pub local: bool,
     pub ready: bool,
     pub terminating: bool,
-    /// New flows may go to it (ready; local under a Local policy).
+    /// Serving (only says more than `ready` for a terminating endpoint).
+    #[serde(default)]
+    pub serving: bool,
+    /// New flows may go to it (ready, or serving and terminating when no
+    /// endpoint is ready; local under a Local policy).
     pub eligible: bool,
     /// Maglev table slots it owns (0 when not eligible).
     pub slots: usize,

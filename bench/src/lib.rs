@@ -642,6 +642,7 @@ fn service_specs(ports: &[kube_proxy::ServicePort], node: &str) -> Vec<ServiceSp
                         node: Some(node.to_string()),
                         ready: true,
                         terminating: false,
+                        serving: None,
                     })
                     .collect(),
             }],

@@ -123,6 +123,7 @@ fn specs(ports: &[kube_proxy::ServicePort], node: &str) -> Vec<ServiceSpec> {
                         node: Some(node.to_string()),
                         ready: true,
                         terminating: false,
+                        serving: None,
                     })
                     .collect(),
             }],

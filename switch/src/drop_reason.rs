@@ -117,6 +117,10 @@ drop_reasons! {
     ServiceNoEndpoints = 52, Conntrack, "service_no_endpoints";
     /// A TCP segment to a service that opens no flow and belongs to none (answered with a RST).
     ServiceNoFlow = 53, Conntrack, "service_no_flow";
+    /// A new flow to a Service address (ClusterIP, external or load-balancer IP) on a port no Service serves (TCP answered with a RST, anything else with ICMP port unreachable), as kube-proxy's nftables mode rejects it.
+    ServicePortUnserved = 54, Conntrack, "service_port_unserved";
+    /// An untranslated packet to a Service address or into the service ranges (an unallocated ClusterIP): dropped, never routed to the node, which would route it back (kube-proxy's nftables mode drops it too).
+    ServiceAddressNotRouted = 35, Route, "service_address_not_routed";
     /// No route to the destination (ICMP net unreachable sent).
     NoRoute = 31, Route, "no_route";
     /// Address in a local pod CIDR without a pod (ICMP host unreachable sent).

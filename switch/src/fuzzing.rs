@@ -87,6 +87,7 @@ pub fn services() -> Vec<ServiceSpec> {
         node: Some(node.into()),
         ready: true,
         terminating: false,
+        serving: None,
     };
     vec![
         ServiceSpec {

@@ -177,13 +177,16 @@ fn parse_slice(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Option<Par
         };
         // EndpointConditions: nil ready means ready, nil terminating means
         // not terminating (as kube-proxy's endpointslicecache reads them).
+        // Nil serving means as ready; it is sent only where it says more.
         let conditions = e.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         endpoints.push(EndpointSpec {
             ip,
             port: 0,
             node: e.node_name.clone().filter(|n| !n.is_empty()),
-            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+            ready,
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            serving: conditions.and_then(|c| c.serving).filter(|&s| s != ready),
         });
     }
     Some(ParsedSlice { ports, endpoints })
@@ -191,9 +194,9 @@ fn parse_slice(slice: &EndpointSlice, problems: &mut Vec<Problem>) -> Option<Par
 
 /// How good an endpoint is when the same `ip:port` is in two slices (it
 /// is, for a moment, while the controller moves it): ready beats not
-/// ready, not terminating beats terminating.
-fn endpoint_rank(e: &EndpointSpec) -> (bool, bool) {
-    (e.ready, !e.terminating)
+/// ready, not terminating beats terminating, serving beats not serving.
+fn endpoint_rank(e: &EndpointSpec) -> (bool, bool, bool) {
+    (e.ready, !e.terminating, e.is_serving())
 }
 
 /// The endpoints of the Service port `name`/`protocol`: from every slice

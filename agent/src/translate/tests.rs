@@ -43,6 +43,7 @@ fn ep(addr: &str, port: u16, node: Option<&str>, ready: bool, terminating: bool)
         node: node.map(str::to_owned),
         ready,
         terminating,
+        serving: None,
     }
 }
 
@@ -144,7 +145,12 @@ fn several_ports_named_ports_and_several_slices_per_service() {
         web.ports[0].endpoints,
         [
             ep("10.244.1.5", 8080, Some("node-1"), true, false),
-            ep("10.244.1.6", 8080, Some("node-1"), false, true),
+            // Terminating but still serving: the fallback when no
+            // endpoint of the port is ready (KEP-1669).
+            EndpointSpec {
+                serving: Some(true),
+                ..ep("10.244.1.6", 8080, Some("node-1"), false, true)
+            },
             ep("10.244.2.7", 80, Some("node-2"), true, false),
             ep("10.244.2.9", 8080, Some("node-2"), false, false),
             ep("10.244.3.4", 80, Some("node-3"), true, false),

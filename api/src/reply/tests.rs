@@ -181,7 +181,7 @@ fn routes() {
 fn service_state() {
     pinned(
         "get_service_state",
-        r#"[{"frontends":[{"affinity_secs":0,"backends":[{"eligible":true,"ip":"10.244.1.5","local":true,"node":"node-1","port":8080,"ready":true,"share":0.5000610500610501,"slots":8191,"terminating":false},{"eligible":false,"ip":"10.244.2.5","local":false,"port":8080,"ready":false,"share":0.0,"slots":0,"terminating":true}],"eligible":1,"ip":"10.96.0.10","kind":"cluster_ip","local_only":false,"port":80,"protocol":"TCP","table_size":16381},{"affinity_secs":10800,"backends":[],"eligible":0,"ip":"198.18.0.1","kind":"node_port","local_only":true,"port":30080,"protocol":"UDP","table_size":0}],"name":"default/api"},{"frontends":[],"name":"default/headless"}]"#,
+        r#"[{"frontends":[{"affinity_secs":0,"backends":[{"eligible":true,"ip":"10.244.1.5","local":true,"node":"node-1","port":8080,"ready":true,"serving":true,"share":0.5000610500610501,"slots":8191,"terminating":false},{"eligible":false,"ip":"10.244.2.5","local":false,"port":8080,"ready":false,"serving":false,"share":0.0,"slots":0,"terminating":true}],"eligible":1,"ip":"10.96.0.10","kind":"cluster_ip","local_only":false,"port":80,"protocol":"TCP","table_size":16381},{"affinity_secs":10800,"backends":[],"eligible":0,"ip":"198.18.0.1","kind":"node_port","local_only":true,"port":30080,"protocol":"UDP","table_size":0}],"name":"default/api"},{"frontends":[],"name":"default/headless"}]"#,
     );
     pinned("get_service_state", "[]");
 }

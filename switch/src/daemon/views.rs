@@ -311,6 +311,7 @@ impl SwitchState {
                         local: b.local,
                         ready: b.ready,
                         terminating: b.terminating,
+                        serving: b.ready || b.serving_terminating,
                         eligible: f.eligible.contains(&i),
                         slots,
                         share: if m == 0 { 0.0 } else { slots as f64 / m as f64 },

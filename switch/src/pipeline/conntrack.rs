@@ -383,11 +383,56 @@ impl ConntrackStage {
                 self.new_service_flow(p, tables, svc, f, key, c, now_s, now);
                 return;
             }
+            if svc.is_service_ip(key.dst) {
+                self.refuse_unserved(p, tables, key, c, now);
+                return;
+            }
         }
         if t.masquerade {
             self.new_masquerade_flow(p, svc, key, c, now_s);
         } else if t.inbound {
             self.new_inbound_flow(p, key, c, now_s);
+        }
+    }
+
+    /// A new flow to a Service address on a port no Service serves: TCP
+    /// gets a RST (a RST gets nothing), anything else ICMP port
+    /// unreachable, within the ICMP rate limit; dropped and counted either
+    /// way, never routed (kube-proxy's nftables mode rejects it:
+    /// "Reject traffic to invalid ports of ClusterIPs").
+    fn refuse_unserved(
+        &mut self,
+        p: &mut Packet,
+        tables: &Tables,
+        key: &FlowKey,
+        c: &WorkerCounters,
+        now: Instant,
+    ) {
+        c.count_drop(DropReason::ServicePortUnserved, p.len());
+        let answered = if key.proto == 6 {
+            let fl = p
+                .frame()
+                .get(usize::from(p.meta.l4_off) + 13)
+                .copied()
+                .unwrap_or(0);
+            fl & tcp_flags::RST == 0
+                && self.icmp_limit.allow(now)
+                && nat::rewrite_as_rst(p, &tables.gateway)
+        } else {
+            error_allowed(p)
+                && self.icmp_limit.allow(now)
+                && rewrite_as_error(
+                    p,
+                    &tables.gateway,
+                    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+                )
+        };
+        if !answered {
+            p.verdict = super::Verdict::Drop(DropReason::ServicePortUnserved);
+        } else if key.proto == 6 {
+            c.stages.tcp_resets_sent.inc();
+        } else {
+            c.stages.icmp_errors_sent.inc();
         }
     }
 
@@ -800,6 +845,103 @@ mod tests {
         );
     }
 
+    /// ```text
+    ///   pod A --> 10.96.0.10:9999 (the ClusterIP has only :8080)   TCP: RST
+    ///   pod A --> 10.96.0.10:53/UDP, ping 10.96.0.10                ICMP port unreachable
+    ///   pod A --> 10.96.7.7 (no Service's; in 10.96.0.0/12)          dropped
+    ///   pod A --> 203.0.113.10 (outside)                             to the node, as before
+    /// ```
+    /// The node routes the service ranges back to the switch, so nothing
+    /// with such a destination may go to the host port (issue 23).
+    #[test]
+    fn service_addresses_never_loop_through_the_node() {
+        use crate::tables::{PodPort, PortKind};
+        let mut t = svc_tables(&[(POD_B, false)], None);
+        const HOST: u32 = 3;
+        t.ports.push(Some(PodPort {
+            id: HOST,
+            pod: "host".into(),
+            ifname: "psw-host".into(),
+            netns: Default::default(),
+            mac: [2, 0, 0, 0, 0, 9],
+            ipv4: None,
+            ipv6: None,
+            mtu: 1500,
+            offloads: true,
+            kind: PortKind::Host,
+        }));
+        let services = Arc::clone(&t.services);
+        let mut t = Tables::new(
+            "node-1",
+            t.gateway.clone(),
+            t.pod_cidrs.clone(),
+            t.ports.clone(),
+        );
+        t.services = services;
+        let c = counters();
+        let mut pl = Pipeline::new(Arc::clone(&c));
+        let dropped = |r: DropReason| c.drop_packets[r as usize].get();
+        // TCP to an unserved port of the ClusterIP: a RST from it.
+        let (v, out) = run(&mut pl, &t, 0, &syn(POD_A, 40000, VIP, 9999));
+        assert_eq!(v, Verdict::Reply);
+        let k = tuple(&out);
+        assert_eq!((k.src, k.sport, k.dst), (VIP.into(), 9999, POD_A.into()));
+        assert_eq!(out[VNET + 34 + 13] & 0x04, 0x04, "RST");
+        // UDP: ICMP port unreachable from the ClusterIP.
+        let b = PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC)
+            .ipv4(POD_A, VIP, 64)
+            .udp(40000, 53);
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, b"q").unwrap();
+        let (v, out) = run(&mut pl, &t, 0, &f);
+        assert_eq!(v, Verdict::Reply);
+        assert_eq!((out[VNET + 34], out[VNET + 35]), (3, 3), "port unreachable");
+        // Echo to the ClusterIP: port unreachable too (kube-proxy's reject).
+        let (v, out) = run(&mut pl, &t, 0, &icmp_echo_frame(POD_A, VIP, 8));
+        assert_eq!(v, Verdict::Reply);
+        assert_eq!((out[VNET + 34], out[VNET + 35]), (3, 3), "port unreachable");
+        assert_eq!(dropped(DropReason::ServicePortUnserved), 3);
+        // A RST to an unserved port gets nothing back.
+        let b = PacketBuilder::ethernet2(mac_of(POD_A), GW_MAC)
+            .ipv4(POD_A, VIP, 64)
+            .tcp(40001, 9999, 1, 0)
+            .rst();
+        let mut f = vec![0u8; VNET];
+        b.write(&mut f, &[]).unwrap();
+        let (v, _) = run(&mut pl, &t, 0, &f);
+        assert_eq!(v, Verdict::Drop(DropReason::ServicePortUnserved));
+        // An unallocated address of the service range, any protocol.
+        for f in [
+            syn(POD_A, 40002, [10, 96, 7, 7], 80),
+            icmp_echo_frame(POD_A, [10, 96, 7, 7], 8),
+        ] {
+            let (v, _) = run(&mut pl, &t, 0, &f);
+            assert_eq!(v, Verdict::Drop(DropReason::ServiceAddressNotRouted));
+        }
+        // The served port still works, and the outside is still routed.
+        let (v, out) = run(&mut pl, &t, 0, &syn(POD_A, 40003, VIP, 8080));
+        assert_eq!(v, Verdict::Forward { port: 1 });
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_B));
+        let (v, _) = run(&mut pl, &t, 0, &syn(POD_A, 40004, [203, 0, 113, 10], 80));
+        assert_eq!(v, Verdict::Forward { port: HOST });
+    }
+
+    /// KEP-1669: a port whose every endpoint is terminating (a rollout, a
+    /// scale to zero) still takes new flows on the serving ones, until
+    /// they are gone.
+    #[test]
+    fn serving_terminating_endpoints_take_new_flows_when_none_is_ready() {
+        let t = svc_tables(&[(POD_B, true), (POD_C, true)], None);
+        let mut pl = Pipeline::new(counters());
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 40000..40040 {
+            let (v, out) = run(&mut pl, &t, 0, &syn(POD_A, port, VIP, 8080));
+            assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+            seen.insert(tuple(&out).dst);
+        }
+        assert_eq!(seen.len(), 2, "both terminating endpoints serve: {seen:?}");
+    }
+
     #[test]
     fn terminating_endpoints_get_no_new_flows() {
         let t = svc_tables(&[(POD_B, true), (POD_C, false)], None);
@@ -989,6 +1131,7 @@ mod tests {
                         node: Some("n1".into()),
                         ready: true,
                         terminating: false,
+                        serving: None,
                     })
                     .collect(),
             }],

@@ -99,6 +99,9 @@ enum Destination {
 }
 
 impl Destination {
+    /// Out of line: it runs once per address and batch, and keeps the
+    /// per-packet loop's registers to itself.
+    #[inline(never)]
     fn resolve(dst: Ipv4Addr, tables: &Tables) -> Destination {
         match to_gateway_ipv4(dst, tables) {
             Err(reason) => Destination::Drop(reason),

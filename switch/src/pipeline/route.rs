@@ -11,6 +11,7 @@
 //! - Larger than the destination's MTU with DF: ICMP fragmentation needed
 //!   (3/4) with the destination MTU (RFC 1191), so PMTU discovery works.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use etherparse::{icmpv4::DestUnreachableHeader, icmpv4::TimeExceededCode, Icmpv4Type};
@@ -19,7 +20,7 @@ use super::icmp_error::{error_allowed, rewrite_as_error, RateLimit};
 use super::parse::ETH_LEN;
 use super::{drop_packet, Batch, DropReason, Packet, Verdict, L3};
 use crate::metrics::WorkerCounters;
-use crate::tables::{RouteTarget, Tables};
+use crate::tables::{PortKind, RouteTarget, Tables};
 use crate::wire::checksum;
 
 /// The size each wire packet will have on the next hop: the datagram, or
@@ -72,6 +73,17 @@ pub(super) struct PodHop {
     verdict: Verdict,
 }
 
+/// Whether a packet to `dst` must not go to the node's kernel: a Service
+/// address or the service ranges ([`ServiceTable::must_not_route`]). Out
+/// of line: only packets to the host port ask.
+///
+/// [`ServiceTable::must_not_route`]: crate::tables::services::ServiceTable::must_not_route
+#[cold]
+#[inline(never)]
+fn not_for_the_host(tables: &Tables, dst: std::net::Ipv4Addr) -> bool {
+    tables.services.must_not_route(dst)
+}
+
 impl PodHop {
     /// The hop `route_one` forwards such a datagram to `dst` by; `None`
     /// where it would not forward it (no route, an unassigned pod
@@ -81,6 +93,9 @@ impl PodHop {
         match tables.routes.lookup_v4(dst)? {
             RouteTarget::Local(port) => {
                 let to = tables.port(port)?;
+                if to.kind == PortKind::Host && not_for_the_host(tables, dst) {
+                    return None;
+                }
                 Some(PodHop {
                     dst_mac: to.mac,
                     src_mac: tables.gateway.mac,
@@ -209,6 +224,16 @@ impl RouteStage {
             drop_packet(p, DropReason::HostUnreachable, c);
             return;
         };
+        // Toward the node's kernel, which routes the service ranges back
+        // here: whatever conntrack did not translate stops (issue 23).
+        if dst.kind == PortKind::Host {
+            if let IpAddr::V4(to) = p.meta.dst {
+                if not_for_the_host(tables, to) {
+                    drop_packet(p, DropReason::ServiceAddressNotRouted, c);
+                    return;
+                }
+            }
+        }
         if self.ttl_expired(p, tables, c, now) {
             return;
         }

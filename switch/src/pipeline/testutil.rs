@@ -172,6 +172,7 @@ pub fn svc_tables_with(
                     node: Some("n1".into()),
                     ready: !term,
                     terminating: *term,
+                    serving: term.then_some(true),
                 })
                 .collect(),
         }],

@@ -87,6 +87,9 @@ pub struct Backend {
     pub local: bool,
     pub ready: bool,
     pub terminating: bool,
+    /// Serving and terminating: takes new flows when no backend of the
+    /// port is ready (KEP-1669, kube-proxy since 1.26).
+    pub serving_terminating: bool,
 }
 
 /// An address:port/protocol that load-balances to backends.
@@ -154,6 +157,15 @@ pub struct ServiceTable {
     /// Frontend addresses, with how many frontends listen on each (so that
     /// removing one keeps the address while others use it).
     frontend_ips: FxHashMap<u32, u32>,
+    /// Service addresses (ClusterIPs, external and load-balancer IPs: every
+    /// frontend address but the node's own NodePort addresses), counted as
+    /// `frontend_ips` is. Traffic to one of them on a port no Service
+    /// serves is refused, never routed (issue 23).
+    service_ips: FxHashMap<u32, u32>,
+    /// The service ranges (ClusterIP CIDRs): an address in them that is no
+    /// Service's is dropped, never routed, as kube-proxy's nftables mode
+    /// drops traffic to unallocated ClusterIPs.
+    service_cidrs: Vec<Ipv4Net>,
     /// Endpoints `ip:port/proto`, with how many Service ports list each.
     endpoints: FxHashMap<u64, u32>,
     /// Backends some Service port lists (the rest of `backends` is free).
@@ -268,6 +280,8 @@ impl ServiceTable {
             backends: Vec::new(),
             by_key: FxHashMap::default(),
             frontend_ips: FxHashMap::default(),
+            service_ips: FxHashMap::default(),
+            service_cidrs: Vec::new(),
             endpoints: FxHashMap::default(),
             live_backends: 0,
             no_masquerade: Vec::new(),
@@ -287,6 +301,14 @@ impl ServiceTable {
         t.node_ip = node.node_ip;
         t.mode = node.mode;
         t.maglev_size = node.maglev_size;
+        t.service_cidrs = settings
+            .service_cidrs
+            .iter()
+            .filter_map(|net| match net {
+                IpNet::V4(n) => Some(n.trunc()),
+                IpNet::V6(_) => None,
+            })
+            .collect();
         for net in settings
             .cluster_cidrs
             .iter()
@@ -333,6 +355,26 @@ impl ServiceTable {
     #[inline]
     pub fn is_frontend_ip(&self, ip: Ipv4Addr) -> bool {
         !self.frontend_ips.is_empty() && self.frontend_ips.contains_key(&u32::from(ip))
+    }
+
+    /// Whether `ip` is a Service address (a ClusterIP, external or
+    /// load-balancer IP) other than this node's own or the gateway's: a
+    /// packet to it that no Service port takes is refused.
+    #[inline]
+    pub fn is_service_ip(&self, ip: Ipv4Addr) -> bool {
+        !self.service_ips.is_empty()
+            && self.service_ips.contains_key(&u32::from(ip))
+            && Some(ip) != self.node_ip
+            && ip != self.gateway_ip
+    }
+
+    /// Whether a packet to `ip` left untranslated must not be routed: a
+    /// Service address, or an address in the service ranges. (Such a
+    /// packet would go to the node's kernel, which routes the service
+    /// ranges back to the switch: a loop until the TTL runs out.)
+    #[inline]
+    pub fn must_not_route(&self, ip: Ipv4Addr) -> bool {
+        self.is_service_ip(ip) || self.service_cidrs.iter().any(|n| n.contains(&ip))
     }
 
     /// Whether `ip:port/proto` is some service's endpoint (so a packet from
@@ -714,6 +756,7 @@ impl ServiceLayout {
                         local: ep.node.as_deref() == Some(node.name),
                         ready: ep.ready && !ep.terminating,
                         terminating: ep.terminating,
+                        serving_terminating: ep.terminating && ep.is_serving(),
                     });
                 }
                 let mut frontends: Vec<(FrontendKind, Ipv4Addr, u16, String)> = Vec::new();
@@ -746,12 +789,21 @@ impl ServiceLayout {
                     } else {
                         svc.internal_traffic_local
                     };
-                    let eligible: Vec<u32> = (0..backends.len() as u32)
-                        .filter(|&b| {
-                            let b = &backends[b as usize];
-                            b.ready && (!local_only || b.local)
-                        })
-                        .collect();
+                    // Ready endpoints (local ones under a Local policy);
+                    // where there is none, the serving terminating ones,
+                    // as kube-proxy's CategorizeEndpoints falls back.
+                    let pick = |want: fn(&Backend) -> bool| -> Vec<u32> {
+                        (0..backends.len() as u32)
+                            .filter(|&b| {
+                                let b = &backends[b as usize];
+                                want(b) && (!local_only || b.local)
+                            })
+                            .collect()
+                    };
+                    let mut eligible = pick(|b| b.ready);
+                    if eligible.is_empty() {
+                        eligible = pick(|b| b.serving_terminating);
+                    }
                     let keys: Vec<u64> = eligible
                         .iter()
                         .map(|&b| {
@@ -908,6 +960,9 @@ impl ServiceLayout {
         let f = &t.fronts[fi as usize];
         t.by_key.remove(&pack(f.ip, f.port, f.proto));
         count_out(&mut t.frontend_ips, u32::from(f.ip));
+        if f.kind != FrontendKind::NodePort {
+            count_out(&mut t.service_ips, u32::from(f.ip));
+        }
         let keys: Vec<u64> = f
             .eligible
             .iter()
@@ -979,6 +1034,9 @@ impl ServiceLayout {
                 let fi = t.fronts.len() as u32;
                 t.by_key.insert(pack(f.ip, f.port, port.proto), fi);
                 count_in(&mut t.frontend_ips, u32::from(f.ip));
+                if f.kind != FrontendKind::NodePort {
+                    count_in(&mut t.service_ips, u32::from(f.ip));
+                }
                 t.fronts.push(Frontend {
                     service: name,
                     kind: f.kind,
@@ -1040,6 +1098,7 @@ mod tests {
             node: Some("node-2".into()),
             ready,
             terminating,
+            serving: None,
         }
     }
 
@@ -1075,6 +1134,7 @@ mod tests {
                         node: Some(if k % 2 == 0 { "node-1" } else { "node-2" }.into()),
                         ready: true,
                         terminating: false,
+                        serving: None,
                     })
                     .collect(),
             }],
@@ -1103,9 +1163,11 @@ mod tests {
         names: Vec<String>,
         fronts: BTreeMap<(Ipv4Addr, u16, u8), FrontView>,
         frontend_ips: BTreeMap<u32, u32>,
+        service_ips: BTreeMap<u32, u32>,
         endpoints: BTreeMap<u64, u32>,
         live_backends: usize,
         settings: (Vec<Ipv4Net>, bool, Option<Ipv4Addr>, Ipv4Addr, usize),
+        service_cidrs: Vec<Ipv4Net>,
     }
 
     fn observe(t: &ServiceTable) -> TableView {
@@ -1134,6 +1196,8 @@ mod tests {
             names,
             fronts,
             frontend_ips: t.frontend_ips.iter().map(|(k, v)| (*k, *v)).collect(),
+            service_ips: t.service_ips.iter().map(|(k, v)| (*k, *v)).collect(),
+            service_cidrs: t.service_cidrs.clone(),
             endpoints: t.endpoints.iter().map(|(k, v)| (*k, *v)).collect(),
             live_backends: t.live_backends,
             settings: (
@@ -1461,6 +1525,7 @@ mod tests {
                 node: node.map(String::from),
                 ready,
                 terminating,
+                serving: None,
             })
     }
 
@@ -1513,6 +1578,39 @@ mod tests {
             prop::collection::vec(arb_service(), 0..4),
             prop::collection::vec((0u8..6).prop_map(|n| format!("ns/s{n}")), 0..3),
         )
+    }
+
+    /// Ready endpoints take new flows; terminating ones only when none
+    /// is ready, and only if serving; a Local policy picks among local
+    /// ones first and falls back within them (kube-proxy's
+    /// CategorizeEndpoints).
+    #[test]
+    fn terminating_endpoints_are_the_fallback_when_none_is_ready() {
+        let serving = |last: u8, serving: bool| EndpointSpec {
+            serving: Some(serving),
+            ..endpoint(last, false, true)
+        };
+        let eligible = |eps: Vec<EndpointSpec>| -> Vec<u8> {
+            let mut spec = service(1, 0, false);
+            spec.ports[0].endpoints = eps;
+            let t = ServiceTable::build([&spec], &ServiceSettings::default(), &view()).unwrap();
+            let f = &t.fronts[0];
+            let mut v: Vec<u8> = f
+                .eligible
+                .iter()
+                .map(|&b| t.backends[b as usize].ip.octets()[3])
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            eligible(vec![endpoint(1, true, false), serving(2, true)]),
+            [1]
+        );
+        assert_eq!(eligible(vec![serving(2, true), serving(3, true)]), [2, 3]);
+        assert_eq!(eligible(vec![serving(2, true), serving(3, false)]), [2]);
+        assert_eq!(eligible(vec![serving(3, false)]), Vec::<u8>::new());
+        assert_eq!(eligible(vec![endpoint(4, false, false)]), Vec::<u8>::new());
     }
 
     proptest! {
