@@ -46,8 +46,75 @@ pub use ring::{CapturedFrame, Direction, FrameRing};
 
 use crate::metrics::{Counter, WorkerCounters};
 use crate::tables::PortId;
-use podswitch_api::{ApiError, CaptureBatch, CaptureFrame, CaptureSpec, CaptureStarted, ErrorCode};
+use podswitch_api::{CaptureBatch, CaptureFrame, CaptureSpec, CaptureStarted};
 
+/// Why the hub refused a capture request, and the field of the request
+/// at fault (`max_frames`, `filter.port`, `id`) if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureError {
+    /// The offending field of the request.
+    pub field: Option<&'static str>,
+    pub kind: CaptureErrorKind,
+}
+
+/// What is wrong with a capture request, or with the hub.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaptureErrorKind {
+    /// A frame count of 0 or above [`MAX_FRAMES_LIMIT`].
+    #[error("{0} is outside 1..={MAX_FRAMES_LIMIT}")]
+    MaxFramesOutOfRange(u64),
+    /// A duration of 0 or above [`MAX_DURATION_MS`].
+    #[error("{0} is outside 1..={MAX_DURATION_MS}")]
+    DurationOutOfRange(u64),
+    /// A snap length shorter than an Ethernet header or above [`MAX_SNAPLEN`].
+    #[error("{0} is outside {MIN_SNAPLEN}..={MAX_SNAPLEN}")]
+    SnaplenOutOfRange(u32),
+    /// Filter conditions that can never hold together (the filter's own
+    /// explanation).
+    #[error("{0}")]
+    BadFilter(String),
+    /// [`MAX_SESSIONS`] captures already running.
+    #[error("{MAX_SESSIONS} captures are already running; stop one first")]
+    TooManySessions,
+    /// No capture with this id (any more).
+    #[error("no capture {0} (finished and read, stopped for silence, or never started)")]
+    NoSuchCapture(u64),
+    /// The session map's lock was poisoned by a panic.
+    #[error("capture sessions poisoned by an earlier panic")]
+    SessionsPoisoned,
+    /// One session's lock was poisoned by a panic.
+    #[error("capture session poisoned")]
+    SessionPoisoned,
+}
+
+impl CaptureError {
+    /// `kind`, in no particular field.
+    fn new(kind: CaptureErrorKind) -> CaptureError {
+        CaptureError { field: None, kind }
+    }
+
+    /// `kind`, in `field`.
+    fn at(field: &'static str, kind: CaptureErrorKind) -> CaptureError {
+        CaptureError {
+            field: Some(field),
+            kind,
+        }
+    }
+}
+
+impl std::fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.field {
+            Some(field) => write!(f, "{field}: {}", self.kind),
+            None => self.kind.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CaptureError {}
+
+/// The shortest snap length: an Ethernet header.
+pub const MIN_SNAPLEN: u32 = 14;
 /// Captures that may run at once (each has its own ring).
 pub const MAX_SESSIONS: usize = 4;
 /// Memory of one capture's ring; it sets the number of slots
@@ -331,10 +398,10 @@ impl CaptureHub {
 
     fn lock(
         &self,
-    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<u64, Arc<CaptureSession>>>, ApiError> {
+    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<u64, Arc<CaptureSession>>>, CaptureError> {
         self.sessions
             .lock()
-            .map_err(|_| ApiError::internal("capture sessions poisoned by an earlier panic"))
+            .map_err(|_| CaptureError::new(CaptureErrorKind::SessionsPoisoned))
     }
 
     /// Publishes the sessions that still take frames to the workers.
@@ -354,36 +421,33 @@ impl CaptureHub {
         name: &str,
         spec: &CaptureSpec,
         vxlan_udp_port: Option<u16>,
-    ) -> Result<CaptureStarted, ApiError> {
+    ) -> Result<CaptureStarted, CaptureError> {
         if !(1..=MAX_FRAMES_LIMIT).contains(&spec.max_frames) {
-            return Err(ApiError::invalid(
+            return Err(CaptureError::at(
                 "max_frames",
-                format!("{} is outside 1..={MAX_FRAMES_LIMIT}", spec.max_frames),
+                CaptureErrorKind::MaxFramesOutOfRange(spec.max_frames),
             ));
         }
         if !(1..=MAX_DURATION_MS).contains(&spec.duration_ms) {
-            return Err(ApiError::invalid(
+            return Err(CaptureError::at(
                 "duration_ms",
-                format!("{} is outside 1..={MAX_DURATION_MS}", spec.duration_ms),
+                CaptureErrorKind::DurationOutOfRange(spec.duration_ms),
             ));
         }
-        if !(14..=MAX_SNAPLEN).contains(&spec.snaplen) {
-            return Err(ApiError::invalid(
+        if !(MIN_SNAPLEN..=MAX_SNAPLEN).contains(&spec.snaplen) {
+            return Err(CaptureError::at(
                 "snaplen",
-                format!("{} is outside 14..={MAX_SNAPLEN}", spec.snaplen),
+                CaptureErrorKind::SnaplenOutOfRange(spec.snaplen),
             ));
         }
         spec.filter
             .validate()
-            .map_err(|(field, msg)| ApiError::invalid(field, msg))?;
+            .map_err(|(field, why)| CaptureError::at(field, CaptureErrorKind::BadFilter(why)))?;
         let now = Instant::now();
         let mut sessions = self.lock()?;
         self.reap_locked(&mut sessions, now);
         if sessions.len() >= MAX_SESSIONS {
-            return Err(ApiError::new(
-                ErrorCode::AlreadyExists,
-                format!("{MAX_SESSIONS} captures are already running; stop one first"),
-            ));
+            return Err(CaptureError::new(CaptureErrorKind::TooManySessions));
         }
         let slot_len = (spec.snaplen as usize).min(MAX_CAPTURED_LEN);
         let slots = (RING_BYTES / slot_len)
@@ -428,29 +492,24 @@ impl CaptureHub {
         })
     }
 
-    fn session(&self, id: u64) -> Result<Arc<CaptureSession>, ApiError> {
-        self.lock()?.get(&id).cloned().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "no capture {id} (finished and read, stopped for silence, or never started)"
-                ),
-            )
-            .with_field("id")
-        })
+    fn session(&self, id: u64) -> Result<Arc<CaptureSession>, CaptureError> {
+        self.lock()?
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| CaptureError::at("id", CaptureErrorKind::NoSuchCapture(id)))
     }
 
     /// Takes the frames waiting in capture `id`'s ring (up to about
     /// `max_bytes` of frame data). `done` says the capture has ended and
     /// everything was read; the capture is then forgotten.
-    pub fn read(&self, id: u64, max_bytes: Option<usize>) -> Result<CaptureBatch, ApiError> {
+    pub fn read(&self, id: u64, max_bytes: Option<usize>) -> Result<CaptureBatch, CaptureError> {
         let s = self.session(id)?;
         let now = Instant::now();
         let (finished_at, just_finished) = {
             let mut ctl = s
                 .control
                 .lock()
-                .map_err(|_| ApiError::internal("capture session poisoned"))?;
+                .map_err(|_| CaptureError::new(CaptureErrorKind::SessionPoisoned))?;
             ctl.last_read = now;
             let just_finished = ctl.finished_at.is_none() && !s.open(now);
             if just_finished {
@@ -494,7 +553,7 @@ impl CaptureHub {
 
     /// Stops capture `id`: no frame is taken from now on; what is in the
     /// ring can still be read. Returns the counts so far.
-    pub fn stop(&self, id: u64) -> Result<CaptureCounts, ApiError> {
+    pub fn stop(&self, id: u64) -> Result<CaptureCounts, CaptureError> {
         let s = self.session(id)?;
         s.stopped.store(true, Ordering::Relaxed);
         let now = Instant::now();
@@ -636,7 +695,10 @@ mod tests {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(hub.read(s.id, None).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(
+            hub.read(s.id, None).unwrap_err().kind,
+            CaptureErrorKind::NoSuchCapture(s.id)
+        );
     }
 
     #[test]
@@ -721,33 +783,33 @@ mod tests {
         let t = CaptureTarget::Port(1);
         let mut sp = spec(0);
         assert_eq!(
-            hub.start(t, "a", &sp, None).unwrap_err().field.as_deref(),
+            hub.start(t, "a", &sp, None).unwrap_err().field,
             Some("max_frames")
         );
         sp = spec(1);
         sp.snaplen = MAX_SNAPLEN + 1;
         assert_eq!(
-            hub.start(t, "a", &sp, None).unwrap_err().field.as_deref(),
+            hub.start(t, "a", &sp, None).unwrap_err().field,
             Some("snaplen")
         );
         sp = spec(1);
         sp.duration_ms = 0;
         assert_eq!(
-            hub.start(t, "a", &sp, None).unwrap_err().field.as_deref(),
+            hub.start(t, "a", &sp, None).unwrap_err().field,
             Some("duration_ms")
         );
         sp = spec(1);
         sp.filter.port = Some(53);
         assert_eq!(
-            hub.start(t, "a", &sp, None).unwrap_err().field.as_deref(),
+            hub.start(t, "a", &sp, None).unwrap_err().field,
             Some("filter.port")
         );
         for _ in 0..MAX_SESSIONS {
             hub.start(t, "a", &spec(1), None).unwrap();
         }
         assert_eq!(
-            hub.start(t, "a", &spec(1), None).unwrap_err().code,
-            ErrorCode::AlreadyExists
+            hub.start(t, "a", &spec(1), None).unwrap_err().kind,
+            CaptureErrorKind::TooManySessions
         );
         assert!(!hub.is_empty() && hub.len() == MAX_SESSIONS);
     }
@@ -763,6 +825,9 @@ mod tests {
         hub.reap(Instant::now() + ABANDONED_AFTER + Duration::from_secs(1));
         assert!(hub.is_empty());
         assert!(hub.armed().is_none());
-        assert_eq!(hub.read(s.id, None).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(
+            hub.read(s.id, None).unwrap_err().kind,
+            CaptureErrorKind::NoSuchCapture(s.id)
+        );
     }
 }

@@ -265,6 +265,26 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+impl From<crate::capture::CaptureError> for ApiError {
+    fn from(e: crate::capture::CaptureError) -> ApiError {
+        use crate::capture::CaptureErrorKind as K;
+        let code = match e.kind {
+            K::SessionsPoisoned | K::SessionPoisoned => ErrorCode::Internal,
+            K::TooManySessions => ErrorCode::AlreadyExists,
+            K::NoSuchCapture(_) => ErrorCode::NotFound,
+            K::MaxFramesOutOfRange(_)
+            | K::DurationOutOfRange(_)
+            | K::SnaplenOutOfRange(_)
+            | K::BadFilter(_) => ErrorCode::InvalidArgument,
+        };
+        ApiError {
+            code,
+            field: e.field.map(str::to_string),
+            message: e.kind.to_string(),
+        }
+    }
+}
+
 /// The predicate a [`FlowFilter`] describes; a bad field is an error
 /// naming it.
 fn flow_predicate(

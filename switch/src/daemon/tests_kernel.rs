@@ -478,3 +478,197 @@ fn service_table_refusals_keep_their_code_field_and_message() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The capture hub's refusals reach the wire as they did when the hub
+/// built `ApiError`s itself: same code, field and message (written down
+/// from the hub before it had its own error type).
+#[test]
+fn capture_refusals_reach_the_wire_unchanged() {
+    use crate::capture::{CaptureFilter, CaptureHub, CapturePoint, CaptureProto, CaptureTarget};
+    use podswitch_api::CaptureSpec;
+    let wire = |code, field: Option<&str>, message: &str| ApiError {
+        code,
+        field: field.map(str::to_string),
+        message: message.into(),
+    };
+    let spec = || CaptureSpec {
+        port: "default/a".into(),
+        point: CapturePoint::Both,
+        filter: CaptureFilter::default(),
+        max_frames: 10,
+        duration_ms: 10_000,
+        snaplen: 1500,
+    };
+    let hub = CaptureHub::new(1);
+    let t = CaptureTarget::Port(1);
+    let refused =
+        |sp: &CaptureSpec| ApiError::from(hub.start(t, "default/a", sp, None).unwrap_err());
+
+    let mut sp = spec();
+    sp.max_frames = 0;
+    assert_eq!(
+        refused(&sp),
+        wire(
+            ErrorCode::InvalidArgument,
+            Some("max_frames"),
+            "0 is outside 1..=10000000"
+        )
+    );
+    sp.max_frames = 10_000_001;
+    assert_eq!(
+        refused(&sp),
+        wire(
+            ErrorCode::InvalidArgument,
+            Some("max_frames"),
+            "10000001 is outside 1..=10000000"
+        )
+    );
+    let mut sp = spec();
+    sp.duration_ms = 3_600_001;
+    assert_eq!(
+        refused(&sp),
+        wire(
+            ErrorCode::InvalidArgument,
+            Some("duration_ms"),
+            "3600001 is outside 1..=3600000"
+        )
+    );
+    let mut sp = spec();
+    sp.snaplen = 13;
+    assert_eq!(
+        refused(&sp),
+        wire(
+            ErrorCode::InvalidArgument,
+            Some("snaplen"),
+            "13 is outside 14..=262144"
+        )
+    );
+    let mut sp = spec();
+    sp.filter.proto = Some(CaptureProto::Icmp);
+    sp.filter.port = Some(53);
+    assert_eq!(
+        refused(&sp),
+        wire(
+            ErrorCode::InvalidArgument,
+            Some("filter.port"),
+            "a port never matches proto icmp; use tcp, udp or no proto"
+        )
+    );
+    for _ in 0..crate::capture::MAX_SESSIONS {
+        hub.start(t, "default/a", &spec(), None).unwrap();
+    }
+    assert_eq!(
+        refused(&spec()),
+        wire(
+            ErrorCode::AlreadyExists,
+            None,
+            "4 captures are already running; stop one first"
+        )
+    );
+    let not_found = wire(
+        ErrorCode::NotFound,
+        Some("id"),
+        "no capture 99 (finished and read, stopped for silence, or never started)",
+    );
+    assert_eq!(ApiError::from(hub.read(99, None).unwrap_err()), not_found);
+    assert_eq!(ApiError::from(hub.stop(99).unwrap_err()), not_found);
+
+    // Through the dispatch.
+    let d = dir("capture-refusals");
+    let (mut st, _log) = state(&d);
+    let read = Request::CaptureRead(podswitch_api::CaptureReadArgs {
+        id: 99,
+        max_bytes: None,
+    });
+    assert_eq!(st.handle(read).unwrap_err(), not_found);
+    let stop = Request::CaptureStop(podswitch_api::CaptureStopArgs { id: 99 });
+    assert_eq!(st.handle(stop).unwrap_err(), not_found);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Every kind of capture refusal maps to the code, field and message the
+/// hub produced when it built `ApiError`s itself.
+#[test]
+fn capture_error_kinds_keep_their_code_field_and_message() {
+    use crate::capture::{CaptureError, CaptureErrorKind as K};
+    let cases = [
+        (
+            Some("max_frames"),
+            K::MaxFramesOutOfRange(0),
+            ErrorCode::InvalidArgument,
+            "0 is outside 1..=10000000",
+        ),
+        (
+            Some("duration_ms"),
+            K::DurationOutOfRange(3_600_001),
+            ErrorCode::InvalidArgument,
+            "3600001 is outside 1..=3600000",
+        ),
+        (
+            Some("snaplen"),
+            K::SnaplenOutOfRange(262_145),
+            ErrorCode::InvalidArgument,
+            "262145 is outside 14..=262144",
+        ),
+        (
+            Some("filter.port"),
+            K::BadFilter("a port never matches proto arp; use tcp, udp or no proto".into()),
+            ErrorCode::InvalidArgument,
+            "a port never matches proto arp; use tcp, udp or no proto",
+        ),
+        (
+            None,
+            K::TooManySessions,
+            ErrorCode::AlreadyExists,
+            "4 captures are already running; stop one first",
+        ),
+        (
+            Some("id"),
+            K::NoSuchCapture(7),
+            ErrorCode::NotFound,
+            "no capture 7 (finished and read, stopped for silence, or never started)",
+        ),
+        (
+            None,
+            K::SessionsPoisoned,
+            ErrorCode::Internal,
+            "capture sessions poisoned by an earlier panic",
+        ),
+        (
+            None,
+            K::SessionPoisoned,
+            ErrorCode::Internal,
+            "capture session poisoned",
+        ),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (field, kind, code, message) in cases {
+        // No wildcard: a new kind does not compile until it is listed here.
+        seen.insert(match kind {
+            K::MaxFramesOutOfRange(_) => 0,
+            K::DurationOutOfRange(_) => 1,
+            K::SnaplenOutOfRange(_) => 2,
+            K::BadFilter(_) => 3,
+            K::TooManySessions => 4,
+            K::NoSuchCapture(_) => 5,
+            K::SessionsPoisoned => 6,
+            K::SessionPoisoned => 7,
+        });
+        let refusal = CaptureError { field, kind };
+        let shown = refusal.to_string();
+        assert_eq!(
+            ApiError::from(refusal),
+            ApiError {
+                code,
+                field: field.map(str::to_string),
+                message: message.into(),
+            }
+        );
+        // On its own the refusal names its field.
+        match field {
+            Some(f) => assert_eq!(shown, format!("{f}: {message}")),
+            None => assert_eq!(shown, message),
+        }
+    }
+    assert_eq!(seen.len(), 8, "every kind listed once");
+}
