@@ -520,28 +520,32 @@ fn terminating_endpoints_serve_until_gone(s: &Svc, mode: &str, client: &str, vip
     let status = delete.wait().unwrap();
     assert!(status.success(), "{mode}: lab delete failed");
     // Gone: no endpoint left, the connect is refused at once.
+    let took = refused(s, mode, client, &format!("{vip}:8080"));
+    eprintln!("{mode}: every endpoint gone: refused in {took:?}");
+}
+
+/// Connects with curl from `client` to `to` (ip:port), asserts the
+/// connect is refused (curl's exit 7) within 1 s, and returns how long it
+/// took.
+fn refused(s: &Svc, mode: &str, client: &str, to: &str) -> Duration {
     let started = std::time::Instant::now();
     let out = s.lab.exec(
         client,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            &format!("http://{vip}:8080/"),
-        ],
+        &["curl", "-sS", "--max-time", "3", &format!("http://{to}/")],
     );
     let took = started.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{mode}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{mode}: curl {to}: {err}");
+    // curl 7.88 says "Couldn't connect to server" for ECONNREFUSED.
+    assert!(
+        err.contains("refused") || err.contains("Couldn't connect"),
+        "{mode}: curl {to}: {err}"
     );
     assert!(
         took < Duration::from_secs(1),
-        "{mode}: refused after {took:?}"
+        "{mode}: {to} refused after {took:?}"
     );
+    took
 }
 
 /// Issue 23: a ClusterIP on a port no Service serves is refused at once
@@ -555,29 +559,7 @@ fn unserved_service_addresses_never_loop(s: &Svc, mode: &str, client: &str, vip:
     let not_routed = s.lab.drops(node, "service_address_not_routed");
     let ttl = s.lab.drops(node, "ttl_expired");
     // A connect to an unserved port is refused within 1 s.
-    let started = std::time::Instant::now();
-    let out = s.lab.exec(
-        client,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            &format!("http://{vip}:9999/"),
-        ],
-    );
-    let took = started.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(7), "{mode}: curl: {err}");
-    // curl 7.88 says "Couldn't connect to server" for ECONNREFUSED.
-    assert!(
-        err.contains("refused") || err.contains("Couldn't connect"),
-        "{mode}: curl: {err}"
-    );
-    assert!(
-        took < Duration::from_secs(1),
-        "{mode}: refused after {took:?}"
-    );
+    let took = refused(s, mode, client, &format!("{vip}:9999"));
     // Three pings to the ClusterIP: each answered "port unreachable".
     let out = s
         .lab

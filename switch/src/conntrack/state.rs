@@ -20,13 +20,8 @@ pub enum Dir {
     Reply = 1,
 }
 
-/// TCP flag bits (byte 13 of the header).
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
-}
+/// TCP flag bits (byte 13 of the header): the wire view's.
+pub use crate::wire::tcp::flags as tcp_flags;
 
 /// Flow flags (a `u8` in the table).
 pub mod flow_flags {
