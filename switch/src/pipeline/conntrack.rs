@@ -1161,6 +1161,48 @@ mod tests {
         f
     }
 
+    /// kube-proxy #125467: a UDP flow to an endpoint that stops being
+    /// ready (still listed, not removed) is flushed, so the client's next
+    /// datagram moves on; a TCP flow to it stays (the connection outlives
+    /// readiness).
+    #[test]
+    fn udp_flows_leave_an_endpoint_that_stops_being_ready() {
+        let t = udp_svc_tables(&[POD_B]);
+        let mut pl = Pipeline::new(counters());
+        let (_, out) = run(&mut pl, &t, 0, &dns_query(5001));
+        assert_eq!(tuple(&out).dst, Ipv4Addr::from(POD_B));
+        // B stays listed but not ready; C is ready.
+        let mut t2 = udp_svc_tables(&[POD_B, POD_C]);
+        let mut spec = (*t2.services).clone();
+        for b in spec
+            .backends
+            .iter_mut()
+            .filter(|b| b.ip == Ipv4Addr::from(POD_B))
+        {
+            b.ready = false;
+        }
+        t2.services = Arc::new(spec);
+        let ct = Arc::clone(pl.conntrack.table());
+        assert_eq!(ct.remove_where(|f| t2.services.flow_is_stale(f)), 1);
+        // A TCP flow to a not-ready (listed) endpoint is not stale.
+        let t3 = svc_tables(&[(POD_B, false)], None);
+        let mut services = (*t3.services).clone();
+        for b in services.backends.iter_mut() {
+            b.ready = false;
+        }
+        let orig = FlowKey::new(POD_A.into(), 40000, VIP.into(), 8080, 6);
+        let tcp = crate::conntrack::FlowInfo {
+            index: 0,
+            orig,
+            reply: Some(FlowKey::new(POD_B.into(), 80, POD_A.into(), 40000, 6)),
+            state: FlowState::Established,
+            flags: crate::conntrack::flow_flags::DNAT,
+            idle_secs: 0,
+            expires_in_secs: 100,
+        };
+        assert!(!services.flow_is_stale(&tcp));
+    }
+
     #[test]
     fn dns_flow_does_not_pin_a_removed_endpoint() {
         let t = udp_svc_tables(&[POD_B]);

@@ -409,17 +409,35 @@ impl ServiceTable {
         })
     }
 
+    /// Whether flows of frontend `f` to backend `ip:port` keep it: TCP
+    /// flows while the endpoint is listed at all (an established connection
+    /// outlives readiness, as with kube-proxy); UDP flows only while it is
+    /// ready or serving-terminating, so a client's next datagram moves on
+    /// from an endpoint that stopped being ready (kube-proxy #125467).
+    pub fn keeps_flows_to(&self, f: u32, ip: Ipv4Addr, port: u16) -> bool {
+        self.fronts.get(f as usize).is_some_and(|fr| {
+            self.backends[fr.backends.start as usize..fr.backends.end as usize]
+                .iter()
+                .any(|b| {
+                    b.ip == ip
+                        && b.port == port
+                        && (fr.proto != 17 || b.ready || b.serving_terminating)
+                })
+        })
+    }
+
     /// Whether a tracked flow lost its endpoint in this table (its frontend
-    /// is gone, or no longer lists the endpoint as ready or terminating).
-    /// Such flows are removed: a TCP client's next segment gets a RST, a
-    /// UDP client's next datagram (a DNS retry) picks a live endpoint.
+    /// is gone, or no longer lists the endpoint; for UDP, the endpoint is
+    /// no longer ready or serving: [`Self::keeps_flows_to`]). Such flows are
+    /// removed: a TCP client's next segment gets a RST, a UDP client's next
+    /// datagram (a DNS retry) picks a live endpoint.
     pub fn flow_is_stale(&self, f: &crate::conntrack::FlowInfo) -> bool {
         if f.flags & crate::conntrack::flow_flags::DNAT == 0 {
             return false;
         }
         let Some(reply) = f.reply else { return false };
         match self.frontend(f.orig.dst, f.orig.dport, f.orig.proto) {
-            Some(fr) => !self.has_backend(fr, reply.src, reply.sport),
+            Some(fr) => !self.keeps_flows_to(fr, reply.src, reply.sport),
             None => true,
         }
     }
@@ -877,7 +895,8 @@ impl ServiceLayout {
         going: &FxHashSet<&str>,
         prepared: Vec<Prepared<'_>>,
     ) -> bool {
-        // What the leaving Services served: (frontend, endpoint) pairs.
+        // What the leaving Services served, where their flows stayed:
+        // (frontend, endpoint) pairs.
         let mut served: Vec<(Ipv4Addr, u16, u8, Ipv4Addr, u16)> = Vec::new();
         for name in going {
             let Some(p) = self.services.get(*name) else {
@@ -889,6 +908,7 @@ impl ServiceLayout {
                     served.extend(
                         t.backends[f.backends.start as usize..f.backends.end as usize]
                             .iter()
+                            .filter(|b| t.keeps_flows_to(fi, b.ip, b.port))
                             .map(|b| (f.ip, f.port, f.proto, b.ip, b.port)),
                     );
                 }
@@ -905,7 +925,7 @@ impl ServiceLayout {
         }
         served.iter().any(|&(ip, port, proto, bip, bport)| {
             t.frontend(ip, port, proto)
-                .is_none_or(|f| !t.has_backend(f, bip, bport))
+                .is_none_or(|f| !t.keeps_flows_to(f, bip, bport))
         })
     }
 
@@ -1425,6 +1445,21 @@ mod tests {
         check_layout(&p.table, &layout);
         assert_eq!(observe(&p.table).fronts.len(), 100);
         let _ = full;
+        // On a UDP port it does: its flows must move on (kube-proxy #125467).
+        let table = p.table;
+        let mut udp = next_specs["ns/svc-4"].clone();
+        udp.ports[0].protocol = Protocol::Udp;
+        let (p, _, _) = patch_and_build(&table, &mut layout, &next_specs, &[udp.clone()], &[]);
+        let p = p.unwrap();
+        next_specs.insert(udp.name.clone(), udp.clone());
+        assert!(p.endpoints_lost, "the TCP port went away");
+        let mut unready = udp.clone();
+        unready.ports[0].endpoints[0].ready = false;
+        let (p, _, _) = patch_and_build(&p.table, &mut layout, &next_specs, &[unready], &[]);
+        assert!(
+            p.unwrap().endpoints_lost,
+            "a UDP endpoint stopped being ready"
+        );
     }
 
     #[test]
